@@ -1,0 +1,5 @@
+"""`python -m synthaug` runs the command-line interface."""
+
+from synthaug.cli import main
+
+main()

@@ -1,0 +1,217 @@
+"""The `synthaug` command line: each command parses its options, prints what it will do, and calls
+one library function. Mistakes a user can fix end in one sentence and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from synthaug import __version__, progress
+from synthaug.errors import SynthaugError
+
+app = typer.Typer(
+    name="synthaug",
+    help="Synthetic training data for image classifiers, and honest numbers on whether it helps.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("synthaug")
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def command(*args, **kwargs):
+    """Register a command whose user mistakes (SynthaugError) print one sentence and exit 1."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            try:
+                with progress.enabled(err_console):
+                    return fn(*a, **k)
+            except SynthaugError as e:
+                fail(str(e))
+            except KeyboardInterrupt:
+                fail("Interrupted; files already written are kept, and running the same command again continues.", 130)
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return register
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"synthaug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debugging detail.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")] = False,
+) -> None:
+    """Synthetic training data for image classifiers, and honest numbers on whether it helps."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("synthaug")
+    root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False, markup=False)]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# Dataset options shared by the commands that read a dataset.
+Resolution = Annotated[int, typer.Option("--resolution", "-r", help="Square side in pixels (0: the format's default).")]
+Target = Annotated[str, typer.Option(help="CelebA: identity or an attribute; CelebA-Dialog: attribute whose level is the class.")]
+Level = Annotated[str, typer.Option(help="NABirds: category (leaf visual categories) or species.")]
+Split = Annotated[str, typer.Option(help="auto, official or stratified.")]
+Shots = Annotated[int, typer.Option("--shots-per-class", help="Keep this many training images per class (0: all).")]
+Seed = Annotated[int, typer.Option(help="Seed of the stratified split and of the low-data subset.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Treat unreadable files and empty classes as errors.")]
+Crop = Annotated[bool, typer.Option("--crop/--no-crop", help="Crop to bounding boxes where the format has them.")]
+
+
+@command("datasets")
+def datasets_command() -> None:
+    """List the dataset formats synthaug reads and the layout each expects."""
+    from synthaug.data import FORMATS
+
+    table = Table(title="Dataset formats (spec: FORMAT:PATH)", show_lines=True)
+    table.add_column("format", style="bold cyan", no_wrap=True)
+    table.add_column("what")
+    table.add_column("layout it expects")
+    for fmt in FORMATS.values():
+        table.add_row(fmt.name, fmt.summary, fmt.layout)
+    console.print(table)
+
+
+@command("inspect")
+def inspect_command(
+    spec: Annotated[str, typer.Argument(help="Dataset spec, FORMAT:PATH or digits (see `synthaug datasets`).")],
+    resolution: Resolution = 0,
+    target: Target = "",
+    level: Level = "category",
+    split: Split = "auto",
+    shots_per_class: Shots = 0,
+    seed: Seed = 0,
+    crop: Crop = True,
+    strict: Strict = False,
+    grid: Annotated[Optional[Path], typer.Option(help="Where to write the sample grid PNG (default: beside the cache).")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many classes (0: all).")] = 30,
+) -> None:
+    """Decode a dataset (cached) and show its splits, classes, attributes, unreadable files and a sample grid."""
+    from synthaug.data import DataConfig, load_dataset
+    from synthaug.grids import save_png
+    from synthaug.inspection import dataset_grid
+
+    config = DataConfig(spec=spec, resolution=resolution, target=target, level=level, crop=crop, split=split,
+                        shots_per_class=shots_per_class, seed=seed, strict=strict)
+    ds = load_dataset(config)
+    source = f"read from the cache {ds.cache_path}" if ds.from_cache else (
+        f"decoded and cached in {ds.cache_path}" if ds.cache_path else "built in, no files")
+    console.print(f"[bold]{ds.name}[/]  {config.spec}")
+    console.print(
+        f"{len(ds)} images, {ds.num_classes} classes, {ds.resolution}x{ds.resolution} px, {ds.channels} channel(s); {source}",
+        highlight=False,
+    )
+    splits = Table(title="Images per split")
+    for name in ("train", "val", "test"):
+        splits.add_column(name, justify="right")
+    splits.add_row(*(str(int((ds.splits == s).sum())) for s in ("train", "val", "test")))
+    console.print(splits)
+
+    per_split = {s: ds.class_counts(s) for s in ("train", "val", "test")}
+    table = Table(title="Images per class")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for name in ("train", "val", "test"):
+        table.add_column(name, justify="right")
+    shown = range(ds.num_classes) if limit <= 0 else range(min(limit, ds.num_classes))
+    for c in shown:
+        table.add_row(str(ds.class_ids[c]), ds.class_names[c], *(str(int(per_split[s][c])) for s in per_split))
+    console.print(table)
+    if len(shown) < ds.num_classes:
+        console.print(f"... {ds.num_classes - len(shown)} more classes (--limit 0 shows all).")
+
+    if ds.attributes is not None:
+        attrs = Table(title="Attributes: images per level")
+        attrs.add_column("attribute")
+        attrs.add_column("levels", justify="right")
+        attrs.add_column("count per level (0, 1, ...)")
+        for a, (name, levels) in enumerate(zip(ds.attribute_names, ds.attribute_levels)):
+            counts = ", ".join(str(int(n)) for n in ds.attribute_counts(a))
+            attrs.add_row(name, str(levels), counts)
+        console.print(attrs)
+
+    console.print(f"Unreadable files skipped: {len(ds.skipped)}", highlight=False)
+    for note in ds.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    path = grid or (ds.cache_path / "grid.png" if ds.cache_path else Path(f"{ds.name}-{ds.resolution}px-grid.png"))
+    save_png(dataset_grid(ds), path, min_side=512)
+    console.print(f"Sample grid: {path}", highlight=False)
+
+
+@command("classes")
+def classes_command(
+    spec: Annotated[str, typer.Argument(help="Dataset spec, FORMAT:PATH or digits.")],
+    search: Annotated[str, typer.Option(help="Only names containing this (case, spaces and punctuation ignored).")] = "",
+    target: Target = "",
+    level: Level = "category",
+) -> None:
+    """List a dataset's class names (and NABirds species with their categories) from its annotation files."""
+    from synthaug.data import DataConfig, read_catalog
+    from synthaug.inspection import find_classes
+
+    catalog = read_catalog(DataConfig(spec=spec, target=target, level=level))
+    found = find_classes(catalog, search)
+    counts = found.counts
+    if found.groups:
+        groups = Table(title=f"{catalog.group_kind.capitalize() or 'Group'} matching {search!r}" if search else catalog.group_kind)
+        groups.add_column("id", justify="right")
+        groups.add_column(catalog.group_kind or "group")
+        groups.add_column("classes (id name)")
+        for g in found.groups:
+            members = "\n".join(f"{catalog.class_ids[m]} {catalog.class_names[m]}" for m in g.members)
+            groups.add_row(str(g.id), g.name, members)
+        console.print(groups)
+    if found.classes:
+        table = Table(title=f"Classes matching {search!r}" if search else f"Classes of {spec}")
+        table.add_column("id", justify="right")
+        table.add_column("class")
+        table.add_column("images listed", justify="right")
+        if catalog.group_kind:
+            table.add_column(catalog.group_kind)
+        for c in found.classes:
+            row = [str(catalog.class_ids[c]), catalog.class_names[c], str(int(counts[c]))]
+            if catalog.group_kind:
+                row.append(found.group_of.get(c, catalog.class_names[c]))
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"{len(found.classes)} of {len(catalog.class_names)} classes shown.", highlight=False)
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="synthaug")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

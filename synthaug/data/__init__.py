@@ -1,0 +1,275 @@
+"""Real datasets: a spec such as ``cub:/data/CUB_200_2011`` -> one in-memory :class:`ImageSet`.
+
+Each published layout is one module behind the ``FORMATS`` registry; every one yields a
+:class:`~synthaug.data.catalog.Catalog` that the shared, cached decode stage turns into pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from synthaug.data import celeba, cub, digits, imagefolder, nabirds, stanford_cars
+from synthaug.data.cache import decode_catalog
+from synthaug.data.catalog import Catalog, ClassGroup
+from synthaug.data.lookup import Match, resolve_name
+from synthaug.data.splits import assign_splits, select_shots
+from synthaug.errors import SynthaugError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which real data to read and how. The ``[data]`` section of a recipe.
+
+    Attributes:
+        spec: ``FORMAT:PATH`` (e.g. ``cub:/data/CUB_200_2011``) or ``digits``.
+        resolution: square side in pixels; 0 means the format's own default (digits 8, others 64).
+        target: CelebA: ``identity`` or an attribute name; CelebA-Dialog: an attribute whose level
+            becomes the class (empty: the 5 graded attributes are the condition, one class).
+        level: NABirds: ``category`` (leaf visual categories) or ``species``.
+        crop: crop to the bounding box where the format has one (else the centre square).
+        split: ``auto``, ``official`` or ``stratified``.
+        test_fraction: share of each class held out by the stratified split.
+        shots_per_class: keep this many training images per class (0 keeps all).
+        seed: seeds the stratified split and the low-data subset.
+        strict: unreadable files and empty classes are errors instead of being skipped.
+    """
+
+    spec: str = "digits"
+    resolution: int = 0
+    target: str = ""
+    level: str = "category"
+    crop: bool = True
+    split: str = "auto"
+    test_fraction: float = 0.2
+    shots_per_class: int = 0
+    seed: int = 0
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """One published dataset layout and how to read it."""
+
+    name: str
+    summary: str
+    layout: str
+    read: Callable[[Path | None, DataConfig], Catalog]
+    options: tuple[str, ...] = ()  # DataConfig fields beyond the common ones that this format reads
+    default_resolution: int = 64
+
+
+FORMATS: dict[str, DatasetFormat] = {
+    f.name: f
+    for f in [
+        DatasetFormat("digits", "sklearn's 1,797 real 8x8 handwritten digits, 10 classes; built in, no files",
+                      "no path: write just `digits`", lambda root, cfg: digits.read_digits(), default_resolution=8),
+        DatasetFormat("imagefolder", "any class-per-folder tree (e.g. Stanford Cars copies)", imagefolder.LAYOUT,
+                      lambda root, cfg: imagefolder.read_imagefolder(root)),
+        DatasetFormat("cub", "CUB-200-2011 birds", cub.LAYOUT, lambda root, cfg: cub.read_cub(root)),
+        DatasetFormat("nabirds", "NABirds v1: 555 visual categories of 404 species", nabirds.LAYOUT,
+                      lambda root, cfg: nabirds.read_nabirds(root, cfg.level), options=("level",)),
+        DatasetFormat("stanford-cars", "Stanford Cars devkit, 196 classes", stanford_cars.LAYOUT,
+                      lambda root, cfg: stanford_cars.read_stanford_cars(root)),
+        DatasetFormat("celeba", "aligned CelebA faces: identity or one of 40 binary attributes", celeba.LAYOUT,
+                      lambda root, cfg: celeba.read_celeba(root, cfg.target or "identity"), options=("target",)),
+        DatasetFormat("celeba-dialog", "CelebA faces with CelebA-Dialog's 5 attributes x 6 levels",
+                      celeba.DIALOG_LAYOUT, lambda root, cfg: celeba.read_celeba_dialog(root, cfg.target),
+                      options=("target",)),
+    ]
+}
+
+
+def parse_spec(spec: str) -> tuple[DatasetFormat, Path | None]:
+    """Split ``FORMAT:PATH`` into the format and an absolute path.
+
+    >>> parse_spec("digits")[0].name
+    'digits'
+    """
+    name, colon, path = spec.partition(":")
+    name = name.strip().lower()
+    if name not in FORMATS:
+        known = ", ".join(FORMATS)
+        if not colon and Path(spec).expanduser().is_dir():
+            raise SynthaugError(f"{spec!r} is a folder, not a dataset spec; write FORMAT:PATH, e.g. imagefolder:{spec} (formats: {known}).")
+        raise SynthaugError(f"Unknown dataset format {name!r} in {spec!r}; use FORMAT:PATH with one of: {known}.")
+    fmt = FORMATS[name]
+    if fmt.name == "digits":
+        if path.strip():
+            raise SynthaugError("The digits dataset is built in and takes no path; write just `digits`.")
+        return fmt, None
+    if not path.strip():
+        raise SynthaugError(f"The {name} format needs a path; write {name}:PATH (layout: {fmt.layout}).")
+    return fmt, Path(path.strip()).expanduser().resolve()
+
+
+def read_catalog(config: DataConfig) -> Catalog:
+    """What the dataset's annotation files list, without decoding any image (fast)."""
+    fmt, root = parse_spec(config.spec)
+    defaults = DataConfig()
+    for option in ("target", "level"):
+        if getattr(config, option) != getattr(defaults, option) and option not in fmt.options:
+            raise SynthaugError(f"The {fmt.name} format has no {option!r} option; remove it.")
+    return fmt.read(root, config)
+
+
+@dataclass
+class ImageSet:
+    """A real dataset in memory: uint8 images with labels, splits and provenance, aligned on N.
+
+    ``labels`` index ``class_names``; ``class_ids`` are the dataset's own ids for those classes.
+    ``attributes`` (N, A) holds levels 0..attribute_levels[a]-1 where the dataset has attributes.
+    """
+
+    name: str
+    config: DataConfig
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64
+    splits: np.ndarray  # (N,) "train" / "val" / "test"
+    sources: list[str]
+    class_names: list[str]
+    class_ids: list[int]
+    attributes: np.ndarray | None = None
+    attribute_names: list[str] = field(default_factory=list)
+    attribute_levels: list[int] = field(default_factory=list)
+    groups: list[ClassGroup] = field(default_factory=list)
+    group_kind: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, mask: np.ndarray) -> ImageSet:
+        """The images where ``mask`` is true, with the same label space."""
+        rows = np.flatnonzero(mask)
+        return dataclasses.replace(
+            self,
+            images=self.images[rows],
+            labels=self.labels[rows],
+            splits=self.splits[rows],
+            sources=[self.sources[i] for i in rows],
+            attributes=None if self.attributes is None else self.attributes[rows],
+        )
+
+    def split(self, name: str) -> ImageSet:
+        """The images of one split ("train", "val" or "test")."""
+        return self.subset(self.splits == name)
+
+    def class_counts(self, split: str | None = None) -> np.ndarray:
+        labels = self.labels if split is None else self.labels[self.splits == split]
+        return np.bincount(labels, minlength=self.num_classes)
+
+    def attribute_counts(self, a: int) -> np.ndarray:
+        """Images per level of attribute ``a``."""
+        return np.bincount(self.attributes[:, a], minlength=self.attribute_levels[a])
+
+    def resolve(self, name: str) -> Match:
+        """The classes a user's name means (exact, then case/punctuation-insensitive; groups expand)."""
+        return resolve_name(name, self.class_names, [(g.name, g.members) for g in self.groups], self.config.spec)
+
+
+def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
+    """Read a real dataset into memory, decoding through the on-disk cache.
+
+    Args:
+        spec: ``FORMAT:PATH`` or ``digits``, or a whole :class:`DataConfig`.
+        **overrides: any :class:`DataConfig` field, e.g. ``resolution=64, shots_per_class=10``.
+
+    Returns:
+        The :class:`ImageSet`; classes without readable images are left out of its label space.
+
+    >>> ds = load_dataset("digits", resolution=16)
+    >>> ds.images.shape, ds.num_classes
+    ((1797, 16, 16, 1), 10)
+    """
+    config = spec if isinstance(spec, DataConfig) else DataConfig(spec=spec)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(DataConfig)}
+    if unknown:
+        raise SynthaugError(f"Unknown dataset option {sorted(unknown)[0]!r}; the options are the DataConfig fields.")
+    config = dataclasses.replace(config, **overrides)
+    fmt, _ = parse_spec(config.spec)
+    resolution = config.resolution or fmt.default_resolution
+    if not 1 <= resolution <= 4096:
+        raise SynthaugError(f"Resolution {resolution} is out of range; use a side between 1 and 4096 pixels.")
+    catalog = read_catalog(config)
+    if len(catalog) == 0:
+        raise SynthaugError(f"{config.spec} lists no images; check the annotation files.")
+    decoded = decode_catalog(catalog, resolution, crop=config.crop)
+    skipped = [(catalog.source(i), reason) for i, reason in decoded.skipped]
+    log_hint = f" (listed in {decoded.path / 'skipped.log'})" if decoded.path else ""
+    if config.strict and skipped:
+        source, reason = skipped[0]
+        raise SynthaugError(
+            f"{len(skipped)} image files could not be read{log_hint}, the first {source}: {reason}; "
+            "fix or remove them, or drop --strict to skip them."
+        )
+    if not len(decoded.kept):
+        raise SynthaugError(f"None of the {len(catalog)} images listed in {config.spec} could be read{log_hint}; check the image folder.")
+    notes = list(catalog.notes)
+    if skipped:
+        notes.append(f"{len(skipped)} image files could not be read and were skipped{log_hint}.")
+
+    kept = decoded.kept
+    old_labels = catalog.labels[kept]
+    present = np.unique(old_labels)
+    empty = [catalog.class_names[c] for c in range(len(catalog.class_names)) if c not in set(present.tolist())]
+    if empty:
+        if config.strict:
+            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]!r}); add images or drop --strict.")
+        shown = ", ".join(repr(e) for e in empty[:3]) + (" ..." if len(empty) > 3 else "")
+        notes.append(f"{len(empty)} classes have no readable images and are left out: {shown}.")
+    new_index = np.full(len(catalog.class_names), -1, dtype=np.int64)
+    new_index[present] = np.arange(len(present))
+    labels = new_index[old_labels]
+    groups = [
+        ClassGroup(g.id, g.name, tuple(int(new_index[m]) for m in g.members if new_index[m] >= 0)) for g in catalog.groups
+    ]
+
+    splits, note = assign_splits(labels, catalog.splits[kept], len(present), config.split, config.test_fraction, config.seed)
+    if note:
+        notes.append(note)
+    name = fmt.name if catalog.root is None else f"{fmt.name}-{catalog.root.name}"
+    dataset = ImageSet(
+        name=name,
+        config=config,
+        images=decoded.images,
+        labels=labels,
+        splits=splits,
+        sources=[catalog.source(i) for i in kept],
+        class_names=[catalog.class_names[c] for c in present],
+        class_ids=[catalog.class_ids[c] for c in present],
+        attributes=None if catalog.attributes is None else catalog.attributes[kept],
+        attribute_names=list(catalog.attribute_names),
+        attribute_levels=list(catalog.attribute_levels),
+        groups=groups,
+        group_kind=catalog.group_kind,
+        skipped=skipped,
+        notes=notes,
+        cache_path=decoded.path,
+        from_cache=decoded.from_cache,
+    )
+    if config.shots_per_class:
+        dataset = dataset.subset(select_shots(labels, splits, config.shots_per_class, config.seed))
+    return dataset
+
+
+__all__ = ["FORMATS", "Catalog", "DataConfig", "DatasetFormat", "ImageSet", "load_dataset", "parse_spec", "read_catalog"]

@@ -1,0 +1,78 @@
+"""Train/test splits: the dataset's own, or a seeded stratified one; and deterministic low-data subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from synthaug.errors import SynthaugError
+
+SPLIT_MODES = ("auto", "official", "stratified")
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Per class, a seeded random ``test_fraction`` of the images goes to "test", the rest to "train".
+
+    Every class with two or more images keeps at least one of each; a class's draw depends only on
+    (seed, class), so adding a class does not reshuffle the others.
+    """
+    splits = np.full(len(labels), "train", dtype="<U5")
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < 2:
+            continue
+        n_test = min(max(int(round(len(rows) * test_fraction)), 1), len(rows) - 1)
+        order = np.random.default_rng([seed, int(c)]).permutation(rows)
+        splits[order[:n_test]] = "test"
+    return splits
+
+
+def assign_splits(
+    labels: np.ndarray,
+    official: np.ndarray,
+    num_classes: int,
+    mode: str = "auto",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[np.ndarray, str | None]:
+    """Choose each image's split. Returns (splits, a note for the user or None).
+
+    ``auto`` keeps the official split when it gives every class a training image and a test set
+    exists; otherwise (no official split, identity-disjoint partitions, no test labels) it uses a
+    seeded stratified split and says why.
+    """
+    if mode not in SPLIT_MODES:
+        raise SynthaugError(f"Split {mode!r} is not known; use one of {', '.join(SPLIT_MODES)}.")
+    if not 0 < test_fraction < 1:
+        raise SynthaugError(f"test_fraction must lie between 0 and 1, not {test_fraction}; use e.g. 0.2.")
+    has_official = bool(np.any(official != ""))
+    trained = np.unique(labels[official == "train"])
+    lacking = num_classes - len(trained)
+    problem = None
+    if not has_official:
+        problem = "The dataset has no official split"
+    elif lacking:
+        problem = f"The official split leaves {lacking} of {num_classes} classes without training images"
+    elif not np.any(official == "test"):
+        problem = "The official split has no test images"
+    if mode == "official":
+        if problem:
+            raise SynthaugError(f"Cannot use the official split: {problem[0].lower() + problem[1:]}; use split=stratified.")
+        return official.copy(), None
+    if mode == "auto" and problem is None:
+        return official.copy(), None
+    note = f"seeded stratified split (seed {seed}, {test_fraction:.0%} test per class)"
+    return stratified_split(labels, test_fraction, seed), (f"{problem}, so a {note} is used." if problem else f"A {note} is used.")
+
+
+def select_shots(labels: np.ndarray, splits: np.ndarray, shots_per_class: int, seed: int) -> np.ndarray:
+    """Boolean mask keeping ``shots_per_class`` training images per class (all of them for 0) and every
+    non-training image. The draw is seeded per class and nested: the 5-shot subset lies inside the 10-shot one.
+    """
+    if shots_per_class < 0:
+        raise SynthaugError(f"shots_per_class must be 0 (all) or positive, not {shots_per_class}.")
+    keep = splits != "train"
+    for c in np.unique(labels):
+        rows = np.flatnonzero((labels == c) & (splits == "train"))
+        order = np.random.default_rng([seed, int(c), 1]).permutation(rows)
+        keep[order if shots_per_class == 0 else order[:shots_per_class]] = True
+    return keep

@@ -1,0 +1,59 @@
+"""What `synthaug inspect` and `synthaug classes` show: class searches and sample grids of a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from synthaug.data import ImageSet
+from synthaug.data.catalog import Catalog, ClassGroup
+from synthaug.data.lookup import search_names, unknown_name_error
+from synthaug.grids import tile_images
+
+
+@dataclass
+class ClassSearch:
+    """Classes and groups whose names match a search, with listed image counts per class."""
+
+    classes: list[int]
+    groups: list[ClassGroup]
+    counts: np.ndarray
+    group_of: dict[int, str] = field(default_factory=dict)  # class index -> "id name" of its group
+
+
+def find_classes(catalog: Catalog, text: str = "") -> ClassSearch:
+    """Classes (and groups, e.g. NABirds species) whose names contain ``text``; all of them for "".
+
+    A group that matches brings its member classes along. No match is an error naming the closest names.
+    """
+    group_names = [g.name for g in catalog.groups]
+    groups = [catalog.groups[i] for i in search_names(text, group_names)] if text else []
+    classes = set(search_names(text, catalog.class_names))
+    for g in groups:
+        classes.update(g.members)
+    if text and not classes and not groups:
+        raise unknown_name_error(text, catalog.class_names + group_names, str(catalog.root or catalog.format))
+    group_of = {m: f"{g.id} {g.name}" for g in catalog.groups for m in g.members}
+    counts = np.bincount(catalog.labels, minlength=len(catalog.class_names))
+    return ClassSearch(sorted(classes), groups, counts, group_of)
+
+
+def dataset_grid(ds: ImageSet, per_class: int = 8, max_rows: int = 12, seed: int = 0) -> np.ndarray:
+    """One row of ``per_class`` random images for each of up to ``max_rows`` evenly spread classes.
+
+    A dataset with a single class (e.g. CelebA-Dialog faces) fills every row with that class.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(np.linspace(0, ds.num_classes - 1, min(max_rows, ds.num_classes)).round().astype(int))
+    if len(classes) == 1:
+        rows = np.flatnonzero(ds.labels == classes[0])
+        pick = rng.choice(rows, size=min(len(rows), per_class * max_rows), replace=False)
+        return tile_images(ds.images[np.sort(pick)], per_class)
+    tiles = []
+    blank = np.full(ds.images.shape[1:], 255, dtype=np.uint8)
+    for c in classes:
+        rows = np.flatnonzero(ds.labels == c)
+        pick = np.sort(rng.choice(rows, size=min(len(rows), per_class), replace=False)) if len(rows) else []
+        tiles += [ds.images[i] for i in pick] + [blank] * (per_class - len(pick))
+    return tile_images(np.stack(tiles), per_class)

@@ -1,0 +1,80 @@
+"""Progress reporting for long library loops: silent by default, rich bars when the CLI turns them on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_progress = None  # a rich.progress.Progress while the CLI has bars enabled
+
+
+@contextlib.contextmanager
+def enabled(console=None) -> Iterator[None]:
+    """Show rich progress bars for every `track` call made inside this block."""
+    global _progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    previous, _progress = _progress, bar
+    try:
+        with bar:
+            yield
+    finally:
+        _progress = previous
+
+
+class Task:
+    """A handle on one bar: `advance(n, info=...)` moves it and updates its info text."""
+
+    def __init__(self, description: str, total: float | None):
+        self._id = None if _progress is None else _progress.add_task(description, total=total, info="")
+
+    def advance(self, n: float = 1, info: str | None = None) -> None:
+        if self._id is None:
+            return
+        fields = {} if info is None else {"info": info}
+        _progress.update(self._id, advance=n, **fields)
+
+    def close(self) -> None:
+        if self._id is not None:
+            _progress.refresh()
+
+
+@contextlib.contextmanager
+def task(description: str, total: float | None = None) -> Iterator[Task]:
+    """A bar for a loop that is not a plain iterable (training steps, images seen)."""
+    t = Task(description, total)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yield `items`, advancing a bar named `description` when bars are enabled."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with task(description, total) as t:
+        for item in items:
+            yield item
+            t.advance()

@@ -1,0 +1,136 @@
+"""Shared fixtures: tiny dataset trees in each published layout, and the real subsets when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(os.environ.get("SYNTHAUG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# One colour per class, far apart, so a label can be read back from pixels.
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 210, 30), (200, 40, 200), (30, 200, 210)]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Keep every test's dataset caches out of the user's ~/.cache."""
+    old = os.environ.get("SYNTHAUG_CACHE")
+    os.environ["SYNTHAUG_CACHE"] = str(tmp_path_factory.mktemp("synthaug-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SYNTHAUG_CACHE", None)
+    else:
+        os.environ["SYNTHAUG_CACHE"] = old
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def write_image(path: Path, colour=(200, 30, 30), size=(40, 30), box=None, box_colour=(255, 255, 255), mode="RGB", fmt=None):
+    """A solid image of ``colour``; with ``box`` (x, y, w, h) a rectangle of ``box_colour`` painted on it."""
+    a = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    a[:] = colour
+    if box is not None:
+        x, y, w, h = box
+        a[y : y + h, x : x + w] = box_colour
+    im = Image.fromarray(a)
+    if mode != "RGB":
+        im = im.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt)
+    return path
+
+
+def mean_colour(image: np.ndarray) -> np.ndarray:
+    return image.reshape(-1, image.shape[-1]).mean(axis=0)
+
+
+@pytest.fixture
+def cub_tree(tmp_path) -> Path:
+    """3 classes x 4 images, 2 train + 2 test each; the bird (white box) fills a box in the image."""
+    root = tmp_path / "CUB_200_2011"
+    names = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Anna_Hummingbird"]
+    images, labels, splits, boxes = [], [], [], []
+    n = 0
+    for c, name in enumerate(names):
+        for k in range(4):
+            n += 1
+            rel = f"{name}/{name.split('.')[1]}_{k:04d}.jpg"
+            write_image(root / "images" / rel, COLOURS[c], size=(60, 40), box=(40, 10, 16, 20), fmt="PNG")
+            images.append(f"{n} {rel}")
+            labels.append(f"{n} {c + 1}")
+            splits.append(f"{n} {1 if k < 2 else 0}")
+            boxes.append(f"{n} 40.0 10.0 16.0 20.0")
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "classes.txt").write_text("\n".join(f"{i + 1} {n}" for i, n in enumerate(names)) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(splits) + "\n")
+    (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    return root
+
+
+@pytest.fixture
+def imagefolder_tree(tmp_path) -> Path:
+    root = tmp_path / "cars"
+    for split, count in (("train", 3), ("test", 2)):
+        for c, name in enumerate(["Acura RL Sedan 2012", "BMW M3 Coupe 2012"]):
+            for k in range(count):
+                write_image(root / split / name / f"{k}.png", COLOURS[c])
+    return root
+
+
+@pytest.fixture
+def celeba_tree(tmp_path) -> Path:
+    """4 identities x 5 faces; the official partition puts identity 4 only in test (as CelebA does)."""
+    root = tmp_path / "celeba"
+    identity, partition, attrs = [], [], []
+    names = ["Smiling", "Young", "Eyeglasses"]
+    n = 0
+    for ident in range(1, 5):
+        for k in range(5):
+            n += 1
+            name = f"{n:06d}.jpg"
+            write_image(root / "img_align_celeba" / name, COLOURS[ident - 1], size=(36, 44))
+            identity.append(f"{name} {ident}")
+            partition.append(f"{name} {2 if ident == 4 else (0 if k < 3 else 1)}")
+            if n <= 12:
+                attrs.append(f"{name} " + " ".join(["1" if k % 2 else "-1", "1", "-1"]))
+    (root / "identity_CelebA.txt").write_text("\n".join(identity) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
+    (root / "list_attr_celeba.txt").write_text(f"{len(attrs)}\n{' '.join(names)} \n" + "\n".join(attrs) + "\n")
+    return root
+
+
+@pytest.fixture
+def dialog_tree(celeba_tree) -> Path:
+    rows = ["img_name Bangs Eyeglasses No_Beard Smiling Young"]
+    for n in range(1, 21):
+        rows.append(f"{n:06d}.jpg {n % 6} 0 5 {(n * 2) % 6} {5 - n % 6}")
+    (celeba_tree / "combined_annotation.txt").write_text("\n".join(rows) + "\n")
+    return celeba_tree
+
+
+@pytest.fixture
+def real_nabirds_tree(shared_data, tmp_path):
+    """The complete real NABirds metadata, with small generated images at the real paths of the
+    Allen's Hummingbird categories (380, 679) only."""
+    meta = shared_data / "nabirds-meta"
+    root = tmp_path / "nabirds"
+    root.mkdir()
+    for f in meta.iterdir():
+        (root / f.name).symlink_to(f)
+    wanted = {line.split()[0] for line in (meta / "image_class_labels.txt").read_text().splitlines()
+              if line.split()[1] in ("380", "679")}
+    for line in (meta / "images.txt").read_text().splitlines():
+        uuid, rel = line.split()
+        if uuid in wanted:
+            write_image(root / "images" / rel, (120, 60, 30), size=(32, 24), fmt="JPEG")
+    return root
