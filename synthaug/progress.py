@@ -8,46 +8,56 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_progress = None  # a rich.progress.Progress while the CLI has bars enabled
+_console = None  # the rich console bars draw on, while the CLI has bars enabled
+_progress = None  # the rich Progress, started on the first task
 
 
 @contextlib.contextmanager
-def enabled(console=None) -> Iterator[None]:
-    """Show rich progress bars for every `track` call made inside this block."""
-    global _progress
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    previous, _progress = _progress, bar
+def enabled(console) -> Iterator[None]:
+    """Show rich progress bars (on ``console``) for every task started inside this block."""
+    global _console, _progress
+    previous = _console, _progress
+    _console, _progress = console, None
     try:
-        with bar:
-            yield
+        yield
     finally:
-        _progress = previous
+        if _progress is not None:
+            _progress.stop()
+        _console, _progress = previous
+
+
+def _bars():
+    """The running Progress, started on first use so a command without loops prints nothing."""
+    global _progress
+    if _progress is None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        _progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=_console,
+        )
+        _progress.start()
+    return _progress
 
 
 class Task:
     """A handle on one bar: `advance(n, info=...)` moves it and updates its info text."""
 
     def __init__(self, description: str, total: float | None):
-        self._id = None if _progress is None else _progress.add_task(description, total=total, info="")
+        self._id = None if _console is None else _bars().add_task(description, total=total, info="")
 
     def advance(self, n: float = 1, info: str | None = None) -> None:
         if self._id is None:

@@ -231,11 +231,14 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     kept = decoded.kept
     old_labels = catalog.labels[kept]
     present = np.unique(old_labels)
-    empty = [catalog.class_names[c] for c in range(len(catalog.class_names)) if c not in set(present.tolist())]
+    empty = [
+        f"{catalog.class_names[c]!r}" + (f" ({catalog.class_lines[c]})" if catalog.class_lines else "")
+        for c in sorted(set(range(len(catalog.class_names))) - set(present.tolist()))
+    ]
     if empty:
         if config.strict:
-            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]!r}); add images or drop --strict.")
-        shown = ", ".join(repr(e) for e in empty[:3]) + (" ..." if len(empty) > 3 else "")
+            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]}); add images or drop --strict.")
+        shown = ", ".join(empty[:3]) + (" ..." if len(empty) > 3 else "")
         notes.append(f"{len(empty)} classes have no readable images and are left out: {shown}.")
     new_index = np.full(len(catalog.class_names), -1, dtype=np.int64)
     new_index[present] = np.arange(len(present))

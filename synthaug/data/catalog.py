@@ -51,6 +51,7 @@ class Catalog:
     attributes: np.ndarray | None = None
     attribute_names: list[str] = field(default_factory=list)
     attribute_levels: list[int] = field(default_factory=list)
+    class_lines: list[str] | None = None  # where each class is declared, for messages
     groups: list[ClassGroup] = field(default_factory=list)
     group_kind: str = ""  # what a group is called, e.g. "species"
     notes: list[str] = field(default_factory=list)

@@ -81,5 +81,6 @@ def read_cub(root: Path) -> Catalog:
         splits=np.array(splits),
         files=files,
         lines=lines,
+        class_lines=[f"classes.txt line {classes[str(cid)][0]}" for cid in class_ids],
         boxes=np.array(box_rows, dtype=np.float64).reshape(-1, 4) if boxes else None,
     )

@@ -58,7 +58,9 @@ def read_nabirds(root: Path, level: str = "category") -> Catalog:
         root = root / "nabirds"
     classes_path = require_file(root, "classes.txt", LAYOUT)
     hierarchy_path = require_file(root, "hierarchy.txt", LAYOUT)
-    names = {parse_int(k, classes_path, line): v[0] for k, (line, v) in read_keyed(classes_path, 2, rest=True).items()}
+    classes = read_keyed(classes_path, 2, rest=True)
+    names = {parse_int(k, classes_path, line): v[0] for k, (line, v) in classes.items()}
+    name_lines = {int(k): line for k, (line, _) in classes.items()}
     parent = {}
     for line, (child, up) in read_rows(hierarchy_path, 2):
         parent[parse_int(child, hierarchy_path, line)] = parse_int(up, hierarchy_path, line)
@@ -137,6 +139,7 @@ def read_nabirds(root: Path, level: str = "category") -> Catalog:
         splits=np.array(splits),
         files=files,
         lines=lines,
+        class_lines=[f"classes.txt line {name_lines[c]}" for c in class_ids],
         boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
         frames=np.array(frames, dtype=np.float64).reshape(-1, 2),
         groups=groups,
