@@ -208,6 +208,84 @@ def classes_command(
     console.print(f"{len(found.classes)} of {len(catalog.class_names)} classes shown.", highlight=False)
 
 
+Sets = Annotated[list[str], typer.Option("--set", help="Override a recipe key, e.g. --set generator.lr=2e-4 (repeatable).")]
+
+
+def print_recipe(recipe) -> None:
+    from rich.syntax import Syntax
+
+    from synthaug.recipe import recipe_to_toml
+
+    console.print(Syntax(recipe_to_toml(recipe), "toml", theme="ansi_dark", background_color="default"))
+
+
+@command("train")
+def train_command(
+    recipe: Annotated[Optional[str], typer.Argument(help="Recipe file or name (default: the embedded digits recipe).")] = None,
+    set_: Sets = [],  # noqa: B006 - typer needs a literal default
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run folder's progress and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+) -> None:
+    """Train (or resume) a recipe's conditional diffusion generator in its run folder."""
+    from synthaug.generator.train import train_generator
+    from synthaug.recipe import load_recipe
+
+    resolved = load_recipe(recipe, set_)
+    print_recipe(resolved)
+    if dry_run:
+        return
+    run = train_generator(resolved, fresh=fresh)
+    info = run.info()
+    grids = sorted(run.grids_dir.glob("*.png"))
+    console.print(f"Trained {run.path}: {info.get('kimg', 0):g} kimg; EMA weights in {run.ema_dir}", highlight=False, soft_wrap=True)
+    if grids:
+        console.print(f"Sample grid: {grids[-1]}", highlight=False, soft_wrap=True)
+
+
+@command("generate")
+def generate_command(
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the shards and manifest.")],
+    run: Annotated[Optional[Path], typer.Option(help="Trained run folder (default: the latest run that has the classes).")] = None,
+    species: Annotated[Optional[str], typer.Option(help="A species (e.g. NABirds \"Allen's Hummingbird\"): its categories, split evenly.")] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="A class name (repeatable).")] = None,
+    attr: Annotated[Optional[list[str]], typer.Option(help="Attribute levels, e.g. bangs=3,smiling=5 (repeatable).")] = None,
+    all_classes: Annotated[bool, typer.Option("--all-classes", help="Every class of the run.")] = False,
+    num: Annotated[int, typer.Option(help="Images in all, split evenly over the classes.")] = 0,
+    per_class: Annotated[int, typer.Option("--per-class", help="Images per class (or per attribute condition).")] = 0,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (1: none).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpm++2m, unipc or euler.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Sampler steps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Base seed; each image's seed derives from it.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images in flight (does not change any image).")] = None,
+    shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
+) -> None:
+    """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
+    import dataclasses
+
+    from synthaug.generator.generate import GenerateRequest, choose_run, generate_shards
+    from synthaug.recipe import load_recipe
+    from synthaug.runs import open_run
+
+    request = GenerateRequest(classes=tuple(class_ or ()), species=(species,) if species else (),
+                              attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class)
+    if run is None:
+        run = choose_run(request)
+        log.info("Using the run %s.", run)
+    sampling = load_recipe(open_run(run).recipe_file).sampling
+    chosen = dict(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, images_per_shard=shard_size)
+    sampling = dataclasses.replace(sampling, **{k: v for k, v in chosen.items() if v is not None})
+    manifest = generate_shards(run, request, out, sampling, overwrite=overwrite)
+    console.print(f"{manifest['num_samples']} images in {len(manifest['shards'])} shards in {out}", highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for name, n in manifest["per_class"].items():
+        table.add_row(name, str(n))
+    console.print(table)
+    console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="synthaug")

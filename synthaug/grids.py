@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
+
+from synthaug.files import write_bytes_atomic
 
 
 def tile_images(images: np.ndarray, ncol: int, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -27,9 +29,6 @@ def save_png(image: np.ndarray, path: Path, min_side: int = 0) -> Path:
     factor = max(1, -(-min_side // max(image.shape[:2]))) if min_side else 1
     if factor > 1:
         image = image.repeat(factor, axis=0).repeat(factor, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, format="PNG")
+    return write_bytes_atomic(Path(path), buffer.getvalue())

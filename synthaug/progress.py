@@ -66,8 +66,11 @@ class Task:
         _progress.update(self._id, advance=n, **fields)
 
     def close(self) -> None:
-        if self._id is not None:
-            _progress.refresh()
+        """Stop drawing once every bar is done, so later output lands below the bars."""
+        global _progress
+        if self._id is not None and _progress is not None and all(t.finished or t.id == self._id for t in _progress.tasks):
+            _progress.stop()
+            _progress = None
 
 
 @contextlib.contextmanager

@@ -134,3 +134,70 @@ def real_nabirds_tree(shared_data, tmp_path):
         if uuid in wanted:
             write_image(root / "images" / rel, (120, 60, 30), size=(32, 24), fmt="JPEG")
     return root
+
+
+# A tiny NABirds tree: species 228 with two variant categories, 152 with one, and a plain species.
+CLASSES = {
+    0: "Birds",
+    19: "Swifts and Hummingbirds",
+    228: "Allen's Hummingbird",
+    380: "Allen's Hummingbird (Adult Male)",
+    679: "Allen's Hummingbird (Female, immature)",
+    152: "Anna's Hummingbird",
+    375: "Anna's Hummingbird (Adult Male)",
+    500: "Anhinga",
+}
+PARENTS = {19: 0, 228: 19, 380: 228, 679: 228, 152: 19, 375: 152, 500: 0}
+
+
+@pytest.fixture
+def nabirds_tree(tmp_path):
+    root = tmp_path / "nabirds"
+    rows = {k: [] for k in ("images", "labels", "split", "boxes", "sizes")}
+    for n, leaf in enumerate([380, 380, 380, 679, 679, 679, 375, 375, 500, 500]):
+        uuid = f"0000000{n}-aaaa-bbbb-cccc-dddddddddddd"
+        rel = f"{leaf:04d}/{uuid.replace('-', '')}.jpg"
+        # on disk at half the listed size: boxes must scale
+        write_image(root / "images" / rel, COLOURS[n % 3], size=(50, 40), box=(30, 5, 10, 10), fmt="PNG")
+        rows["images"].append(f"{uuid} {rel}")
+        rows["labels"].append(f"{uuid} {leaf}")
+        rows["split"].append(f"{uuid} {0 if n % 3 == 2 else 1}")
+        rows["boxes"].append(f"{uuid} 60 10 20 20")
+        rows["sizes"].append(f"{uuid} 100 80")
+    files = {"images": "images.txt", "labels": "image_class_labels.txt", "split": "train_test_split.txt",
+             "boxes": "bounding_boxes.txt", "sizes": "sizes.txt"}
+    for key, name in files.items():
+        (root / name).write_text("\n".join(rows[key]) + "\n")
+    (root / "classes.txt").write_text("".join(f"{i} {n}\n" for i, n in CLASSES.items()))
+    (root / "hierarchy.txt").write_text("".join(f"{c} {p}\n" for c, p in PARENTS.items()))
+    return root
+
+
+# A generator small enough to train in seconds on a CPU: U-Net 8 x (1, 2), 32 images a step.
+TINY = [
+    "generator.base_channels=8",
+    "generator.batch_size=32",
+    "generator.duration_kimg=0.128",  # 4 steps
+    "generator.log_every_kimg=0.032",  # every step
+    "generator.snapshot_every_kimg=0.064",
+    "generator.grid_every_kimg=0",
+    "generator.warmup_kimg=0.032",
+    "sampling.steps=3",
+    "sampling.network_batch=8",
+    "sampling.batch_size=16",
+]
+
+
+def tiny_recipe(run_dir, *extra, source=None):
+    from synthaug.recipe import load_recipe
+
+    return load_recipe(source, [*TINY, f"run_dir={run_dir}", *extra])
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A tiny generator trained for 4 steps on the digits (session-wide: several tests sample it)."""
+    from synthaug.generator.train import train_generator
+
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    return train_generator(tiny_recipe(run_dir))

@@ -5,45 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import COLOURS, mean_colour, write_image
+from conftest import mean_colour
 from synthaug import SynthaugError, load_dataset
 from synthaug.data import DataConfig, read_catalog
-
-CLASSES = {
-    0: "Birds",
-    19: "Swifts and Hummingbirds",
-    228: "Allen's Hummingbird",
-    380: "Allen's Hummingbird (Adult Male)",
-    679: "Allen's Hummingbird (Female, immature)",
-    152: "Anna's Hummingbird",
-    375: "Anna's Hummingbird (Adult Male)",
-    500: "Anhinga",
-}
-PARENTS = {19: 0, 228: 19, 380: 228, 679: 228, 152: 19, 375: 152, 500: 0}
-
-
-@pytest.fixture
-def nabirds_tree(tmp_path):
-    root = tmp_path / "nabirds"
-    rows = {k: [] for k in ("images", "labels", "split", "boxes", "sizes")}
-    for n, leaf in enumerate([380, 380, 380, 679, 679, 679, 375, 375, 500, 500]):
-        uuid = f"0000000{n}-aaaa-bbbb-cccc-dddddddddddd"
-        rel = f"{leaf:04d}/{uuid.replace('-', '')}.jpg"
-        # on disk at half the listed size: boxes must scale
-        write_image(root / "images" / rel, COLOURS[n % 3], size=(50, 40), box=(30, 5, 10, 10), fmt="PNG")
-        rows["images"].append(f"{uuid} {rel}")
-        rows["labels"].append(f"{uuid} {leaf}")
-        rows["split"].append(f"{uuid} {0 if n % 3 == 2 else 1}")
-        rows["boxes"].append(f"{uuid} 60 10 20 20")
-        rows["sizes"].append(f"{uuid} 100 80")
-    files = {"images": "images.txt", "labels": "image_class_labels.txt", "split": "train_test_split.txt",
-             "boxes": "bounding_boxes.txt", "sizes": "sizes.txt"}
-    for key, name in files.items():
-        (root / name).write_text("\n".join(rows[key]) + "\n")
-    (root / "classes.txt").write_text("".join(f"{i} {n}\n" for i, n in CLASSES.items()))
-    (root / "hierarchy.txt").write_text("".join(f"{c} {p}\n" for c, p in PARENTS.items()))
-    return root
-
 
 def test_leaf_categories_by_default_with_species_groups(nabirds_tree):
     ds = load_dataset(f"nabirds:{nabirds_tree}", resolution=8)

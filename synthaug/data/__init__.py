@@ -50,6 +50,14 @@ class DataConfig:
     seed: int = 0
     strict: bool = False
 
+    def __post_init__(self):
+        if not 0 <= self.resolution <= 4096:
+            raise SynthaugError(f"data.resolution {self.resolution} is out of range; use 0 (default) or a side up to 4096 pixels.")
+        if self.shots_per_class < 0:
+            raise SynthaugError(f"shots_per_class must be 0 (all) or positive, not {self.shots_per_class}.")
+        if not 0 < self.test_fraction < 1:
+            raise SynthaugError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}; use e.g. 0.2.")
+
 
 @dataclass(frozen=True)
 class DatasetFormat:
@@ -208,8 +216,6 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     config = dataclasses.replace(config, **overrides)
     fmt, _ = parse_spec(config.spec)
     resolution = config.resolution or fmt.default_resolution
-    if not 1 <= resolution <= 4096:
-        raise SynthaugError(f"Resolution {resolution} is out of range; use a side between 1 and 4096 pixels.")
     catalog = read_catalog(config)
     if len(catalog) == 0:
         raise SynthaugError(f"{config.spec} lists no images; check the annotation files.")

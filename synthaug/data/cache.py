@@ -22,6 +22,7 @@ import numpy as np
 from synthaug import progress
 from synthaug.data.catalog import Catalog
 from synthaug.data.decode import decode_image
+from synthaug.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def cache_root() -> Path:
         return Path(os.environ["SYNTHAUG_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "synthaug"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resize_pixels(pixels: np.ndarray, resolution: int) -> np.ndarray:

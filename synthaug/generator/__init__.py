@@ -1,0 +1,172 @@
+"""Conditional diffusion generators: train one per dataset (:func:`train_generator`), load a trained
+run and draw images from it (:class:`Generator`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthaug.errors import SynthaugError
+from synthaug.generator.conditions import ConditionSchema
+from synthaug.generator.model import Denoiser
+from synthaug.generator.sample import sample_images, sample_seed
+from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.runs import Run, open_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One thing to draw: a class, or a vector of attribute levels (null level = unspecified)."""
+
+    key: str  # stable, dot-free name used in sample keys and seeds, e.g. "c380" or "a-bangs3-smiling5"
+    value: tuple[int, ...]  # (class,) or the attribute levels
+    label: int  # the class label in the real dataset's label space (-1 when undefined)
+    class_name: str
+    class_id: int
+    attributes: dict[str, int] | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Generator:
+    """A trained generator, ready to sample.
+
+    >>> gen = Generator.load("runs/digits")                       # doctest: +SKIP
+    >>> images, labels = gen.sample(["3", "7"], n=16, seed=0)     # doctest: +SKIP
+    >>> images.shape, images.dtype                                # doctest: +SKIP
+    (torch.Size([16, 1, 8, 8]), torch.uint8)
+    """
+
+    def __init__(self, run: Run, denoiser: Denoiser, schema: ConditionSchema, train_config: dict,
+                 device: torch.device, autocast_dtype: torch.dtype | None = None, sampling: SamplingConfig | None = None):
+        self.run = run
+        self.sampling = sampling or SamplingConfig()  # the run's recipe's [sampling] defaults
+        self.denoiser = denoiser
+        self.schema = schema
+        self.train_config = train_config
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
+        """Load the EMA weights of a trained run folder onto ``device`` (default: a GPU if present).
+
+        On a GPU that supports it, the network runs under bf16 autocast.
+        """
+        run = open_run(Path(run))
+        device = torch.device(device) if device is not None else default_device()
+        denoiser = Denoiser.from_pretrained(run.ema_dir).to(device).eval()
+        schema = ConditionSchema.load(run.condition_file)
+        train_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
+        autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        return cls(run, denoiser, schema, train_config, device, autocast, load_recipe(run.recipe_file).sampling)
+
+    # -- conditions -------------------------------------------------------------------------
+    def class_condition(self, index: int) -> Condition:
+        s = self.schema
+        return Condition(f"c{s.class_ids[index]}", (index,), index, s.class_names[index], s.class_ids[index])
+
+    def resolve_classes(self, names: list[str | int]) -> list[Condition]:
+        """Conditions for class names (groups such as NABirds species expand to their classes)."""
+        if self.schema.kind != "class":
+            raise SynthaugError("This run is attribute-conditional; ask for attributes (--attr bangs=3,smiling=5).")
+        out: list[Condition] = []
+        for name in names:
+            for c in self.schema.resolve(str(name)).classes:
+                if all(o.value != (c,) for o in out):
+                    out.append(self.class_condition(c))
+        return out
+
+    def all_classes(self) -> list[Condition]:
+        if self.schema.kind != "class":
+            raise SynthaugError("This run is attribute-conditional; --all-classes needs a class-conditional run.")
+        return [self.class_condition(c) for c in range(self.schema.num_classes)]
+
+    def attribute_condition(self, text: str | dict[str, int]) -> Condition:
+        """A condition from 'bangs=3,smiling=5' (or a dict); unnamed attributes stay unspecified."""
+        if isinstance(text, dict):
+            text = ",".join(f"{k}={v}" for k, v in text.items())
+        s = self.schema
+        levels = s.parse_attributes(text)
+        named = {s.attribute_names[a]: lv for a, lv in enumerate(levels) if lv < s.attribute_levels[a]}
+        key = "a-" + "-".join(f"{''.join(ch for ch in k.lower() if ch.isalnum())}{v}" for k, v in named.items())
+        label = s.label_of_attributes(levels)
+        name = s.class_names[label] if label >= 0 else ", ".join(f"{k}={v}" for k, v in named.items())
+        return Condition(key, levels, label, name, s.class_ids[label] if label >= 0 else -1, named)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample_conditions(self, conditions: list[Condition], seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
+        """uint8 (B, H, W, C) images, one per (condition, seed), drawn ``sampling.batch_size`` at a time."""
+        out = []
+        for start in range(0, len(seeds), sampling.batch_size):
+            chunk = conditions[start : start + sampling.batch_size]
+            value = torch.tensor([c.value for c in chunk], dtype=torch.long)
+            value = value[:, 0] if self.schema.kind == "class" else value
+            out.append(sample_images(
+                self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size], self.train_config,
+                sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
+            ))
+        return np.concatenate(out) if out else np.zeros((0, self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
+
+    def sample(self, classes: list[str | int] | None = None, n: int = 16, seed: int = 0,
+               guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+               attributes: str | dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` images spread evenly over ``classes`` (all classes when None) or one attribute condition.
+
+        Returns:
+            (uint8 images (n, C, H, W), int64 labels (n,) in the real dataset's label space).
+            Image i of a condition has the seed ``sample_seed(seed, condition.key, i)``, the same
+            seed `synthaug generate --seed` gives it.
+        """
+        if n <= 0:
+            raise SynthaugError(f"n must be positive, not {n}.")
+        if attributes is not None:
+            conds = [self.attribute_condition(attributes)]
+        elif classes is None:
+            conds = self.all_classes()
+        else:
+            conds = self.resolve_classes(list(classes))
+        specs = plan_conditions(conds, split_evenly(n, len(conds)), seed)
+        chosen = {k: v for k, v in dict(guidance=guidance, sampler=sampler, steps=steps, seed=seed).items() if v is not None}
+        sampling = dataclasses.replace(self.sampling, **chosen)
+        images = self.sample_conditions([s[0] for s in specs], [s[2] for s in specs], sampling)
+        labels = torch.tensor([s[0].label for s in specs], dtype=torch.long)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` counts that differ by at most one (the first ones get the remainder)."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def plan_conditions(conditions: list[Condition], counts: list[int], base_seed: int) -> list[tuple[Condition, int, int]]:
+    """(condition, index, seed) for every image, round-robin over conditions so shards mix classes."""
+    out = []
+    for i in range(max(counts, default=0)):
+        for cond, count in zip(conditions, counts):
+            if i < count:
+                out.append((cond, i, sample_seed(base_seed, cond.key, i)))
+    return out
+
+
+def train_generator(*args, **kwargs):
+    """See :func:`synthaug.generator.train.train_generator`."""
+    from synthaug.generator.train import train_generator as train
+
+    return train(*args, **kwargs)
+
+
+__all__ = ["Condition", "Generator", "plan_conditions", "sample_seed", "split_evenly", "train_generator"]

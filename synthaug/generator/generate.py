@@ -1,0 +1,234 @@
+"""Generate a synthetic set: a trained run folder + what to draw -> WebDataset shards + manifest.
+
+The planned images are cut into shards of ``images_per_shard`` in a fixed order; under
+``accelerate launch`` process r writes shards r, r + W, r + 2W, ... Re-running the same command
+skips finished shards and redoes a partial one, so no image is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthaug import __version__, progress
+from synthaug.errors import SynthaugError
+from synthaug.files import exclusive_lock, write_text_atomic
+from synthaug.generator import Condition, Generator, plan_conditions, split_evenly
+from synthaug.recipe import SamplingConfig
+from synthaug.shards import (
+    MANIFEST,
+    SHARD_PATTERN,
+    describe_shard,
+    encode_png,
+    encode_sample,
+    partial_name,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+SETTINGS_FILE = "generation.json"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What to draw: class names (or ``all_classes``), NABirds-style species, or attribute conditions,
+    with ``num`` images in all (split evenly) or ``per_class`` images per condition."""
+
+    classes: tuple[str, ...] = ()
+    species: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    all_classes: bool = False
+    num: int = 0
+    per_class: int = 0
+
+    def __post_init__(self):
+        asked = sum(bool(x) for x in (self.classes, self.species, self.attributes, self.all_classes))
+        if asked != 1:
+            raise SynthaugError("Say what to draw with exactly one of --class, --species, --attr or --all-classes.")
+        if (self.num > 0) == (self.per_class > 0):
+            raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
+        if self.num < 0 or self.per_class < 0:
+            raise SynthaugError("--num and --per-class must be positive.")
+
+
+def resolve_conditions(gen: Generator, request: GenerateRequest) -> list[Condition]:
+    if request.all_classes:
+        return gen.all_classes()
+    if request.attributes:
+        return [gen.attribute_condition(a) for a in request.attributes]
+    return gen.resolve_classes(list(request.species or request.classes))
+
+
+def run_identity(gen: Generator) -> dict:
+    info = gen.run.info()
+    return {"path": str(gen.run.path.resolve()), "name": gen.run.name, "id": info.get("id", ""),
+            "kimg": info.get("kimg"), "weights_sha256": gen.run.weights_sha256(), "dataset": gen.schema.dataset}
+
+
+def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
+    """Make ``out`` ready: new, the same generation resumed, or (with overwrite) cleared of our files."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / SETTINGS_FILE
+    ours = [*out.glob("synth-*.tar"), *out.glob(".synth-*.tar.partial"), out / MANIFEST, settings_path]
+    if settings_path.exists() and not overwrite:
+        try:
+            previous = json.loads(settings_path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != settings:
+            changed = sorted(k for k in set(settings) | set(previous or {}) if (previous or {}).get(k) != settings.get(k))
+            raise SynthaugError(
+                f"{out} holds a generation with different settings ({', '.join(changed) or 'unreadable'}); "
+                "use another --out folder or pass --overwrite to replace it."
+            )
+        return
+    others = [p for p in out.iterdir() if p not in ours and p.name != ".lock"]
+    if not overwrite and (others or any(p.exists() for p in ours)):
+        raise SynthaugError(f"{out} is not empty and holds no synthaug generation; choose an empty --out folder or pass --overwrite.")
+    for p in ours:
+        p.unlink(missing_ok=True)
+    write_text_atomic(settings_path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def generate_shards(
+    run: str | Path,
+    request: GenerateRequest,
+    out: str | Path,
+    sampling: SamplingConfig | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+) -> dict:
+    """Draw the requested images from a trained run and write them as shards with a manifest.
+
+    Args:
+        run: a trained run folder.
+        request: what to draw and how many.
+        out: the output folder (created); re-running the same call resumes it.
+        sampling: sampler settings (default: the run's recipe's [sampling] section).
+        overwrite: replace a different generation already in ``out``.
+        device: torch device (default: a GPU when there is one).
+
+    Returns:
+        The manifest, as written to ``out/manifest.json``.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    out = Path(out)
+    gen = Generator.load(run, device=device or state.device)
+    sampling = sampling or gen.sampling
+    conditions = resolve_conditions(gen, request)
+    counts = [request.per_class] * len(conditions) if request.per_class else split_evenly(request.num, len(conditions))
+    plan = plan_conditions(conditions, counts, sampling.seed)
+    n_shards = -(-len(plan) // sampling.images_per_shard)
+    identity = run_identity(gen)
+    settings = {
+        "run_weights_sha256": identity["weights_sha256"],
+        "conditions": [c.key for c in conditions],
+        "counts": counts,
+        **{k: v for k, v in dataclasses.asdict(sampling).items() if k != "batch_size"},  # batch size cannot change an image
+    }
+    common = {"sampler": sampling.sampler, "steps": sampling.steps, "guidance": sampling.guidance,
+              "network_batch": sampling.network_batch, "run": identity["name"], "run_id": identity["id"],
+              "weights_sha256": identity["weights_sha256"], "dataset": gen.schema.dataset, "synthaug": __version__}
+
+    def make_shard(k: int) -> None:
+        part = plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]
+        (out / partial_name(k)).unlink(missing_ok=True)
+        images = gen.sample_conditions([c for c, _, _ in part], [s for _, _, s in part], sampling)
+        samples = []
+        for (cond, index, seed), image in zip(part, images):
+            meta = {**common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
+                    "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
+            samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
+        write_shard(out, k, samples)
+
+    lock = exclusive_lock(out / ".lock", f"the folder {out}") if state.is_main_process else contextlib.nullcontext()
+    with lock:
+        if state.is_main_process:
+            prepare_folder(out, settings, overwrite)
+        state.wait_for_everyone()
+        mine = [k for k in range(n_shards) if k % state.num_processes == state.process_index]
+        todo = [k for k in mine if not (out / shard_name(k)).exists()]
+        if len(todo) < len(mine):
+            log.info("Resuming: %d of %d shards are already complete.", len(mine) - len(todo), len(mine))
+        with progress.task(f"generating {len(plan)} images", total=len(plan)) as bar:
+            bar.advance(sum(min(sampling.images_per_shard, len(plan) - k * sampling.images_per_shard) for k in mine if k not in todo))
+            for k in todo:
+                make_shard(k)
+                bar.advance(min(sampling.images_per_shard, len(plan) - k * sampling.images_per_shard))
+        state.wait_for_everyone()
+        manifest = None
+        if state.is_main_process:
+            shards = []
+            for k in range(n_shards):
+                expected = [f"{c.key}-{i:06d}" for c, i, _ in plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]]
+                info = describe_shard(out / shard_name(k)) if (out / shard_name(k)).exists() else None
+                if info is None or info["keys"] != expected:
+                    log.warning("Shard %s is missing or does not hold its planned samples; writing it again.", shard_name(k))
+                    (out / shard_name(k)).unlink(missing_ok=True)
+                    make_shard(k)
+                    info = describe_shard(out / shard_name(k))
+                shards.append(info)
+            extra = {"synthaug": __version__, "run": identity, "schema": dataclasses.asdict(gen.schema),
+                     "shard_pattern": SHARD_PATTERN}
+            manifest = write_manifest(out, shards, settings, extra)
+        state.wait_for_everyone()
+    return manifest if manifest is not None else json.loads((out / MANIFEST).read_text())
+
+
+def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
+    """The most recent trained run that can draw ``request``; the error names a recipe to train."""
+    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.runs import find_runs
+
+    names = list(request.species or request.classes)
+    for run in find_runs(root):
+        schema = ConditionSchema.load(run.condition_file)
+        if request.attributes:
+            if schema.kind == "attributes":
+                return run.path
+            continue
+        if schema.kind != "class":
+            continue
+        try:
+            for name in names:
+                schema.resolve(name)
+        except SynthaugError:
+            continue
+        return run.path
+    what = ", ".join(repr(n) for n in names) if names else ("attribute conditions" if request.attributes else "classes")
+    suggestion = recipe_with_classes(names, bool(request.attributes))
+    hint = (f"train one first: synthaug train {suggestion}" if suggestion
+            else "train a recipe whose dataset has it first (synthaug train RECIPE), or pass --run")
+    raise SynthaugError(f"No trained run can draw {what}; {hint}.")
+
+
+def recipe_with_classes(names: list[str], attributes: bool) -> str | None:
+    """A recipe file whose dataset (when present here) has every name, or the attribute recipe."""
+    from synthaug.data import read_catalog
+    from synthaug.data.lookup import resolve_name
+    from synthaug.recipe import find_recipe, load_recipe
+
+    folders = [Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
+    for path in sorted({p for f in folders if f.is_dir() for p in f.glob("*.toml")}, key=lambda p: p.name):
+        try:
+            recipe = load_recipe(find_recipe(str(path)))
+            if attributes:
+                if recipe.generator.condition == "attributes" or recipe.data.spec.startswith("celeba-dialog"):
+                    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+                continue
+            catalog = read_catalog(recipe.data)
+            groups = [(g.name, g.members) for g in catalog.groups]
+            for name in names:
+                resolve_name(name, catalog.class_names, groups)
+        except SynthaugError:
+            continue
+        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    return None

@@ -1,0 +1,318 @@
+"""Train a conditional diffusion generator: recipe + real training split -> a run folder.
+
+One flat loop (seed -> data -> model -> optimizer/EMA -> resume -> loop -> log/snapshot). All the
+randomness of step k (which images, noise, timesteps, dropped conditions, flips) is drawn from a
+generator seeded by (seed, k) for the whole global batch, so a resumed run continues exactly where
+an uninterrupted one would, and the trajectory does not depend on how the batch is split over
+devices or accumulation steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthaug import __version__, progress
+from synthaug.data import load_dataset
+from synthaug.errors import SynthaugError
+from synthaug.files import exclusive_lock, folder_atomic, recover_folder, sha256_file, write_text_atomic
+from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
+from synthaug.generator.loss import DiffusionLoss
+from synthaug.generator.model import Denoiser, build_denoiser
+from synthaug.generator.sample import sample_images, training_scheduler
+from synthaug.grids import save_png, tile_images
+from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
+from synthaug.runs import Run
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption (how long, how often to report).
+RESUMABLE_CHANGES = {"duration_kimg", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile"}
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+def batch_rows(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """The dataset rows of optimizer step ``step``: consecutive slices of per-epoch permutations."""
+    rows, start = [], step * batch
+    while len(rows) < batch:
+        epoch, offset = divmod(start, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        take = perm[offset : offset + batch - len(rows)]
+        rows.extend(take.tolist())
+        start += len(take)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def drop_conditions(cond: torch.Tensor, null: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Replace conditions by the null with probability ``p`` (whole condition); attributes are also
+    dropped one by one with probability ``p``, so partly specified attribute vectors are trained too."""
+    whole = torch.rand(len(cond), generator=g, device=cond.device) < p
+    if cond.ndim == 1:
+        return torch.where(whole, null, cond)
+    each = torch.rand(cond.shape, generator=g, device=cond.device) < p
+    return torch.where(whole[:, None] | each, null, cond)
+
+
+def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 10) -> tuple[torch.Tensor, int]:
+    """Conditions for a sample grid: a row per class (evenly spread), or per attribute with its levels."""
+    if schema.kind == "class":
+        classes = np.unique(np.linspace(0, schema.num_classes - 1, min(max_rows, schema.num_classes)).round().astype(int))
+        return torch.tensor(np.repeat(classes, per_row)), per_row
+    rows = []
+    width = max(schema.attribute_levels)
+    for a, levels in enumerate(schema.attribute_levels):
+        for level in range(width):
+            row = list(schema.attribute_levels)  # null elsewhere
+            row[a] = min(level, levels - 1)
+            rows.append(row)
+    return torch.tensor(rows), width
+
+
+def save_grid(denoiser: Denoiser, schema: ConditionSchema, train_config: dict, recipe: Recipe, path: Path, autocast) -> None:
+    cond, per_row = grid_conditions(schema)
+    s = recipe.sampling
+    seeds = [s.seed * 1000 + i % per_row for i in range(len(cond))]
+    images = sample_images(denoiser, cond, schema.null(1), seeds, train_config, sampler=s.sampler, steps=s.steps,
+                           guidance=s.guidance, network_batch=s.network_batch, autocast_dtype=autocast)
+    save_png(tile_images(images, per_row), path, min_side=512)
+
+
+def check_resumable(run: Run, recipe: Recipe) -> None:
+    """A run folder may be resumed by the same recipe, give or take how long and how often it reports."""
+    saved = load_recipe(run.recipe_file)
+    old, new = recipe_to_dict(saved), recipe_to_dict(recipe)
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in set(a) | set(b):
+                if a.get(key) != b.get(key) and not (section == "generator" and key in RESUMABLE_CHANGES):
+                    raise SynthaugError(
+                        f"{run.path} was trained with {section}.{key} = {a.get(key)!r}, not {b.get(key)!r}; "
+                        "use --fresh to start over, or another run folder (--set run_dir=...)."
+                    )
+        elif a != b and section not in ("sampling",):
+            raise SynthaugError(f"{run.path} was trained with {section} = {a!r}, not {b!r}; use --fresh to start over.")
+
+
+def load_state(run: Run) -> dict | None:
+    """The saved training state, after checking its sha256; None when there is none."""
+    recover_folder(run.state_dir)
+    meta_path, state_path = run.state_dir / "state.json", run.state_dir / "training_state.pt"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if not state_path.exists() or sha256_file(state_path) != meta["sha256"]:
+        raise SynthaugError(
+            f"{state_path} is damaged (its sha256 does not match state.json); restore it, or start over with --fresh."
+        )
+    return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool) -> None:
+    """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically."""
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model.parameters())
+    for folder, module in ((run.model_dir, model), (run.ema_dir, ema_model)):
+        with folder_atomic(folder) as tmp:
+            module.save_pretrained(tmp)
+            train_sched.save_pretrained(tmp / "scheduler")
+    with folder_atomic(run.state_dir) as tmp:
+        state = {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_sched.state_dict(),
+            "step": step,
+            "nimg": nimg,
+        }
+        torch.save(state, tmp / "training_state.pt")
+        meta = {"step": step, "nimg": nimg, "finished": finished, "sha256": sha256_file(tmp / "training_state.pt")}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    info = run.info()
+    info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished)
+    write_text_atomic(run.info_file, json.dumps(info, indent=1))
+
+
+def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
+    """Train (or resume) the generator of ``recipe`` in its run folder.
+
+    Args:
+        recipe: the resolved recipe; its ``data`` training split is the only real data used.
+        fresh: delete what the run folder holds and start over.
+
+    Returns:
+        The trained :class:`~synthaug.runs.Run`.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    g_cfg = recipe.generator
+    run = Run(recipe.run_path)
+    mixed = g_cfg.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mixed)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    if g_cfg.batch_size % world:
+        raise SynthaugError(f"generator.batch_size {g_cfg.batch_size} does not split over {world} devices; use a multiple of {world}.")
+    per_device = g_cfg.batch_size // world
+    micro = g_cfg.batch_per_device or per_device
+    if per_device % micro:
+        raise SynthaugError(f"Each device's share of the batch ({per_device}) is not a multiple of generator.batch_per_device ({micro}).")
+    accum = per_device // micro
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run.lock_file, f"the run folder {run.path}"):
+        # 1. the run folder: start over, resume, or begin
+        if fresh and accelerator.is_main_process:
+            for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        state = load_state(run)
+        if state is not None:
+            check_resumable(run, recipe)
+
+        # 2. data: the real training split (and low-data subset) only, as uint8 on the device
+        dataset = load_dataset(recipe.data).split("train")
+        schema = schema_from_dataset(dataset, g_cfg.condition)
+        images = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W) uint8
+        conds = torch.from_numpy(encode_dataset(schema, dataset)).to(device)
+        null = schema.null(1, device)[0]
+        if accelerator.is_main_process:
+            schema.save(run.condition_file)
+            write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
+            if not run.info_file.exists():
+                info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, "kimg": 0, "finished": False}
+                write_text_atomic(run.info_file, json.dumps(info, indent=1))
+
+        # 3. model, noise schedule, loss, optimizer, EMA
+        torch.manual_seed(g_cfg.seed)
+        model = build_denoiser(schema, g_cfg.preset, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
+                               layers_per_block=g_cfg.layers_per_block, dropout=g_cfg.dropout).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        train_sched = training_scheduler(g_cfg.schedule, g_cfg.num_timesteps, g_cfg.prediction)
+        alphas_cumprod = train_sched.alphas_cumprod.to(device)
+        loss_fn = DiffusionLoss(g_cfg.prediction, g_cfg.loss, g_cfg.min_snr_gamma)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=g_cfg.lr, weight_decay=g_cfg.weight_decay,
+                                      fused=device.type == "cuda")
+        total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
+        warmup_steps = int(g_cfg.warmup_kimg * 1000 / g_cfg.batch_size)
+        lr_sched = get_scheduler("cosine" if g_cfg.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
+                                 num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+        ema = EMAModel(model.parameters(), decay=g_cfg.ema_decay, use_ema_warmup=True, power=g_cfg.ema_power, foreach=True)
+
+        # 4. resume
+        step = nimg = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            ema.to(device)
+            optimizer.load_state_dict(state["optimizer"])
+            lr_sched.load_state_dict(state["lr_scheduler"])
+            step, nimg = state["step"], state["nimg"]
+            log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
+        del state
+        net = torch.compile(model) if g_cfg.compile else model
+        net, optimizer = accelerator.prepare(net, optimizer)
+        autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
+
+        # 5. the loop
+        total_nimg = total_steps * g_cfg.batch_size
+        next_log = nimg + g_cfg.log_every_kimg * 1000
+        next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
+        next_grid = nimg + g_cfg.grid_every_kimg * 1000
+        loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
+        tick_time, tick_nimg = time.perf_counter(), nimg
+        with progress.task(f"training {recipe.name}", total=total_nimg) as bar:
+            bar.advance(nimg)
+            while nimg < total_nimg:
+                # (a) all randomness of this step, drawn for the global batch
+                g = step_generator(g_cfg.seed, step, device)
+                rows = batch_rows(step, g_cfg.batch_size, len(images), g_cfg.seed).to(device)
+                t_all = torch.randint(0, g_cfg.num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
+                noise_all = torch.randn((g_cfg.batch_size, *images.shape[1:]), generator=g, device=device)
+                cond_all = drop_conditions(conds[rows], null, g_cfg.cond_drop_prob, g)
+                flip_all = torch.rand(g_cfg.batch_size, generator=g, device=device) < (0.5 if g_cfg.flip else 0.0)
+                net.train()
+                for m in range(accum):
+                    sl = slice(rank * per_device + m * micro, rank * per_device + (m + 1) * micro)
+                    x0 = images[rows[sl]].float() / 127.5 - 1
+                    x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
+                    t, noise = t_all[sl], noise_all[sl]
+                    x_t = train_sched.add_noise(x0, noise, t)
+                    if device.type == "cuda":
+                        x_t = x_t.contiguous(memory_format=torch.channels_last)
+                    with accelerator.no_sync(net) if m < accum - 1 else torch.enable_grad():
+                        out = net(x_t, t, cond_all[sl])
+                        loss = loss_fn(out, x0, noise, alphas_cumprod[t])
+                        accelerator.backward(loss / accum)
+                    loss_sum += loss.detach()
+                    loss_count += 1
+                if g_cfg.grad_clip:
+                    accelerator.clip_grad_norm_(net.parameters(), g_cfg.grad_clip)
+                optimizer.step()
+                lr_sched.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(model.parameters())
+                step += 1
+                nimg += g_cfg.batch_size
+                bar.advance(g_cfg.batch_size)
+
+                # (b) log, snapshot and grid on their schedules (the only host-device syncs)
+                done = nimg >= total_nimg
+                if nimg >= next_log or done:
+                    mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
+                    if not math.isfinite(mean_loss):
+                        raise SynthaugError(
+                            f"Training diverged: the loss became {mean_loss} between step {last_good[0]} and step {step}; "
+                            f"the last good state ({last_good[1] / 1000:.1f} kimg) is kept in {run.state_dir}; "
+                            "lower generator.lr and run the same command again."
+                        )
+                    now = time.perf_counter()
+                    ips = (nimg - tick_nimg) / max(now - tick_time, 1e-9)
+                    if accelerator.is_main_process:
+                        entry = {"kimg": round(nimg / 1000, 3), "step": step, "loss": round(mean_loss, 6),
+                                 "images_per_s": round(ips, 1), "lr": lr_sched.get_last_lr()[0], "time": time.time()}
+                        with open(run.log_file, "a") as f:
+                            f.write(json.dumps(entry) + "\n")
+                    bar.advance(0, info=f"{ips:,.0f} img/s  loss {mean_loss:.4f}")
+                    loss_sum.zero_()
+                    loss_count = 0
+                    tick_time, tick_nimg = now, nimg
+                    next_log = nimg + g_cfg.log_every_kimg * 1000
+                if nimg >= next_snapshot or done:
+                    if accelerator.is_main_process:
+                        save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done)
+                    accelerator.wait_for_everyone()
+                    last_good = (step, nimg)
+                    next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
+                if (g_cfg.grid_every_kimg and nimg >= next_grid) or done:
+                    if accelerator.is_main_process:
+                        ema_model = copy.deepcopy(model).eval()
+                        ema.copy_to(ema_model.parameters())
+                        save_grid(ema_model, schema, dict(train_sched.config), recipe,
+                                  run.grids_dir / f"grid-{nimg // 1000:06d}kimg.png", autocast)
+                        del ema_model
+                    next_grid = nimg + g_cfg.grid_every_kimg * 1000
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run
+
+
+def train_recipe(source: str | Path | None, overrides=(), fresh: bool = False) -> Run:
+    """Load a recipe (path, name, or None for digits) with ``--set`` overrides and train it."""
+    return train_generator(load_recipe(source, overrides), fresh=fresh)

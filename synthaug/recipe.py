@@ -1,0 +1,276 @@
+"""Recipes: TOML files whose sections mirror frozen dataclasses.
+
+Precedence: dataclass defaults < recipe file < ``--set section.key=value`` overrides. Unknown
+sections or keys and values of the wrong type are errors that name the key. The defaults are the
+embedded digits recipe (``recipes/digits.toml`` states them explicitly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synthaug.data import DataConfig
+from synthaug.errors import SynthaugError
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc", "euler")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SynthaugError(message)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The ``[generator]`` section: model size, objective and training schedule.
+
+    Progress is counted in images seen: ``duration_kimg`` thousand images in all, batches of
+    ``batch_size`` images per optimizer step (split over devices, with gradient accumulation when
+    ``batch_per_device`` is smaller than a device's share).
+    """
+
+    preset: str = "tiny"
+    base_channels: int = 0  # 0: the preset's
+    channel_mult: tuple[int, ...] = ()  # (): the preset's
+    layers_per_block: int = 0  # 0: the preset's
+    dropout: float = 0.0
+    condition: str = "auto"  # auto, class or attributes
+    cond_drop_prob: float = 0.1  # probability of the null condition, for classifier-free guidance
+    prediction: str = "epsilon"  # epsilon or v
+    loss: str = "mse"  # mse or l1
+    min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
+    schedule: str = "cosine"  # cosine or linear noise schedule
+    num_timesteps: int = 1000
+    duration_kimg: float = 150.0
+    batch_size: int = 256
+    batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"  # constant or cosine (after warm-up)
+    warmup_kimg: float = 5.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # the ceiling of the EMA decay, reached after the warm-up ramp
+    ema_power: float = 0.75  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
+    flip: bool = False  # random horizontal flips
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16 or fp16
+    compile: bool = False  # torch.compile the U-Net
+    seed: int = 0
+    log_every_kimg: float = 5.0
+    snapshot_every_kimg: float = 50.0
+    grid_every_kimg: float = 50.0
+
+    def __post_init__(self):
+        _check(self.duration_kimg > 0, "generator.duration_kimg must be positive.")
+        _check(self.batch_size > 0, "generator.batch_size must be positive.")
+        _check(self.batch_per_device >= 0, "generator.batch_per_device must be 0 (auto) or positive.")
+        _check(self.lr > 0, "generator.lr must be positive.")
+        _check(0 <= self.cond_drop_prob < 1, "generator.cond_drop_prob must lie in [0, 1).")
+        _check(self.num_timesteps >= 2, "generator.num_timesteps must be at least 2.")
+        _check(self.schedule in ("cosine", "linear"), f"generator.schedule {self.schedule!r} is not known; use cosine or linear.")
+        _check(self.lr_schedule in ("constant", "cosine"), f"generator.lr_schedule {self.lr_schedule!r} is not known; use constant or cosine.")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "generator.mixed_precision must be auto, no, bf16 or fp16.")
+        _check(0 < self.ema_decay < 1, "generator.ema_decay must lie between 0 and 1.")
+        for key in ("log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "warmup_kimg", "grad_clip", "weight_decay", "dropout"):
+            _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
+        _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")
+        _check(self.base_channels >= 0 and self.layers_per_block >= 0, "generator.base_channels and layers_per_block must not be negative.")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The ``[sampling]`` section: how `synthaug generate` draws images.
+
+    Every image has its own seed derived from (seed, condition, index); the network always runs on
+    ``network_batch`` rows (padded), so an image's bytes do not depend on ``batch_size`` or on how
+    many processes share the work.
+    """
+
+    sampler: str = "dpm++2m"
+    steps: int = 20
+    guidance: float = 2.0  # classifier-free guidance scale: 1 = conditional only, 0 = unconditional
+    seed: int = 0
+    batch_size: int = 256  # images in flight per process
+    network_batch: int = 64  # rows per network call (part of the reproducibility contract)
+    images_per_shard: int = 1000
+
+    def __post_init__(self):
+        _check(self.sampler in SAMPLERS, f"Sampler {self.sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
+        _check(self.steps > 0, "sampling.steps must be positive.")
+        _check(self.guidance >= 0 and math.isfinite(self.guidance), "The guidance scale must be 0 or more (1 means no guidance).")
+        _check(self.batch_size > 0 and self.network_batch > 0, "sampling.batch_size and network_batch must be positive.")
+        _check(self.images_per_shard > 0, "sampling.images_per_shard must be positive.")
+        _check(self.seed >= 0, "sampling.seed must not be negative.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe: which data, which generator, how to sample."""
+
+    name: str = "digits"
+    run_dir: str = ""  # default: runs/<name>
+    data: DataConfig = field(default_factory=lambda: DataConfig(spec="digits", resolution=8))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        _check(bool(self.name) and all(c.isalnum() or c in "-_" for c in self.name),
+               f"Recipe name {self.name!r} must be letters, digits, '-' or '_'.")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or Path("runs") / self.name)
+
+
+SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": SamplingConfig}
+
+
+def _coerce(value, hint, key: str):
+    """``value`` as type ``hint``, or an error naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise SynthaugError(f"{key} must be a list, not {value!r}.")
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SynthaugError(f"{key} must be true or false, not {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SynthaugError(f"{key} must be a whole number, not {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SynthaugError(f"{key} must be a number, not {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SynthaugError(f"{key} must be a string, not {value!r}.")
+        return value
+    raise TypeError(f"unsupported recipe type {hint}")
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise SynthaugError(f"Unknown recipe key {prefix + key!r}; the {prefix.rstrip('.') or 'top level'} keys are: "
+                                f"{', '.join(sorted(names - set(SECTIONS)))}.")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Build a :class:`Recipe` from parsed TOML, checking every key and type."""
+    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = data.get(name, {})
+        if not isinstance(values, dict):
+            raise SynthaugError(f"Recipe key {name!r} must be a [{name}] section.")
+        sections[name] = _build(cls, values, f"{name}.")
+    return dataclasses.replace(_build(Recipe, top, ""), **sections)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    out = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in SECTIONS}
+    for name in SECTIONS:
+        out[name] = dataclasses.asdict(getattr(recipe, name))
+    return out
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The fully resolved recipe as TOML that :func:`load_recipe` reads back to the same recipe."""
+    data = recipe_to_dict(recipe)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in SECTIONS]
+    for name in SECTIONS:
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'generator.lr=2e-4' -> (['generator', 'lr'], 2e-4); a value that is not TOML is a string."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise SynthaugError(f"--set {text!r} is not KEY=VALUE; write e.g. --set generator.lr=2e-4.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [p.strip() for p in key.strip().split(".")], value
+
+
+def _field_hint(keys: list[str]):
+    """The declared type of a dotted recipe key, or None when there is no such key."""
+    cls = Recipe
+    if len(keys) == 2 and keys[0] in SECTIONS:
+        cls, keys = SECTIONS[keys[0]], keys[1:]
+    return typing.get_type_hints(cls).get(keys[0]) if len(keys) == 1 else None
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe path, or a name looked up in ./recipes/ and in the source checkout's recipes/."""
+    path = Path(name).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SynthaugError(f"Recipe file {path} does not exist; give a .toml path or a recipe name such as digits.")
+        return path
+    folders = [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
+    for folder in folders:
+        if (folder / f"{name}.toml").is_file():
+            return folder / f"{name}.toml"
+    known = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.toml")})
+    raise SynthaugError(f"No recipe named {name!r}; give a .toml path or one of: {', '.join(known) or 'digits'}.")
+
+
+def load_recipe(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read a recipe (a path, a name, or None for the embedded digits defaults) and apply overrides.
+
+    >>> load_recipe(None, ["generator.lr=1e-4"]).generator.lr
+    0.0001
+    """
+    data: dict = {}
+    if source is not None:
+        path = find_recipe(str(source))
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise SynthaugError(f"{path} is not valid TOML ({e}); fix the file.") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if _field_hint(keys) is str and not isinstance(value, str):
+            value = text.partition("=")[2].strip()  # e.g. --set data.target=inf means the text "inf"
+        target = data
+        for k in keys[:-1]:
+            target = target.setdefault(k, {})
+            if not isinstance(target, dict):
+                raise SynthaugError(f"--set {text!r}: {k!r} is not a section.")
+        target[keys[-1]] = value
+    return recipe_from_dict(data)

@@ -1,0 +1,85 @@
+"""Run folders: what one generator training leaves on disk, and how later stages find it.
+
+    runs/<name>/recipe.toml       the resolved recipe          condition.json  the condition schema
+    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/, scheduler/, ...)
+    runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
+    runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
+    runs/<name>/run.json          id, progress, whether training finished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthaug.errors import SynthaugError
+from synthaug.files import sha256_file
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    recipe_file = property(lambda self: self.path / "recipe.toml")
+    condition_file = property(lambda self: self.path / "condition.json")
+    info_file = property(lambda self: self.path / "run.json")
+    state_dir = property(lambda self: self.path / "state")
+    model_dir = property(lambda self: self.path / "model")
+    ema_dir = property(lambda self: self.path / "ema")
+    log_file = property(lambda self: self.path / "log.jsonl")
+    grids_dir = property(lambda self: self.path / "grids")
+    lock_file = property(lambda self: self.path / ".lock")
+
+    @property
+    def trained(self) -> bool:
+        """True once EMA weights have been saved (a finished or snapshotted training)."""
+        return (self.ema_dir / "unet" / "config.json").is_file() and self.condition_file.is_file()
+
+    def info(self) -> dict:
+        try:
+            return json.loads(self.info_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def weights_sha256(self) -> str:
+        """sha256 over the EMA weight files, the identity of the weights a sample came from."""
+        files = sorted(p for p in self.ema_dir.rglob("*.safetensors"))
+        if not files:
+            raise SynthaugError(f"{self.ema_dir} holds no weights; train the run first (synthaug train).")
+        import hashlib
+
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.relative_to(self.ema_dir).as_posix().encode())
+            digest.update(sha256_file(f).encode())
+        return digest.hexdigest()
+
+
+def runs_root() -> Path:
+    """Where runs live by default: $SYNTHAUG_RUNS, else ./runs."""
+    return Path(os.environ.get("SYNTHAUG_RUNS", "runs"))
+
+
+def find_runs(root: Path | None = None) -> list[Run]:
+    """Trained runs under ``root``, most recently modified first."""
+    root = Path(root or runs_root())
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if p.is_dir() and Run(p).trained]
+    return sorted(runs, key=lambda r: r.info_file.stat().st_mtime if r.info_file.exists() else 0, reverse=True)
+
+
+def open_run(path: Path) -> Run:
+    """A trained run at ``path``, or an error that says how to make one."""
+    run = Run(Path(path))
+    if not run.path.is_dir():
+        raise SynthaugError(f"Run folder {run.path} does not exist; train it with `synthaug train RECIPE` or pass --run.")
+    if not run.trained:
+        raise SynthaugError(f"{run.path} holds no trained generator yet; run `synthaug train` for its recipe first.")
+    return run

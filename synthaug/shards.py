@@ -1,0 +1,151 @@
+"""WebDataset shards of synthetic images and their manifest.
+
+A shard is written under a temporary name by ``webdataset.ShardWriter`` (fixed mtime, so the bytes
+are reproducible), fsynced, then renamed to ``synth-%06d.tar``: a shard under its final name is
+always complete. ``manifest.json``, written last, lists every shard with its sample count and
+sha256, the totals per class, and the generation settings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from synthaug.errors import SynthaugError
+from synthaug.files import fsync_dir, sha256_file, write_text_atomic
+
+SHARD_PATTERN = "synth-%06d.tar"
+MANIFEST = "manifest.json"
+FIXED_MTIME = 1_700_000_000  # 2023-11-14: any constant makes tar headers reproducible
+MANIFEST_FORMAT = "synthaug.shards/1"
+
+
+def shard_name(k: int) -> str:
+    return SHARD_PATTERN % k
+
+
+def partial_name(k: int) -> str:
+    return f".{shard_name(k)}.partial"
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, C) uint8 image; the same pixels always give the same bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def encode_sample(key: str, png: bytes, label: int, meta: dict) -> dict:
+    if "." in key:
+        raise ValueError(f"sample key {key!r} contains a dot; webdataset splits names at the first dot")
+    return {
+        "__key__": key,
+        "png": png,
+        "cls": str(int(label)).encode(),
+        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode(),
+    }
+
+
+def write_shard(folder: Path, k: int, samples: list[dict]) -> Path:
+    """Write pre-encoded samples as shard ``k``: temporary name, fsync, then rename into place."""
+    folder = Path(folder)
+    final = folder / shard_name(k)
+    partial = folder / partial_name(k)
+
+    def rename(fname: str) -> None:
+        with open(fname, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(fname, final)
+        fsync_dir(folder)
+
+    writer = wds.ShardWriter(str(folder / f".{SHARD_PATTERN}.partial"), maxcount=max(1, len(samples)), start_shard=k,
+                             post=rename, verbose=0, encoder=False, mtime=FIXED_MTIME)
+    try:
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+    except BaseException:
+        if writer.tarstream is not None:
+            try:
+                writer.tarstream.close()
+            except Exception:
+                pass
+        partial.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def read_shard(path: Path) -> list[dict]:
+    """Every sample of one shard as {"__key__", "png", "cls", "json"} with raw bytes (tarfile, no decoding)."""
+    samples: dict[str, dict] = {}
+    order: list[str] = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            key, _, ext = base.partition(".")
+            if key not in samples:
+                samples[key] = {"__key__": key}
+                order.append(key)
+            samples[key][ext] = tar.extractfile(member).read()
+    return [samples[k] for k in order]
+
+
+def describe_shard(path: Path) -> dict:
+    """Name, sample count, bytes and sha256 of a finished shard, with its keys and per-class counts."""
+    samples = read_shard(path)
+    per_class = Counter(json.loads(s["json"])["class_name"] for s in samples)
+    return {
+        "name": Path(path).name,
+        "count": len(samples),
+        "bytes": Path(path).stat().st_size,
+        "sha256": sha256_file(path),
+        "keys": [s["__key__"] for s in samples],
+        "per_class": dict(per_class),
+    }
+
+
+def write_manifest(folder: Path, shards: list[dict], settings: dict, extra: dict) -> dict:
+    """Write ``manifest.json`` (atomically): shards, totals per class, settings and provenance."""
+    per_class: Counter = Counter()
+    for s in shards:
+        per_class.update(s["per_class"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        **extra,
+        "settings": settings,
+        "num_samples": sum(s["count"] for s in shards),
+        "per_class": dict(sorted(per_class.items())),
+        "shards": [{k: s[k] for k in ("name", "count", "bytes", "sha256")} for s in shards],
+    }
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise SynthaugError(f"{path} is missing; {folder} is not a finished synthaug shard set (run synthaug generate).")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise SynthaugError(f"{path} is not valid JSON; regenerate the set with synthaug generate.") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise SynthaugError(f"{path} is not a synthaug manifest ({MANIFEST_FORMAT}); point at a synthaug shard folder.")
+    return manifest
+
+
+def shard_urls(folder: Path) -> list[str]:
+    """The shard files a manifest lists, as paths webdataset can open."""
+    manifest = read_manifest(folder)
+    return [str(Path(folder) / s["name"]) for s in manifest["shards"]]

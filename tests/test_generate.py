@@ -1,0 +1,172 @@
+"""generate: shards read back with webdataset, manifest, reproducible bytes, resume, species, CLI errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY, tiny_recipe
+from synthaug import SynthaugError
+from synthaug.cli import app
+from synthaug.files import sha256_file
+from synthaug.generator import Generator
+from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.generator.train import train_generator
+from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.shards import encode_png, partial_name, read_manifest, read_shard
+
+runner = CliRunner()
+
+
+def sampling(**kw) -> SamplingConfig:
+    return SamplingConfig(**{"steps": 3, "network_batch": 8, "batch_size": 16, "images_per_shard": 4, **kw})
+
+
+def read_back(folder):
+    urls = sorted(str(p) for p in folder.glob("synth-*.tar"))
+    return list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+
+
+def test_shards_read_back_with_webdataset(digits_run, tmp_path):
+    out = tmp_path / "s"
+    manifest = generate_shards(digits_run.path, GenerateRequest(classes=("3", "7"), num=10), out, sampling())
+    samples = read_back(out)
+    assert len(samples) == 10 and manifest["num_samples"] == 10
+    assert sorted(s["cls"] for s in samples) == [3] * 5 + [7] * 5
+    keys = [s["__key__"] for s in samples]
+    assert len(set(keys)) == 10 and all("." not in k for k in keys) and "c3-000004" in keys
+    meta = samples[0]["json"]
+    for field in ("class_name", "class_id", "seed", "sampler", "steps", "guidance", "run_id", "weights_sha256", "synthaug"):
+        assert field in meta
+    assert meta["sampler"] == "dpm++2m" and meta["steps"] == 3 and len(meta["weights_sha256"]) == 64
+    assert samples[0]["png"].shape == (8, 8, 3)  # webdataset's rgb8 decode of our 1-channel PNG
+    # manifest: every shard with its count and sha256, totals per class
+    assert [s["name"] for s in manifest["shards"]] == ["synth-000000.tar", "synth-000001.tar", "synth-000002.tar"]
+    assert [s["count"] for s in manifest["shards"]] == [4, 4, 2]
+    for s in manifest["shards"]:
+        assert sha256_file(out / s["name"]) == s["sha256"]
+    assert manifest["per_class"] == {"3": 5, "7": 5}
+    assert read_manifest(out)["run"]["weights_sha256"] == meta["weights_sha256"]
+    # shards mix classes (round-robin), so a shard-level shuffle still sees every class
+    assert {json.loads(s["json"])["class_name"] for s in read_shard(out / "synth-000000.tar")} == {"3", "7"}
+
+
+def test_regenerating_a_sample_by_its_seed_reproduces_its_bytes(digits_run, tmp_path):
+    out = tmp_path / "s"
+    generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=6), out, sampling())
+    sample = read_shard(out / "synth-000001.tar")[1]
+    meta = json.loads(sample["json"])
+    gen = Generator.load(digits_run.path, device="cpu")
+    cond = gen.resolve_classes([meta["class_name"]])[0]
+    again = gen.sample_conditions([cond], [meta["seed"]], sampling(batch_size=1))
+    assert encode_png(again[0]) == sample["png"]
+
+
+def test_shards_are_byte_identical_whatever_the_batch_size(digits_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_shards(digits_run.path, GenerateRequest(classes=("1", "2"), num=6), a, sampling(batch_size=16))
+    generate_shards(digits_run.path, GenerateRequest(classes=("1", "2"), num=6), b, sampling(batch_size=1))
+    for name in ("synth-000000.tar", "synth-000001.tar"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_interrupted_generate_completes_with_every_sample_once(digits_run, tmp_path):
+    out = tmp_path / "s"
+    request = GenerateRequest(classes=("0", "5"), num=10)
+    full = generate_shards(digits_run.path, request, out, sampling())
+    # simulate a kill while shard 1 was being written: only its partial file exists, no manifest
+    data = (out / "synth-000001.tar").read_bytes()
+    (out / "synth-000001.tar").unlink()
+    (out / partial_name(1)).write_bytes(data[: len(data) // 3])
+    (out / "manifest.json").unlink()
+    again = generate_shards(digits_run.path, request, out, sampling())
+    keys = [s["__key__"] for s in read_back(out)]
+    assert sorted(keys) == sorted({k for k in keys}) and len(keys) == 10
+    assert not (out / partial_name(1)).exists()
+    assert again["shards"] == full["shards"]  # the same bytes as the uninterrupted run
+
+
+def test_a_different_generation_into_the_same_folder_is_refused(digits_run, tmp_path):
+    out = tmp_path / "s"
+    generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=4), out, sampling())
+    with pytest.raises(SynthaugError, match=r"holds a generation with different settings \(guidance\)"):
+        generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=4), out, sampling(guidance=4.0))
+    manifest = generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=4), out, sampling(guidance=4.0),
+                               overwrite=True)
+    assert manifest["settings"]["guidance"] == 4.0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SynthaugError, match="is not empty and holds no synthaug generation"):
+        generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=4), tmp_path / "other", sampling())
+
+
+def test_species_resolves_to_nabirds_categories(nabirds_tree, tmp_path):
+    recipe = tiny_recipe(tmp_path / "birds", f"data.spec=nabirds:{nabirds_tree}", "data.resolution=8",
+                         "generator.batch_size=8", "generator.duration_kimg=0.016")
+    run = train_generator(recipe)
+    out = tmp_path / "s"
+    manifest = generate_shards(run.path, GenerateRequest(species=("allen's hummingbird",), num=6), out, sampling())
+    assert manifest["per_class"] == {"Allen's Hummingbird (Adult Male)": 3, "Allen's Hummingbird (Female, immature)": 3}
+    metas = [s["json"] for s in read_back(out)]
+    assert sorted({m["class_id"] for m in metas}) == [380, 679]
+
+
+def cli(*args, env=None):
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_cli_train_then_generate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    result = cli("train", *sets)
+    assert result.exit_code == 0, result.output
+    assert 'spec = "digits"' in result.output and "Trained runs/digits" in result.output
+    result = cli("generate", "--class", "3", "--num", "5", "--out", "s", "--shard-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "Using the run runs/digits" in result.output and "5 images in 3 shards" in result.output
+    assert sum(1 for _ in read_back(tmp_path / "s")) == 5
+
+
+def test_cli_train_dry_run_prints_the_resolved_recipe(tmp_path):
+    result = cli("train", "digits", "--set", "generator.lr=3e-4", "--set", f"run_dir={tmp_path / 'r'}", "--dry-run")
+    assert result.exit_code == 0 and "lr = 0.0003" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--set", "generator.lr=fast"], "generator.lr must be a number, not 'fast'"),
+        (["train", "--set", "generator.lrate=1"], "Unknown recipe key 'generator.lrate'"),
+        (["train", "nope"], "No recipe named 'nope'"),
+        (["generate", "--class", "3", "--num", "2", "--out", "o", "--run", "no/such/run"], "Run folder no/such/run does not exist"),
+        (["generate", "--num", "2", "--out", "o"], "exactly one of --class, --species, --attr or --all-classes"),
+        (["generate", "--class", "3", "--out", "o"], "exactly one of --num N or --per-class N"),
+    ],
+)
+def test_cli_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_unknown_class_and_missing_run(digits_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("generate", "--run", str(digits_run.path), "--class", "33", "--num", "2", "--out", "o")
+    assert result.exit_code == 1 and "No class named '33'" in result.output
+    # no run trained here: the error says which recipe to train
+    result = cli("generate", "--class", "3", "--num", "2", "--out", "o", env={"SYNTHAUG_RUNS": str(tmp_path / "none")})
+    assert result.exit_code == 1 and "No trained run can draw '3'; train one first: synthaug train" in result.output
+    assert "digits.toml" in result.output
+    result = cli("generate", "--run", str(digits_run.path), "--class", "3", "--num", "2", "--out", "o", "--guidance", "-1")
+    assert result.exit_code == 1 and "guidance scale must be 0 or more" in result.output

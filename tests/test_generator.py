@@ -1,0 +1,244 @@
+"""Generator: model, loss, sampling determinism and guidance, training with exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_recipe
+from synthaug import SynthaugError
+from synthaug.generator import Condition, Generator, plan_conditions, sample_seed, split_evenly
+from synthaug.generator import train as train_module
+from synthaug.generator.conditions import ConditionSchema
+from synthaug.generator.loss import DiffusionLoss
+from synthaug.generator.model import build_denoiser, unet_config
+from synthaug.generator.sample import make_sampler, run_network, sample_images, training_scheduler
+from synthaug.generator.train import batch_rows, drop_conditions, train_generator
+
+CLASS_SCHEMA = ConditionSchema("class", ("a", "b", "c"), (1, 2, 3), resolution=8, channels=1)
+ATTR_SCHEMA = ConditionSchema("attributes", ("face",), (0,), resolution=8, channels=3,
+                              attribute_names=("Bangs", "Smiling"), attribute_levels=(6, 6))
+
+
+def test_denoiser_shapes_and_null_conditions():
+    torch.manual_seed(0)
+    for schema in (CLASS_SCHEMA, ATTR_SCHEMA):
+        d = build_denoiser(schema, "tiny", base_channels=8)
+        null = schema.null(2)
+        assert d(torch.randn(2, schema.channels, 8, 8), torch.tensor([5, 900]), null).shape == (2, schema.channels, 8, 8)
+    assert CLASS_SCHEMA.null(2).tolist() == [3, 3]
+    assert ATTR_SCHEMA.null(1).tolist() == [[6, 6]]
+
+
+def test_class_unet_is_plain_diffusers_with_a_null_class(tmp_path):
+    from diffusers import UNet2DModel
+
+    d = build_denoiser(CLASS_SCHEMA, "tiny", base_channels=8)
+    d.save_pretrained(tmp_path)
+    unet = UNet2DModel.from_pretrained(tmp_path / "unet")
+    assert unet.config.num_class_embeds == 4 and unet.config.resnet_time_scale_shift == "scale_shift"
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([10])
+    assert torch.allclose(unet(x, t, class_labels=torch.tensor([2])).sample, d(x, t, torch.tensor([2])), atol=1e-5)
+
+
+def test_presets_check_the_resolution():
+    assert unet_config(CLASS_SCHEMA, "tiny")["block_out_channels"] == (32, 64)
+    base = ConditionSchema("class", ("a",), (0,), resolution=64, channels=3)
+    cfg = unet_config(base, "base")
+    assert cfg["block_out_channels"] == (128, 256, 512, 1024) and cfg["down_block_types"][-1] == "AttnDownBlock2D"
+    odd = ConditionSchema("class", ("a",), (0,), resolution=36, channels=3)
+    with pytest.raises(SynthaugError, match="Resolution 36 cannot be halved 3 times by the small U-Net"):
+        unet_config(odd, "small")
+    with pytest.raises(SynthaugError, match="preset 'huge' is not known"):
+        unet_config(base, "huge")
+
+
+def test_loss_targets_and_min_snr_weights():
+    x0, noise = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
+    a = torch.tensor([0.99, 0.5, 0.1, 0.001])
+    eps = DiffusionLoss("epsilon", "mse", 5.0)
+    assert torch.equal(eps.target(x0, noise, a), noise)
+    v = DiffusionLoss("v", "mse", 5.0).target(x0, noise, a)
+    assert torch.allclose(v, a.sqrt().view(-1, 1, 1, 1) * noise - (1 - a).sqrt().view(-1, 1, 1, 1) * x0)
+    snr = a / (1 - a)
+    assert torch.allclose(eps.weights(a), snr.clamp(max=5) / snr)
+    assert torch.allclose(DiffusionLoss("v", "mse", 5.0).weights(a), snr.clamp(max=5) / (snr + 1))
+    assert torch.equal(DiffusionLoss("epsilon", "mse", 0).weights(a), torch.ones(4))
+    out = noise + 0.5
+    assert DiffusionLoss("epsilon", "l1", 0)(out, x0, noise, a).item() == pytest.approx(0.5)
+    assert DiffusionLoss("epsilon", "mse", 0)(out, x0, noise, a).item() == pytest.approx(0.25)
+    with pytest.raises(SynthaugError, match="generator.loss 'l3'"):
+        DiffusionLoss("epsilon", "l3")
+
+
+def test_batch_rows_cover_each_epoch_once():
+    rows = torch.cat([batch_rows(s, 7, 20, seed=1) for s in range(20)])  # 140 rows = 7 epochs of 20
+    for e in range(7):
+        assert sorted(rows[e * 20 : (e + 1) * 20].tolist()) == list(range(20))
+    assert torch.equal(batch_rows(3, 7, 20, seed=1), batch_rows(3, 7, 20, seed=1))
+
+
+def test_condition_dropout_rates():
+    g = torch.Generator().manual_seed(0)
+    cond = torch.zeros(20000, dtype=torch.long)
+    dropped = drop_conditions(cond, torch.tensor(9), 0.1, g)
+    assert abs((dropped == 9).float().mean().item() - 0.1) < 0.01
+    attrs = torch.zeros(20000, 2, dtype=torch.long)
+    out = drop_conditions(attrs, torch.tensor([6, 6]), 0.1, g)
+    both = (out == 6).all(1).float().mean().item()
+    assert 0.1 < both < 0.13  # whole drops plus both dropped one by one
+    assert abs((out[:, 0] == 6).float().mean().item() - 0.19) < 0.015
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_denoiser(CLASS_SCHEMA, "tiny", base_channels=8).eval()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "unipc", "euler"])
+def test_every_sampler_runs_and_is_deterministic(tiny_model, sampler):
+    cfg = dict(training_scheduler().config)
+    kwargs = dict(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
+    a = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
+    b = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
+    assert a.shape == (2, 8, 8, 1) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
+def test_seeds_in_one_batch_equal_one_at_a_time(tiny_model, sampler):
+    cfg = dict(training_scheduler().config)
+    kwargs = dict(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
+    both = sample_images(tiny_model, torch.tensor([0, 2]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
+    first = sample_images(tiny_model, torch.tensor([0]), CLASS_SCHEMA.null(1), [3], cfg, **kwargs)
+    second = sample_images(tiny_model, torch.tensor([2]), CLASS_SCHEMA.null(1), [4], cfg, **kwargs)
+    np.testing.assert_array_equal(both, np.concatenate([first, second]))  # bit-identical
+
+
+def test_batched_guidance_equals_two_separate_forwards(tiny_model):
+    cfg = dict(training_scheduler().config)
+    cond, null, seeds, s = torch.tensor([0, 1, 2]), CLASS_SCHEMA.null(1), [7, 8, 9], 3.0
+    fast = sample_images(tiny_model, cond, null, seeds, cfg, sampler="ddim", steps=4, guidance=s, network_batch=8)
+    # reference: the same loop with the conditional and the null branch as separate forwards
+    from diffusers.utils.torch_utils import randn_tensor
+
+    sched = make_sampler("ddim", cfg)
+    sched.set_timesteps(4)
+    gens = [torch.Generator().manual_seed(k) for k in seeds]
+    x = randn_tensor((3, 1, 8, 8), generator=gens, dtype=torch.float32)
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            c = run_network(tiny_model, x, t.reshape(1), cond, null, 8)
+            u = run_network(tiny_model, x, t.reshape(1), null.expand(3), null, 8)
+            x = sched.step(u + s * (c - u), t, x, generator=gens).prev_sample
+    ref = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_guidance_one_needs_no_null_branch(tiny_model, monkeypatch):
+    cfg = dict(training_scheduler().config)
+    calls = []
+    original = tiny_model.forward
+    monkeypatch.setattr(tiny_model, "forward", lambda x, t, c: calls.append(len(x)) or original(x, t, c))
+    sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [1, 2], cfg, sampler="ddim", steps=2,
+                  guidance=1.0, network_batch=2)
+    assert calls == [2, 2]  # 2 steps x one chunk of the 2 conditional rows
+
+
+def test_sample_seed_and_plans():
+    assert sample_seed(0, "c3", 5) == sample_seed(0, "c3", 5) != sample_seed(1, "c3", 5)
+    assert 0 <= sample_seed(0, "c3", 5) < 2**63
+    assert split_evenly(7, 3) == [3, 2, 2]
+    x, y = Condition("c1", (0,), 0, "x", 1), Condition("c2", (1,), 1, "y", 2)
+    plan = plan_conditions([x, y], [2, 1], 0)
+    assert [(c.key, i) for c, i, _ in plan] == [("c1", 0), ("c2", 0), ("c1", 1)]  # round-robin over classes
+    assert plan[2][2] == sample_seed(0, "c1", 1)
+
+
+def test_two_training_steps_write_a_complete_run(tmp_path):
+    run = train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.064"))
+    assert run.trained and (run.model_dir / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (run.ema_dir / "scheduler" / "scheduler_config.json").exists()
+    assert json.loads((run.state_dir / "state.json").read_text())["step"] == 2
+    log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2] and all(np.isfinite(e["loss"]) and e["images_per_s"] > 0 for e in log)
+    schema = ConditionSchema.load(run.condition_file)
+    assert schema.class_names == tuple(str(d) for d in range(10)) and schema.num_train_images == 1438
+    assert "duration_kimg = 0.064" in run.recipe_file.read_text()
+    assert list(run.grids_dir.glob("*.png"))
+    assert json.loads(run.info_file.read_text())["finished"] is True
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    straight = train_generator(tiny_recipe(tmp_path / "a"))
+    real_snapshot = train_module.save_snapshot
+
+    def snapshot_then_die(run, *args, **kwargs):
+        real_snapshot(run, *args, **kwargs)
+        if not kwargs["finished"]:
+            raise KeyboardInterrupt  # the process is stopped right after its step-2 snapshot
+
+    monkeypatch.setattr(train_module, "save_snapshot", snapshot_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(tiny_recipe(tmp_path / "b"))
+    monkeypatch.setattr(train_module, "save_snapshot", real_snapshot)
+    resumed = train_generator(tiny_recipe(tmp_path / "b"))
+
+    def losses(run):
+        return {e["step"]: e["loss"] for e in map(json.loads, run.log_file.read_text().splitlines())}
+
+    assert losses(resumed)[3] == losses(straight)[3] and losses(resumed)[4] == losses(straight)[4]
+    for folder in ("model", "ema"):
+        a = load_file(straight.path / folder / "unet" / "diffusion_pytorch_model.safetensors")
+        b = load_file(resumed.path / folder / "unet" / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path):
+    train_generator(tiny_recipe(tmp_path / "r", "generator.duration_kimg=0.032"))
+    with pytest.raises(SynthaugError, match="trained with generator.lr = 0.002, not 0.001; use --fresh"):
+        train_generator(tiny_recipe(tmp_path / "r", "generator.lr=1e-3"))
+    # training longer is a resumption, not a different recipe
+    run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_kimg=0.064"))
+    assert json.loads(run.info_file.read_text())["step"] == 2
+
+
+def test_damaged_state_is_detected(tmp_path):
+    run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_kimg=0.032"))
+    with open(run.state_dir / "training_state.pt", "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    with pytest.raises(SynthaugError, match="training_state.pt is damaged"):
+        train_generator(tiny_recipe(tmp_path / "r", "generator.duration_kimg=0.064"))
+
+
+def test_attribute_generator_trains_and_samples(dialog_tree, tmp_path):
+    recipe = tiny_recipe(tmp_path / "faces", f"data.spec=celeba-dialog:{dialog_tree}", "data.resolution=8",
+                         "generator.batch_size=8", "generator.duration_kimg=0.016")
+    run = train_generator(recipe)
+    schema = ConditionSchema.load(run.condition_file)
+    assert schema.kind == "attributes" and schema.attribute_levels == (6,) * 5
+    gen = Generator.load(run.path, device="cpu")
+    images, labels = gen.sample(attributes="smiling=5,bangs=0", n=3)
+    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [0, 0, 0]
+    assert gen.attribute_condition({"Smiling": 5}).key == "a-smiling5"
+    with pytest.raises(SynthaugError, match="Level '9' for Smiling is out of range; use 0 to 5"):
+        gen.attribute_condition("smiling=9")
+    with pytest.raises(SynthaugError, match="did you mean 'Smiling'"):
+        gen.attribute_condition("smilng=2")
+
+
+def test_generator_sample_api(digits_run):
+    gen = Generator.load(digits_run.path, device="cpu")
+    images, labels = gen.sample(["3", "7"], n=5, seed=1)
+    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
+    assert labels.tolist() == [3, 7, 3, 7, 3]
+    again, _ = gen.sample(["3", "7"], n=5, seed=1)
+    assert torch.equal(images, again)
+    with pytest.raises(SynthaugError, match="No class named 'eleven'"):
+        gen.sample(["eleven"], n=1)
