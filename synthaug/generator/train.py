@@ -9,6 +9,7 @@ devices or accumulation steps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -175,7 +176,8 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     accum = per_device // micro
 
     run.path.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(run.lock_file, f"the run folder {run.path}"):
+    lock = exclusive_lock(run.lock_file, f"the run folder {run.path}") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
         # 1. the run folder: start over, resume, or begin
         if fresh and accelerator.is_main_process:
             for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
