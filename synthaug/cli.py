@@ -286,6 +286,69 @@ def generate_command(
     console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
 
 
+def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@command("evaluate")
+def evaluate_command(
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="A folder written by synthaug generate.")],
+    data: Annotated[Optional[str], typer.Option(help="Compare with this dataset spec instead of the manifest's.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe whose [benchmark] section sets the classifier and FID options.")] = None,
+    set_: Sets = [],  # noqa: B006
+) -> None:
+    """FID/KID with real-vs-real floors, conditioning accuracy, CAS and (faces) MTCNN for a synthetic set."""
+    from synthaug.benchmark import evaluate_synthetic
+    from synthaug.recipe import load_recipe
+    from synthaug.report import pct
+
+    b = load_recipe(recipe, set_).benchmark
+    result = evaluate_synthetic(synthetic, data=data, benchmark=b)
+    q = result["quality"]
+    rows = [
+        ["FID vs real test", f"{q['fid']:.2f}", f"{q['floor_fid']:.2f}"],
+        ["KID x1000", f"{1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f}", f"{1000 * q['floor_kid']:.2f}"],
+        ["conditioning accuracy %", pct(q["conditioning"]["accuracy"]), pct(result["judge"]["test_score"]["top1"]) + " (judge on real)"],
+    ]
+    if result["cas_top1"]:
+        rows.append(["CAS top-1 %", f"{pct(result['cas_top1']['mean'])} ± {pct(result['cas_top1']['ci95'])}", "—"])
+    if "faces" in q:
+        rows.append(["faces detected %", pct(q["faces"]["detection_rate"]), "—"])
+        rows.append(["MTCNN confidence", f"{q['faces']['mean_confidence']:.3f}", "—"])
+    print_rows(f"{result['synthetic_images']} synthetic vs {result['dataset']} (n = {q['n']} per side)", ["measure", "synthetic", "real floor"], rows)
+    console.print(f"Written: {Path(synthetic) / 'evaluation.json'}", highlight=False, soft_wrap=True)
+
+
+@command("benchmark")
+def benchmark_command(
+    recipe: Annotated[Optional[str], typer.Argument(help="Recipe file or name (default: the embedded digits recipe).")] = None,
+    set_: Sets = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: <run folder>/benchmark).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+) -> None:
+    """Train generators, generate, evaluate, train classifiers on real vs real + synthetic, and report."""
+    from synthaug.benchmark import run_benchmark
+    from synthaug.recipe import load_recipe
+    from synthaug.report import ARM_HEADER, QUALITY_HEADER, arm_rows, quality_rows
+
+    resolved = load_recipe(recipe, set_)
+    print_recipe(resolved)
+    if dry_run:
+        return
+    report = run_benchmark(resolved, out=out)
+    print_rows("Does synthetic data help? top-1 on the real test split", ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)])
+    header = QUALITY_HEADER + (["faces %", "MTCNN conf."] if any("faces" in s["quality"] for s in report["settings"]) else [])
+    print_rows("Generator quality (floor: real train vs real test at the same n)", header, quality_rows(report))
+    folder = out or resolved.run_path / "benchmark"
+    console.print(f"Best downstream guidance: {report['guidance_sweep']['best_downstream_guidance']:g}.  "
+                  f"Report: {folder / 'report.md'} ({report['total_s']:.0f} s)", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="synthaug")

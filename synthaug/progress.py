@@ -56,7 +56,8 @@ def _bars():
 class Task:
     """A handle on one bar: `advance(n, info=...)` moves it and updates its info text."""
 
-    def __init__(self, description: str, total: float | None):
+    def __init__(self, description: str, total: float | None, transient: bool = False):
+        self.transient = transient
         self._id = None if _console is None else _bars().add_task(description, total=total, info="")
 
     def advance(self, n: float = 1, info: str | None = None) -> None:
@@ -68,15 +69,20 @@ class Task:
     def close(self) -> None:
         """Stop drawing once every bar is done, so later output lands below the bars."""
         global _progress
-        if self._id is not None and _progress is not None and all(t.finished or t.id == self._id for t in _progress.tasks):
+        if self._id is None or _progress is None:
+            return
+        if self.transient:
+            _progress.remove_task(self._id)
+        if all(t.finished or t.id == self._id for t in _progress.tasks):
             _progress.stop()
             _progress = None
 
 
 @contextlib.contextmanager
-def task(description: str, total: float | None = None) -> Iterator[Task]:
-    """A bar for a loop that is not a plain iterable (training steps, images seen)."""
-    t = Task(description, total)
+def task(description: str, total: float | None = None, transient: bool = False) -> Iterator[Task]:
+    """A bar for a loop that is not a plain iterable (training steps, images seen); a transient bar
+    disappears when done (for many short runs under one outer bar)."""
+    t = Task(description, total, transient)
     try:
         yield t
     finally:

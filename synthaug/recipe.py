@@ -47,7 +47,7 @@ class GeneratorConfig:
     min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
     schedule: str = "cosine"  # cosine or linear noise schedule
     num_timesteps: int = 1000
-    duration_kimg: float = 150.0
+    duration_kimg: float = 100.0
     batch_size: int = 256
     batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
     lr: float = 2e-3
@@ -96,7 +96,7 @@ class SamplingConfig:
     guidance: float = 2.0  # classifier-free guidance scale: 1 = conditional only, 0 = unconditional
     seed: int = 0
     batch_size: int = 256  # images in flight per process
-    network_batch: int = 64  # rows per network call (part of the reproducibility contract)
+    network_batch: int = 256  # rows per network call (part of the reproducibility contract)
     images_per_shard: int = 1000
 
     def __post_init__(self):
@@ -109,6 +109,48 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarkConfig:
+    """The ``[benchmark]`` section: which classifiers, arms, seeds and low-data settings to measure.
+
+    Every classifier gets the same budget (``steps`` batches of ``batch_size``), whatever its arm.
+    """
+
+    classifier: str = "test_resnet"  # a timm model name
+    pretrained: str = "none"  # none, offline (registry-package ImageNet weights) or hub (timm download)
+    classifier_resolution: int = 16
+    steps: int = 120
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    seeds: int = 3
+    shots_per_class: tuple[int, ...] = (10, 0)  # 0 = every training image
+    synthetic_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # synthetic images per real image
+    mix_probability: float = 0.0  # > 0 adds an arm drawing each batch image from synthetic with this probability
+    augment_flip: bool = False  # horizontal flips in the classic augmentation (not for digits)
+    guidance_sweep: tuple[float, ...] = (1.0, 2.0, 4.0)
+    sweep_ratio: float = 0.5  # the real + synthetic arm that ranks the guidance scales downstream
+    judge_steps: int = 300  # the conditioning-accuracy classifier, trained on every real training image
+    low_shot_duration_kimg: float = 30.0  # generator training for shots_per_class > 0 (0: the recipe's)
+    fid_max_images: int = 150  # at most this many images per side of an FID/KID
+    kid_subset_size: int = 1000  # clamped to the smaller set
+    fid_weights: str = ""  # "": offline package or cache; a path; or "download" (torch-fidelity, needs internet)
+
+    def __post_init__(self):
+        _check(self.seeds >= 2, "benchmark.seeds must be at least 2 (intervals and paired tests need them).")
+        _check(self.steps > 0 and self.batch_size > 0 and self.judge_steps > 0, "benchmark steps and batch_size must be positive.")
+        _check(self.classifier_resolution > 0, "benchmark.classifier_resolution must be positive.")
+        _check(self.pretrained in ("none", "offline", "hub"), "benchmark.pretrained must be none, offline or hub.")
+        _check(len(self.shots_per_class) > 0 and all(k >= 0 for k in self.shots_per_class),
+               "benchmark.shots_per_class must list 0 (all) or positive counts.")
+        _check(all(r > 0 for r in self.synthetic_ratios), "benchmark.synthetic_ratios must be positive.")
+        _check(0 <= self.mix_probability < 1, "benchmark.mix_probability must lie in [0, 1).")
+        _check(all(g >= 0 for g in self.guidance_sweep), "The guidance scales of benchmark.guidance_sweep must be 0 or more.")
+        _check(self.sweep_ratio > 0 and self.fid_max_images > 1 and self.kid_subset_size > 1,
+               "benchmark.sweep_ratio, fid_max_images and kid_subset_size must be positive.")
+        _check(self.low_shot_duration_kimg >= 0, "benchmark.low_shot_duration_kimg must not be negative.")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole recipe: which data, which generator, how to sample."""
 
@@ -117,6 +159,7 @@ class Recipe:
     data: DataConfig = field(default_factory=lambda: DataConfig(spec="digits", resolution=8))
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def __post_init__(self):
         _check(bool(self.name) and all(c.isalnum() or c in "-_" for c in self.name),
@@ -127,7 +170,7 @@ class Recipe:
         return Path(self.run_dir or Path("runs") / self.name)
 
 
-SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": SamplingConfig}
+SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": SamplingConfig, "benchmark": BenchmarkConfig}
 
 
 def _coerce(value, hint, key: str):

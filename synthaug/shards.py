@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,55 @@ def shard_urls(folder: Path) -> list[str]:
     """The shard files a manifest lists, as paths webdataset can open."""
     manifest = read_manifest(folder)
     return [str(Path(folder) / s["name"]) for s in manifest["shards"]]
+
+
+@dataclass
+class SyntheticSet:
+    """A finished shard set in memory: images, labels in its generator's label space, and provenance."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64; -1 where a condition has no class
+    attributes: np.ndarray | None  # (N, A) levels, the null level where unspecified
+    class_names: list[str]
+    manifest: dict
+    metas: list[dict]
+
+
+def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
+    """Read every shard a manifest lists (checking each shard's sha256 first when ``check``)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    schema = manifest["schema"]
+    images, labels, metas = [], [], []
+    for shard in manifest["shards"]:
+        path = folder / shard["name"]
+        if not path.is_file():
+            raise SynthaugError(f"{path} is missing; run synthaug verify {folder}, then the same generate command again.")
+        if check and sha256_file(path) != shard["sha256"]:
+            raise SynthaugError(f"{path} is damaged (sha256 differs from the manifest); delete it and run the same generate command again.")
+        for sample in read_shard(path):
+            image = np.asarray(Image.open(io.BytesIO(sample["png"])))
+            images.append(image.reshape(*image.shape[:2], -1))
+            labels.append(int(sample["cls"]))
+            metas.append(json.loads(sample["json"]))
+    attributes = None
+    if schema["kind"] == "attributes":
+        names, levels = schema["attribute_names"], schema["attribute_levels"]
+        attributes = np.array([[(m["attributes"] or {}).get(n, levels[a]) for a, n in enumerate(names)] for m in metas],
+                              dtype=np.int64).reshape(len(metas), len(names))
+    return SyntheticSet(np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8), np.array(labels, dtype=np.int64),
+                        attributes, list(schema["class_names"]), manifest, metas)
+
+
+def map_labels(synthetic_classes: list[str], real_classes: list[str], where: str = "the real dataset") -> np.ndarray:
+    """Index of each synthetic class in the real label space, matched by name; a mismatch is an error naming them."""
+    index = {name: i for i, name in enumerate(real_classes)}
+    missing = [c for c in synthetic_classes if c not in index]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise SynthaugError(
+            f"The synthetic set's classes {shown} are not classes of {where}; use shards generated from a run trained on that dataset."
+        )
+    return np.array([index[c] for c in synthetic_classes], dtype=np.int64)

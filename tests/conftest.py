@@ -28,6 +28,18 @@ def _cache_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def fid_weights():
+    """The standard FID Inception weights (offline package or cache); tests that need them skip without."""
+    from synthaug.errors import SynthaugError
+    from synthaug.weights.fid_inception import fid_weights_path
+
+    try:
+        return fid_weights_path()
+    except SynthaugError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthaug.data.catalog import ClassGroup
 from synthaug.data.lookup import Match, normalize_name, resolve_name, unknown_name_error
 from synthaug.errors import SynthaugError
 
@@ -39,6 +38,7 @@ class ConditionSchema:
     group_kind: str = ""
     num_train_images: int = 0
     train_counts: tuple[int, ...] = field(default=())  # training images per class
+    train_sources_sha256: str = ""  # identifies exactly which real images the generator saw
 
     @property
     def num_classes(self) -> int:
@@ -140,7 +140,15 @@ def schema_from_dataset(ds, kind: str = "auto") -> ConditionSchema:
         group_kind=ds.group_kind,
         num_train_images=len(ds),
         train_counts=tuple(int(n) for n in ds.class_counts()),
+        train_sources_sha256=sources_sha256(ds.sources),
     )
+
+
+def sources_sha256(sources: list[str]) -> str:
+    """sha256 of the sorted source files of a set of real images (the leakage check compares these)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(sources)).encode()).hexdigest()
 
 
 def encode_dataset(schema: ConditionSchema, ds) -> np.ndarray:
@@ -148,7 +156,3 @@ def encode_dataset(schema: ConditionSchema, ds) -> np.ndarray:
     if schema.kind == "class":
         return ds.labels.astype(np.int64)
     return ds.attributes.astype(np.int64)
-
-
-def groups_of(schema: ConditionSchema) -> list[ClassGroup]:
-    return [ClassGroup(g[0], g[1], g[2]) for g in schema.groups]

@@ -18,7 +18,7 @@ from synthaug import __version__, progress
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock, write_text_atomic
 from synthaug.generator import Condition, Generator, plan_conditions, split_evenly
-from synthaug.recipe import SamplingConfig
+from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.shards import (
     MANIFEST,
     SHARD_PATTERN,
@@ -46,15 +46,23 @@ class GenerateRequest:
     all_classes: bool = False
     num: int = 0
     per_class: int = 0
+    counts: tuple[int, ...] = ()  # or one count per condition, in order (library use)
 
     def __post_init__(self):
         asked = sum(bool(x) for x in (self.classes, self.species, self.attributes, self.all_classes))
         if asked != 1:
             raise SynthaugError("Say what to draw with exactly one of --class, --species, --attr or --all-classes.")
-        if (self.num > 0) == (self.per_class > 0):
-            raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
-        if self.num < 0 or self.per_class < 0:
+        if self.num < 0 or self.per_class < 0 or any(c < 0 for c in self.counts):
             raise SynthaugError("--num and --per-class must be positive.")
+        if sum(bool(x) for x in (self.num, self.per_class, self.counts)) != 1 or (self.counts and not any(self.counts)):
+            raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
+
+    def counts_for(self, n_conditions: int) -> list[int]:
+        if self.counts:
+            if len(self.counts) != n_conditions:
+                raise SynthaugError(f"{len(self.counts)} counts were given for {n_conditions} conditions; give one per condition.")
+            return list(self.counts)
+        return [self.per_class] * n_conditions if self.per_class else split_evenly(self.num, n_conditions)
 
 
 def resolve_conditions(gen: Generator, request: GenerateRequest) -> list[Condition]:
@@ -124,7 +132,7 @@ def generate_shards(
     gen = Generator.load(run, device=device or state.device)
     sampling = sampling or gen.sampling
     conditions = resolve_conditions(gen, request)
-    counts = [request.per_class] * len(conditions) if request.per_class else split_evenly(request.num, len(conditions))
+    counts = request.counts_for(len(conditions))
     plan = plan_conditions(conditions, counts, sampling.seed)
     n_shards = -(-len(plan) // sampling.images_per_shard)
     identity = run_identity(gen)
@@ -176,7 +184,8 @@ def generate_shards(
                     make_shard(k)
                     info = describe_shard(out / shard_name(k))
                 shards.append(info)
-            extra = {"synthaug": __version__, "run": identity, "schema": dataclasses.asdict(gen.schema),
+            data = dataclasses.asdict(load_recipe(gen.run.recipe_file).data)
+            extra = {"synthaug": __version__, "run": identity, "data": data, "schema": dataclasses.asdict(gen.schema),
                      "shard_pattern": SHARD_PATTERN}
             manifest = write_manifest(out, shards, settings, extra)
         state.wait_for_everyone()
@@ -214,7 +223,7 @@ def recipe_with_classes(names: list[str], attributes: bool) -> str | None:
     """A recipe file whose dataset (when present here) has every name, or the attribute recipe."""
     from synthaug.data import read_catalog
     from synthaug.data.lookup import resolve_name
-    from synthaug.recipe import find_recipe, load_recipe
+    from synthaug.recipe import find_recipe
 
     folders = [Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
     for path in sorted({p for f in folders if f.is_dir() for p in f.glob("*.toml")}, key=lambda p: p.name):

@@ -92,19 +92,15 @@ def save_grid(denoiser: Denoiser, schema: ConditionSchema, train_config: dict, r
 
 def check_resumable(run: Run, recipe: Recipe) -> None:
     """A run folder may be resumed by the same recipe, give or take how long and how often it reports."""
-    saved = load_recipe(run.recipe_file)
-    old, new = recipe_to_dict(saved), recipe_to_dict(recipe)
-    for section in set(old) | set(new):
-        a, b = old.get(section), new.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in set(a) | set(b):
-                if a.get(key) != b.get(key) and not (section == "generator" and key in RESUMABLE_CHANGES):
-                    raise SynthaugError(
-                        f"{run.path} was trained with {section}.{key} = {a.get(key)!r}, not {b.get(key)!r}; "
-                        "use --fresh to start over, or another run folder (--set run_dir=...)."
-                    )
-        elif a != b and section not in ("sampling",):
-            raise SynthaugError(f"{run.path} was trained with {section} = {a!r}, not {b!r}; use --fresh to start over.")
+    old, new = recipe_to_dict(load_recipe(run.recipe_file)), recipe_to_dict(recipe)
+    for section in ("data", "generator"):  # sampling and benchmark settings do not touch training
+        a, b = old[section], new[section]
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key) and not (section == "generator" and key in RESUMABLE_CHANGES):
+                raise SynthaugError(
+                    f"{run.path} was trained with {section}.{key} = {a.get(key)!r}, not {b.get(key)!r}; "
+                    "use --fresh to start over, or another run folder (--set run_dir=...)."
+                )
 
 
 def load_state(run: Run) -> dict | None:

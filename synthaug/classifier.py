@@ -1,0 +1,187 @@
+"""timm classifiers trained on uint8 images held in memory (real, augmented, or mixed with synthetic),
+and their scores on a real test split.
+
+Targets are (N, A) integer arrays with ``levels[a]`` values for head a: a class label is one head,
+CelebA-Dialog attributes are five heads of six levels (the face study's attribute estimator).
+Every run is seeded; the same seed draws the same batches and augmentations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthaug import progress
+from synthaug.errors import SynthaugError
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How one classifier is trained. Every arm of a benchmark gets the same budget of steps."""
+
+    model: str = "test_efficientnet"
+    pretrained: str = "none"  # none, offline (ImageNet weights from registry packages) or hub
+    resolution: int = 32  # input side; images are resized once with antialiasing
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    label_smoothing: float = 0.1
+
+
+def to_device_images(images: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, R, R) uint8 on ``device``, resized once (antialiased bilinear)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if x.shape[-1] != resolution:
+        out = []
+        for chunk in x.split(1024):
+            y = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+            out.append(y.round().clamp(0, 255).to(torch.uint8))
+        x = torch.cat(out)
+    return x.contiguous().to(device)
+
+
+def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
+    """Classic augmentation, drawn per image: random resized crop (area 0.6-1, aspect 3/4-4/3),
+    optional horizontal flip, and brightness / contrast / saturation jitter of +-20%. ``x`` in [0, 1]."""
+    b, c = x.shape[:2]
+    dev = x.device
+
+    def uniform(lo, hi, shape=(b,)):
+        return lo + (hi - lo) * torch.rand(shape, generator=g, device=dev)
+
+    area, log_ratio = uniform(0.6, 1.0), uniform(math.log(3 / 4), math.log(4 / 3))
+    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    tx, ty = uniform(-1, 1) * (1 - sx), uniform(-1, 1) * (1 - sy)
+    sign = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * sign, tx, sy, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    x = x * uniform(0.8, 1.2).view(b, 1, 1, 1)  # brightness
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * uniform(0.8, 1.2).view(b, 1, 1, 1)  # contrast
+    if c == 3:
+        gray = x.mean(dim=1, keepdim=True)
+        x = gray + (x - gray) * uniform(0.8, 1.2).view(b, 1, 1, 1)  # saturation
+    return x.clamp(0, 1)
+
+
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, levels: list[int], smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy over the heads; the logits of head a are a contiguous block of levels[a]."""
+    losses, start = [], 0
+    for a, n in enumerate(levels):
+        losses.append(F.cross_entropy(logits[:, start : start + n], targets[:, a], label_smoothing=smoothing))
+        start += n
+    return torch.stack(losses).mean()
+
+
+def train_classifier(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    levels: list[int],
+    config: ClassifierConfig,
+    seed: int,
+    *,
+    augment_images: bool = False,
+    flip: bool = False,
+    synthetic: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mix_probability: float | None = None,
+    description: str = "classifier",
+) -> torch.nn.Module:
+    """Train one timm classifier for ``config.steps`` steps.
+
+    Args:
+        images: (N, C, R, R) uint8 on the training device (see :func:`to_device_images`).
+        targets: (N, A) int64 on the same device.
+        levels: the number of values of each target head.
+        config: model, budget and optimizer.
+        seed: seeds the initialisation, the batches and the augmentation.
+        augment_images: apply classic augmentation (:func:`augment`) to every batch.
+        flip: allow horizontal flips in the augmentation (not for digits).
+        synthetic: extra (images, targets) pooled with the real ones; each batch draws uniformly
+            from the pool, or, with ``mix_probability`` p, each image comes from the synthetic set
+            with probability p.
+        description: the progress bar's label.
+    """
+    from synthaug.weights.timm_imagenet import create_classifier, input_normalization
+
+    device = images.device
+    torch.manual_seed(seed)
+    model = create_classifier(config.model, num_classes=sum(levels), in_chans=images.shape[1], pretrained=config.pretrained)
+    # channels-last: several times faster for depthwise convolutions (EfficientNet, MobileNet), on CPU and GPU
+    model = model.to(device, memory_format=torch.channels_last)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1))
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    g = torch.Generator(device=device).manual_seed(seed)
+    n_real = len(images)
+    if synthetic is not None and mix_probability is None:  # one pool, drawn uniformly
+        images, targets = torch.cat([images, synthetic[0]]), torch.cat([targets, synthetic[1]])
+    model.train()
+    with progress.task(description, total=config.steps, transient=True) as bar:
+        for _ in range(config.steps):
+            if synthetic is not None and mix_probability is not None:
+                from_synth = torch.rand(config.batch_size, generator=g, device=device) < mix_probability
+                i_real = torch.randint(0, n_real, (config.batch_size,), generator=g, device=device)
+                i_syn = torch.randint(0, len(synthetic[0]), (config.batch_size,), generator=g, device=device)
+                x = torch.where(from_synth[:, None, None, None], synthetic[0][i_syn], images[i_real])
+                y = torch.where(from_synth[:, None], synthetic[1][i_syn], targets[i_real])
+            else:
+                rows = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
+                x, y = images[rows], targets[rows]
+            x = x.float() / 255.0
+            if augment_images:
+                x = augment(x, g, flip)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            loss = head_loss(model(x), y, levels, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.advance()
+    if not math.isfinite(loss.item()):
+        raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> torch.Tensor:
+    """(N, A) predicted level of each head for (N, C, R, R) uint8 images."""
+    from synthaug.weights.timm_imagenet import input_normalization
+
+    device = images.device
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
+    out = []
+    for chunk in images.split(batch_size):
+        logits = model(((chunk.float() / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last))
+        heads, start = [], 0
+        for n in levels:
+            heads.append(logits[:, start : start + n].argmax(dim=1))
+            start += n
+        out.append(torch.stack(heads, dim=1))
+    return torch.cat(out)
+
+
+def score(pred: np.ndarray, truth: np.ndarray, levels: list[int]) -> dict:
+    """Top-1 accuracy and macro-F1 (means over heads), and accuracy per level of each head.
+
+    For a single head the per-level accuracies are the per-class accuracies.
+    """
+    from sklearn.metrics import f1_score
+
+    pred, truth = np.asarray(pred).reshape(len(pred), -1), np.asarray(truth).reshape(len(truth), -1)
+    accs, f1s, per_level = [], [], []
+    for a, n in enumerate(levels):
+        accs.append(float((pred[:, a] == truth[:, a]).mean()))
+        present = np.unique(truth[:, a])  # macro over the levels the test split has
+        f1s.append(float(f1_score(truth[:, a], pred[:, a], labels=present, average="macro", zero_division=0)))
+        per_level.append([float((pred[truth[:, a] == v, a] == v).mean()) if np.any(truth[:, a] == v) else None for v in range(n)])
+    return {"top1": float(np.mean(accs)), "macro_f1": float(np.mean(f1s)), "per_head_top1": accs, "per_level": per_level}

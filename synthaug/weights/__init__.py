@@ -1,0 +1,1 @@
+"""Offline model weights: where they come from and how they are mapped onto the layouts libraries load."""

