@@ -211,12 +211,15 @@ def classes_command(
 Sets = Annotated[list[str], typer.Option("--set", help="Override a recipe key, e.g. --set generator.lr=2e-4 (repeatable).")]
 
 
-def print_recipe(recipe) -> None:
+def resolve_recipe(source: str | None, sets: list[str], dry_run: bool):
+    """Load a recipe with its overrides and print it resolved; None when this is a dry run."""
     from rich.syntax import Syntax
 
-    from synthaug.recipe import recipe_to_toml
+    from synthaug.recipe import load_recipe, recipe_to_toml
 
-    console.print(Syntax(recipe_to_toml(recipe), "toml", theme="ansi_dark", background_color="default"))
+    resolved = load_recipe(source, sets)
+    console.print(Syntax(recipe_to_toml(resolved), "toml", theme="ansi_dark", background_color="default"))
+    return None if dry_run else resolved
 
 
 @command("train")
@@ -228,11 +231,9 @@ def train_command(
 ) -> None:
     """Train (or resume) a recipe's conditional diffusion generator in its run folder."""
     from synthaug.generator.train import train_generator
-    from synthaug.recipe import load_recipe
 
-    resolved = load_recipe(recipe, set_)
-    print_recipe(resolved)
-    if dry_run:
+    resolved = resolve_recipe(recipe, set_, dry_run)
+    if resolved is None:
         return
     run = train_generator(resolved, fresh=fresh)
     info = run.info()
@@ -333,12 +334,10 @@ def benchmark_command(
 ) -> None:
     """Train generators, generate, evaluate, train classifiers on real vs real + synthetic, and report."""
     from synthaug.benchmark import run_benchmark
-    from synthaug.recipe import load_recipe
     from synthaug.report import ARM_HEADER, QUALITY_HEADER, arm_rows, quality_rows
 
-    resolved = load_recipe(recipe, set_)
-    print_recipe(resolved)
-    if dry_run:
+    resolved = resolve_recipe(recipe, set_, dry_run)
+    if resolved is None:
         return
     report = run_benchmark(resolved, out=out)
     print_rows("Does synthetic data help? top-1 on the real test split", ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)])

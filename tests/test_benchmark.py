@@ -85,6 +85,7 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(bars_tree, tmp_path, fid_w
     for name in ("report.json", "report.md", "accuracy_vs_ratio.png", "guidance_sweep.png", "samples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     saved = json.loads((out / "report.json").read_text())
+    assert saved["settings"][0]["arms"]["real"]["top1"] == report["settings"][0]["arms"]["real"]["top1"]
     assert saved["command"] == "synthaug benchmark tiny" and saved["versions"]["torch"]
     for key in ("recipe", "machine", "dataset", "classifier", "judge", "fid_weights", "fid_resize", "settings",
                 "guidance_sweep", "timings_s", "total_s", "synthaug"):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 
-import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY, tiny_recipe
@@ -19,7 +15,7 @@ from synthaug.files import sha256_file
 from synthaug.generator import Generator
 from synthaug.generator.generate import GenerateRequest, generate_shards
 from synthaug.generator.train import train_generator
-from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.recipe import SamplingConfig
 from synthaug.shards import encode_png, partial_name, read_manifest, read_shard
 
 runner = CliRunner()

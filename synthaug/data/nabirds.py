@@ -8,18 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from synthaug.data.catalog import (
-    Catalog,
-    ClassGroup,
-    parse_float,
-    parse_int,
-    read_keyed,
-    read_rows,
-    require_dir,
-    require_file,
-)
+from synthaug.data.catalog import Catalog, ClassGroup, parse_int, read_keyed, read_rows, require_dir, require_file
+from synthaug.data.cub import read_image_rows
 from synthaug.data.lookup import normalize_name
 from synthaug.errors import SynthaugError
 
@@ -88,60 +79,20 @@ def read_nabirds(root: Path, level: str = "category") -> Catalog:
         label_of_leaf = {leaf: index[sp] for leaf, sp in species.items()}
         groups = []
 
-    images_path = require_file(root, "images.txt", LAYOUT)
-    labels_path = require_file(root, "image_class_labels.txt", LAYOUT)
-    split_path = require_file(root, "train_test_split.txt", LAYOUT)
-    boxes_path = require_file(root, "bounding_boxes.txt", LAYOUT)
-    sizes_path = root / "sizes.txt"
-    images = read_keyed(images_path, 2)
-    labels_of = read_keyed(labels_path, 2)
-    split_of = read_keyed(split_path, 2)
-    boxes_of = read_keyed(boxes_path, 5)
-    sizes_of = read_keyed(sizes_path, 3) if sizes_path.exists() else {}
-
-    files, lines, labels, splits, boxes, frames = [], [], [], [], [], []
-    for uuid, (line, (rel,)) in images.items():
-        for table, path in ((labels_of, labels_path), (split_of, split_path)):
-            if uuid not in table:
-                raise SynthaugError(
-                    f"images.txt line {line} names image {uuid}, which {path.name} leaves out; add it or remove the line."
-                )
-        label_line, (cls,) = labels_of[uuid]
-        cid = parse_int(cls, labels_path, label_line)
-        if cid not in label_of_leaf:
-            raise SynthaugError(
-                f"image_class_labels.txt line {label_line} names class {cid}, which is not a leaf category in "
-                "classes.txt and hierarchy.txt; fix that line."
-            )
-        split_line, (flag,) = split_of[uuid]
-        if flag not in ("0", "1"):
-            raise SynthaugError(f"train_test_split.txt line {split_line} has {flag!r} where 1 or 0 was expected; fix that line.")
-        files.append(f"images/{rel}")
-        lines.append(f"images.txt line {line}")
-        labels.append(label_of_leaf[cid])
-        splits.append("train" if flag == "1" else "test")
-        if uuid in boxes_of:
-            box_line, values = boxes_of[uuid]
-            boxes.append([parse_float(v, boxes_path, box_line) for v in values])
-        else:
-            boxes.append([np.nan] * 4)
-        if uuid in sizes_of:
-            size_line, values = sizes_of[uuid]
-            frames.append([parse_float(v, sizes_path, size_line) for v in values])
-        else:
-            frames.append([np.nan, np.nan])
+    rows = read_image_rows(root, LAYOUT, label_of_leaf, "is not a leaf category in classes.txt and hierarchy.txt",
+                           boxes_required=True, sizes=True)
     return Catalog(
         format="nabirds",
         root=root,
         class_names=[names[c] for c in class_ids],
         class_ids=class_ids,
-        labels=np.array(labels),
-        splits=np.array(splits),
-        files=files,
-        lines=lines,
+        labels=rows.labels,
+        splits=rows.splits,
+        files=rows.files,
+        lines=rows.lines,
         class_lines=[f"classes.txt line {name_lines[c]}" for c in class_ids],
-        boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
-        frames=np.array(frames, dtype=np.float64).reshape(-1, 2),
+        boxes=rows.boxes,
+        frames=rows.frames,
         groups=groups,
         group_kind="species",
     )
