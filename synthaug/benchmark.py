@@ -31,7 +31,7 @@ from synthaug.generator.train import train_generator
 from synthaug.quality import conditioning_accuracy, face_detection, fid_kid_with_floor
 from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.runs import Run
-from synthaug.shards import SyntheticSet, load_shard_set, map_labels
+from synthaug.shards import SyntheticSet, held_classes, load_shard_set, map_labels
 
 log = logging.getLogger(__name__)
 FACE_FORMATS = ("celeba", "celeba-dialog")
@@ -52,7 +52,7 @@ class Targets:
 
     def of_synthetic(self, syn: SyntheticSet, real_classes: list[str], where: str) -> np.ndarray:
         if self.kind == "class":
-            return map_labels(syn.class_names, real_classes, where)[syn.labels][:, None]
+            return map_labels(syn.class_names, real_classes, where, held_classes(syn))[syn.labels][:, None]
         return syn.attributes
 
 

@@ -201,11 +201,11 @@ def plot_guidance_sweep(report: dict, path: Path) -> None:
 
 def sample_grid(real, syn, per_side: int = 4, max_rows: int = 10) -> np.ndarray:
     """Per class: ``per_side`` real images, a blank, then ``per_side`` synthetic ones."""
-    from synthaug.shards import map_labels
+    from synthaug.shards import held_classes, map_labels
 
     rng = np.random.default_rng(0)
     classes = np.unique(np.linspace(0, real.num_classes - 1, min(max_rows, real.num_classes)).round().astype(int))
-    syn_labels = map_labels(syn.class_names, real.class_names)[syn.labels] if (syn.labels >= 0).all() else syn.labels
+    syn_labels = map_labels(syn.class_names, real.class_names, present=held_classes(syn))[syn.labels] if (syn.labels >= 0).all() else syn.labels
     blank = np.full(real.images.shape[1:], 255, dtype=np.uint8)
     tiles = []
     for c in classes:

@@ -192,13 +192,22 @@ def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
                         attributes, list(schema["class_names"]), manifest, metas)
 
 
-def map_labels(synthetic_classes: list[str], real_classes: list[str], where: str = "the real dataset") -> np.ndarray:
-    """Index of each synthetic class in the real label space, matched by name; a mismatch is an error naming them."""
+def map_labels(synthetic_classes: list[str], real_classes: list[str], where: str = "the real dataset",
+               present: set[str] | None = None) -> np.ndarray:
+    """Index of each synthetic class in the real label space, matched by name (-1 for classes the set
+    does not hold). A class the set holds (all of them when ``present`` is None) that the real
+    dataset lacks is an error naming it."""
     index = {name: i for i, name in enumerate(real_classes)}
-    missing = [c for c in synthetic_classes if c not in index]
+    needed = [c for c in synthetic_classes if present is None or c in present]
+    missing = [c for c in needed if c not in index]
     if missing:
         shown = ", ".join(repr(c) for c in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise SynthaugError(
             f"The synthetic set's classes {shown} are not classes of {where}; use shards generated from a run trained on that dataset."
         )
-    return np.array([index[c] for c in synthetic_classes], dtype=np.int64)
+    return np.array([index.get(c, -1) for c in synthetic_classes], dtype=np.int64)
+
+
+def held_classes(syn: SyntheticSet) -> set[str]:
+    """The class names a loaded synthetic set actually holds."""
+    return {syn.class_names[i] for i in np.unique(syn.labels) if i >= 0}

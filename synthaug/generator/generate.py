@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def generate_shards(
-    run: str | Path,
+    run: str | Path | Generator,
     request: GenerateRequest,
     out: str | Path,
     sampling: SamplingConfig | None = None,
@@ -115,7 +116,7 @@ def generate_shards(
     """Draw the requested images from a trained run and write them as shards with a manifest.
 
     Args:
-        run: a trained run folder.
+        run: a trained run folder, or a loaded :class:`~synthaug.generator.Generator`.
         request: what to draw and how many.
         out: the output folder (created); re-running the same call resumes it.
         sampling: sampler settings (default: the run's recipe's [sampling] section).
@@ -129,7 +130,7 @@ def generate_shards(
 
     state = PartialState()
     out = Path(out)
-    gen = Generator.load(run, device=device or state.device)
+    gen = run if isinstance(run, Generator) else Generator.load(run, device=device or state.device)
     sampling = sampling or gen.sampling
     conditions = resolve_conditions(gen, request)
     counts = request.counts_for(len(conditions))
@@ -190,6 +191,47 @@ def generate_shards(
             manifest = write_manifest(out, shards, settings, extra)
         state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((out / MANIFEST).read_text())
+
+
+def write_shards(
+    generator: Generator | str | Path,
+    out: str | Path,
+    classes: Sequence[str] | None = None,
+    *,
+    species: str | None = None,
+    attributes: Sequence[str] | None = None,
+    num: int = 0,
+    per_class: int = 0,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    images_per_shard: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Draw images into WebDataset shards with a manifest: the library form of `synthaug generate`.
+
+    Args:
+        generator: a :class:`~synthaug.generator.Generator` or a trained run folder.
+        out: the output folder; calling again with the same arguments resumes or does nothing.
+        classes: class names (None: every class); or ``species`` (a group such as a NABirds species),
+            or ``attributes`` ("bangs=3,smiling=5" strings, one condition each).
+        num, per_class: images in all (split evenly) or per condition; exactly one is given.
+        guidance, sampler, steps, seed, images_per_shard: override the run's [sampling] settings.
+        overwrite: replace a different generation already in ``out``.
+
+    Returns:
+        The manifest.
+
+    >>> write_shards(Generator.load("runs/digits"), "synthetic/digits", per_class=100)   # doctest: +SKIP
+    """
+    gen = generator if isinstance(generator, Generator) else Generator.load(generator)
+    request = GenerateRequest(classes=tuple(classes or ()), species=(species,) if species else (),
+                              attributes=tuple(attributes or ()),
+                              all_classes=not (classes or species or attributes), num=num, per_class=per_class)
+    chosen = dict(guidance=guidance, sampler=sampler, steps=steps, seed=seed, images_per_shard=images_per_shard)
+    sampling = dataclasses.replace(gen.sampling, **{k: v for k, v in chosen.items() if v is not None})
+    return generate_shards(gen, request, out, sampling, overwrite=overwrite)
 
 
 def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
