@@ -12,12 +12,50 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
 from rich.table import Table
 
 from synthaug import __version__, progress
 from synthaug.errors import SynthaugError
 
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("synthaug")
+
+
+class OneSentenceErrors(TyperGroup):
+    """Usage mistakes (an unknown option, a missing or malformed value) end like every other user
+    mistake: one sentence on stderr and exit code 1, instead of click's usage panel and code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click_errors.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `synthaug` alone prints the help
+                sys.exit(0)
+            command = " ".join(filter(None, ["synthaug", e.ctx.info_name if e.ctx and e.ctx.parent else None]))
+            message = e.format_message().rstrip(".")
+            if not standalone_mode:
+                raise
+            err_console.print(f"[bold red]Error:[/] {message}; see `{command} --help`.", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except click_errors.Abort:
+            if not standalone_mode:
+                raise
+            err_console.print("[bold red]Error:[/] Aborted.", highlight=False)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
+    cls=OneSentenceErrors,
     name="synthaug",
     help="Synthetic training data for image classifiers, and honest numbers on whether it helps.",
     rich_markup_mode="rich",
@@ -25,9 +63,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-log = logging.getLogger("synthaug")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -48,6 +83,10 @@ def command(*args, **kwargs):
                 fail(str(e))
             except KeyboardInterrupt:
                 fail("Interrupted; files already written are kept, and running the same command again continues.", 130)
+            except OSError as e:  # a full disk, a read-only or missing folder: the OS's reason, then what to do
+                where = f" {e.filename}" if e.filename else ""
+                fail(f"Could not write or read{where}: {e.strerror or e}; free space or choose a writable folder, "
+                     "then run the same command again (finished work is kept).")
 
         return app.command(*args, **kwargs)(wrapper)
 
@@ -285,6 +324,23 @@ def generate_command(
         table.add_row(name, str(n))
     console.print(table)
     console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
+
+
+@command("verify")
+def verify_command(
+    folder: Annotated[Path, typer.Argument(help="A folder written by synthaug generate.")],
+) -> None:
+    """Check shards against their manifest: missing, extra, corrupt or duplicate samples, sha256, PNGs."""
+    from synthaug.shards import verify_shards
+
+    result = verify_shards(folder)
+    console.print(f"{folder}: {result['shards']} shards, {result['samples']} samples read.", highlight=False, soft_wrap=True)
+    for problem in result["problems"]:
+        console.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+    if result["problems"]:
+        fail(f"{len(result['problems'])} problem(s) found in {folder}; run the same generate command again to repair "
+             "missing or partial shards (add --overwrite to rewrite the set).")
+    console.print("[green]OK[/]: every shard and sample matches the manifest.")
 
 
 def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -93,6 +93,15 @@ def folder_atomic(path: Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files and folders (``.*.tmp``) a killed writer left in ``folder``.
+
+    Call it only while holding the folder's lock, so no live writer's temporaries are removed.
+    """
+    for stale in Path(folder).glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def recover_folder(path: Path) -> None:
     """Finish an interrupted :func:`folder_atomic` swap: if only ``path.old`` exists, restore it."""
     path = Path(path)
@@ -128,3 +137,37 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+CHECKSUMS = "checksums.json"
+
+
+def write_checksums(folder: Path) -> dict[str, str]:
+    """Record the sha256 of every file under ``folder`` in ``folder/checksums.json``."""
+    import json
+
+    folder = Path(folder)
+    sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
+    return sums
+
+
+def verify_checksums(folder: Path) -> dict[str, str]:
+    """Check every file ``checksums.json`` lists; a missing, truncated or modified file is an error naming it."""
+    import json
+
+    from synthaug.errors import SynthaugError
+
+    folder = Path(folder)
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        raise SynthaugError(f"{folder / CHECKSUMS} is missing or unreadable; the weights in {folder} cannot be trusted, "
+                            "so train the run again (synthaug train ... --fresh).") from None
+    for name, digest in sums.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise SynthaugError(f"{path} is damaged or missing (its sha256 does not match {CHECKSUMS}); "
+                                "restore it, or run synthaug train again to rewrite it.")
+    return sums

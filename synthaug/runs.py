@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthaug.errors import SynthaugError
-from synthaug.files import sha256_file
+from synthaug.files import verify_checksums
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,18 @@ class Run:
             return {}
 
     def weights_sha256(self) -> str:
-        """sha256 over the EMA weight files, the identity of the weights a sample came from."""
-        files = sorted(p for p in self.ema_dir.rglob("*.safetensors"))
-        if not files:
-            raise SynthaugError(f"{self.ema_dir} holds no weights; train the run first (synthaug train).")
+        """sha256 over the EMA weight files, the identity of the weights a sample came from; checks
+        every file of the EMA folder against its recorded sha256 first."""
         import hashlib
 
+        sums = verify_checksums(self.ema_dir)
+        weights = {name: digest for name, digest in sums.items() if name.endswith(".safetensors")}
+        if not weights:
+            raise SynthaugError(f"{self.ema_dir} holds no weights; train the run first (synthaug train).")
         digest = hashlib.sha256()
-        for f in files:
-            digest.update(f.relative_to(self.ema_dir).as_posix().encode())
-            digest.update(sha256_file(f).encode())
+        for name in sorted(weights):
+            digest.update(name.encode())
+            digest.update(weights[name].encode())
         return digest.hexdigest()
 
 

@@ -86,20 +86,21 @@ def write_shard(folder: Path, k: int, samples: list[dict]) -> Path:
 
 
 def read_shard(path: Path) -> list[dict]:
-    """Every sample of one shard as {"__key__", "png", "cls", "json"} with raw bytes (tarfile, no decoding)."""
-    samples: dict[str, dict] = {}
-    order: list[str] = []
+    """Every sample of one shard as {"__key__", "png", "cls", "json"} with raw bytes (tarfile, no decoding).
+
+    Files are grouped as webdataset groups them: consecutive files with the same key form a sample,
+    so a repeated key (or a repeated file within a key) shows up as a second sample.
+    """
+    samples: list[dict] = []
     with tarfile.open(path) as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            base = os.path.basename(member.name)
-            key, _, ext = base.partition(".")
-            if key not in samples:
-                samples[key] = {"__key__": key}
-                order.append(key)
-            samples[key][ext] = tar.extractfile(member).read()
-    return [samples[k] for k in order]
+            key, _, ext = os.path.basename(member.name).partition(".")
+            if not samples or samples[-1]["__key__"] != key or ext in samples[-1]:
+                samples.append({"__key__": key})
+            samples[-1][ext] = tar.extractfile(member).read()
+    return samples
 
 
 def describe_shard(path: Path) -> dict:
@@ -211,3 +212,78 @@ def map_labels(synthetic_classes: list[str], real_classes: list[str], where: str
 def held_classes(syn: SyntheticSet) -> set[str]:
     """The class names a loaded synthetic set actually holds."""
     return {syn.class_names[i] for i in np.unique(syn.labels) if i >= 0}
+
+
+def verify_shards(folder: Path) -> dict:
+    """Check a shard set against its manifest and its generation settings.
+
+    Finds missing, extra and partial shards, sha256 or size mismatches, unreadable tars and PNGs,
+    samples missing a field, labels that disagree with their metadata, duplicate samples, samples
+    missing from the plan, and per-class totals that differ from the manifest.
+
+    Returns:
+        {"folder", "shards", "samples", "per_class", "problems": [one sentence each], "ok": bool}
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    problems: list[str] = []
+    listed = {s["name"]: s for s in manifest["shards"]}
+    for extra in sorted({p.name for p in folder.glob("synth-*.tar")} - set(listed)):
+        problems.append(f"{extra} is not in the manifest (an extra shard).")
+    for partial in sorted(folder.glob(".synth-*.partial")):
+        problems.append(f"{partial.name} is a partial shard left by an interrupted run.")
+    seen: dict[str, str] = {}
+    per_class: Counter = Counter()
+    total = 0
+    for name, entry in listed.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing.")
+            continue
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{name} does not match the sha256 in the manifest (damaged or modified).")
+        try:
+            samples = read_shard(path)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            problems.append(f"{name} cannot be read as a tar file ({e}).")
+            continue
+        if len(samples) != entry["count"]:
+            problems.append(f"{name} holds {len(samples)} samples where the manifest says {entry['count']}.")
+        for sample in samples:
+            key = sample["__key__"]
+            total += 1
+            if key in seen:
+                problems.append(f"{key} appears twice ({seen[key]} and {name}).")
+            seen[key] = name
+            missing = [f for f in ("png", "cls", "json") if f not in sample]
+            if missing:
+                problems.append(f"{key} in {name} lacks its {', '.join(missing)}.")
+                continue
+            try:
+                with Image.open(io.BytesIO(sample["png"])) as im:
+                    im.load()
+            except Exception:  # PIL raises many types for broken images
+                problems.append(f"{key} in {name} has a PNG that cannot be decoded.")
+            try:
+                meta = json.loads(sample["json"])
+                if int(sample["cls"]) != int(meta["label"]):
+                    problems.append(f"{key} in {name} has label {int(sample['cls'])} but its metadata says {meta['label']}.")
+                per_class[meta["class_name"]] += 1
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"{key} in {name} has unreadable metadata.")
+    settings_path = folder / "generation.json"
+    if settings_path.is_file():
+        settings = json.loads(settings_path.read_text())
+        expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
+        absent = sorted(expected - set(seen))
+        if absent:
+            problems.append(f"{len(absent)} planned samples are missing (first: {absent[0]}).")
+        unplanned = sorted(set(seen) - expected)
+        if unplanned:
+            problems.append(f"{len(unplanned)} samples were not planned (first: {unplanned[0]}).")
+    if dict(per_class) != manifest["per_class"] and not any("cannot be read" in p or "is missing" in p for p in problems):
+        problems.append("The per-class totals differ from the manifest's.")
+    return {"folder": str(folder), "shards": len(listed), "samples": total, "per_class": dict(sorted(per_class.items())),
+            "problems": problems, "ok": not problems}

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synthaug.errors import SynthaugError
+from synthaug.files import sha256_file
 from synthaug.shards import SyntheticSet, held_classes, load_shard_set, map_labels, read_manifest
 
 Transform = Callable[[torch.Tensor], object]
@@ -91,6 +92,7 @@ def synthetic_dataset(
     resampled: bool = False,
     epoch_size: int | None = None,
     real_classes=None,
+    verify: bool = True,
 ) -> SyntheticShards:
     """A torch ``IterableDataset`` of ``(image, label)`` over synthetic shards.
 
@@ -110,6 +112,7 @@ def synthetic_dataset(
         epoch_size: images per process per epoch when resampled (default: the set's size).
         real_classes: the real dataset (or its class names) to map labels onto; its class names must
             include every class of the synthetic set.
+        verify: check every shard's sha256 against the manifest first (a shard folder only).
 
     >>> ds = synthetic_dataset("synthetic/digits", shuffle=1000)   # doctest: +SKIP
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=2)   # doctest: +SKIP
@@ -117,6 +120,11 @@ def synthetic_dataset(
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         manifest = read_manifest(Path(source))
         urls = [str(Path(source) / s["name"]) for s in manifest["shards"]]
+        if verify:
+            for shard, url in zip(manifest["shards"], urls):
+                if not Path(url).is_file() or sha256_file(Path(url)) != shard["sha256"]:
+                    raise SynthaugError(f"{url} is missing or damaged (sha256 differs from the manifest); run synthaug verify "
+                                        f"{source}, then the same generate command again.")
         names, total = manifest["schema"]["class_names"], manifest["num_samples"]
     else:
         urls, names, total = [str(u) for u in ([source] if isinstance(source, (str, Path)) else source)], None, None

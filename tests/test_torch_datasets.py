@@ -150,3 +150,12 @@ def test_readme_example_runs_as_written(number, digits_run, tmp_path, monkeypatc
         counts = eval(out.strip().splitlines()[-1].split("]) ", 1)[1])
         assert sum(counts) == 256 and set(np.flatnonzero(counts)) == {3, 5, 8}
     assert os.getcwd() == str(tmp_path)
+
+
+def test_a_damaged_shard_is_refused_before_streaming(shard_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_folder, copy)
+    path = copy / "synth-000002.tar"
+    path.write_bytes(path.read_bytes()[:-512])
+    with pytest.raises(SynthaugError, match="synth-000002.tar is missing or damaged"):
+        synthaug.synthetic_dataset(copy)

@@ -57,6 +57,7 @@ class Generator:
         self.train_config = train_config
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.weights_sha256 = ""  # set by load(): sha256 over the EMA weight files
 
     @classmethod
     def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
@@ -65,12 +66,15 @@ class Generator:
         On a GPU that supports it, the network runs under bf16 autocast.
         """
         run = open_run(Path(run))
+        weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
         device = torch.device(device) if device is not None else default_device()
         denoiser = Denoiser.from_pretrained(run.ema_dir).to(device).eval()
         schema = ConditionSchema.load(run.condition_file)
         train_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
         autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        return cls(run, denoiser, schema, train_config, device, autocast, load_recipe(run.recipe_file).sampling)
+        gen = cls(run, denoiser, schema, train_config, device, autocast, load_recipe(run.recipe_file).sampling)
+        gen.weights_sha256 = weights_sha256
+        return gen
 
     # -- conditions -------------------------------------------------------------------------
     def class_condition(self, index: int) -> Condition:

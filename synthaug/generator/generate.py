@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from synthaug import __version__, progress
 from synthaug.errors import SynthaugError
-from synthaug.files import exclusive_lock, write_text_atomic
+from synthaug.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from synthaug.generator import Condition, Generator, plan_conditions, split_evenly
 from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.shards import (
@@ -27,6 +28,7 @@ from synthaug.shards import (
     encode_png,
     encode_sample,
     partial_name,
+    read_shard,
     shard_name,
     write_manifest,
     write_shard,
@@ -77,7 +79,7 @@ def resolve_conditions(gen: Generator, request: GenerateRequest) -> list[Conditi
 def run_identity(gen: Generator) -> dict:
     info = gen.run.info()
     return {"path": str(gen.run.path.resolve()), "name": gen.run.name, "id": info.get("id", ""),
-            "kimg": info.get("kimg"), "weights_sha256": gen.run.weights_sha256(), "dataset": gen.schema.dataset}
+            "kimg": info.get("kimg"), "weights_sha256": gen.weights_sha256 or gen.run.weights_sha256(), "dataset": gen.schema.dataset}
 
 
 def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
@@ -103,6 +105,33 @@ def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
     for p in ours:
         p.unlink(missing_ok=True)
     write_text_atomic(settings_path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def previous_checksums(out: Path) -> dict[str, str]:
+    """sha256 of each shard in a manifest an earlier run of the same generation wrote, if any."""
+    try:
+        return {s["name"]: s["sha256"] for s in json.loads((out / MANIFEST).read_text())["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def shard_is_complete(path: Path, keys: list[str], sha256: str | None) -> bool:
+    """A finished shard can be kept: it matches the manifest's sha256, or (no manifest yet) it holds
+    exactly its planned samples and every PNG decodes."""
+    if not path.is_file():
+        return False
+    if sha256 is not None:
+        return sha256_file(path) == sha256
+    try:
+        from PIL import Image
+
+        samples = read_shard(path)
+        for sample in samples:
+            with Image.open(io.BytesIO(sample["png"])) as im:
+                im.load()
+        return [x["__key__"] for x in samples] == keys
+    except Exception:  # any damage means the shard is written again
+        return False
 
 
 def generate_shards(
@@ -158,28 +187,38 @@ def generate_shards(
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
         write_shard(out, k, samples)
 
+    def planned_keys(k: int) -> list[str]:
+        return [f"{c.key}-{i:06d}" for c, i, _ in plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]]
+
     lock = exclusive_lock(out / ".lock", f"the folder {out}") if state.is_main_process else contextlib.nullcontext()
     with lock:
         if state.is_main_process:
+            if out.is_dir():
+                remove_stale_temporaries(out)  # we hold the lock: temporaries of a killed run can go
             prepare_folder(out, settings, overwrite)
+            for stray in out.glob("synth-*.tar"):  # shards beyond the plan (a larger earlier plan, or planted)
+                if stray.name not in {shard_name(k) for k in range(n_shards)}:
+                    stray.unlink()
+            for partial in out.glob(".synth-*.tar.partial"):  # left by a killed writer; its shard is redone below
+                partial.unlink()
         state.wait_for_everyone()
+        known = previous_checksums(out)
         mine = [k for k in range(n_shards) if k % state.num_processes == state.process_index]
-        todo = [k for k in mine if not (out / shard_name(k)).exists()]
+        todo = [k for k in mine if not shard_is_complete(out / shard_name(k), planned_keys(k), known.get(shard_name(k)))]
         if len(todo) < len(mine):
             log.info("Resuming: %d of %d shards are already complete.", len(mine) - len(todo), len(mine))
         with progress.task(f"generating {len(plan)} images", total=len(plan)) as bar:
-            bar.advance(sum(min(sampling.images_per_shard, len(plan) - k * sampling.images_per_shard) for k in mine if k not in todo))
+            bar.advance(sum(len(planned_keys(k)) for k in mine if k not in todo))
             for k in todo:
                 make_shard(k)
-                bar.advance(min(sampling.images_per_shard, len(plan) - k * sampling.images_per_shard))
+                bar.advance(len(planned_keys(k)))
         state.wait_for_everyone()
         manifest = None
         if state.is_main_process:
             shards = []
             for k in range(n_shards):
-                expected = [f"{c.key}-{i:06d}" for c, i, _ in plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]]
                 info = describe_shard(out / shard_name(k)) if (out / shard_name(k)).exists() else None
-                if info is None or info["keys"] != expected:
+                if info is None or info["keys"] != planned_keys(k):
                     log.warning("Shard %s is missing or does not hold its planned samples; writing it again.", shard_name(k))
                     (out / shard_name(k)).unlink(missing_ok=True)
                     make_shard(k)

@@ -25,7 +25,15 @@ import torch
 from synthaug import __version__, progress
 from synthaug.data import load_dataset
 from synthaug.errors import SynthaugError
-from synthaug.files import exclusive_lock, folder_atomic, recover_folder, sha256_file, write_text_atomic
+from synthaug.files import (
+    exclusive_lock,
+    folder_atomic,
+    recover_folder,
+    remove_stale_temporaries,
+    sha256_file,
+    write_checksums,
+    write_text_atomic,
+)
 from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import Denoiser, build_denoiser
@@ -105,7 +113,6 @@ def check_resumable(run: Run, recipe: Recipe) -> None:
 
 def load_state(run: Run) -> dict | None:
     """The saved training state, after checking its sha256; None when there is none."""
-    recover_folder(run.state_dir)
     meta_path, state_path = run.state_dir / "state.json", run.state_dir / "training_state.pt"
     if not meta_path.exists():
         return None
@@ -117,6 +124,20 @@ def load_state(run: Run) -> dict | None:
     return torch.load(state_path, map_location="cpu", weights_only=True)
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the state we resume from (and a line a kill cut short), so no step is logged twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically."""
     ema_model = copy.deepcopy(model)
@@ -125,6 +146,7 @@ def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sch
         with folder_atomic(folder) as tmp:
             module.save_pretrained(tmp)
             train_sched.save_pretrained(tmp / "scheduler")
+            write_checksums(tmp)  # checked before the weights are used
     with folder_atomic(run.state_dir) as tmp:
         state = {
             "model": model.state_dict(),
@@ -179,9 +201,16 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # we hold the lock: what a killed run left half-written can go
+            remove_stale_temporaries(run.path)
+            for folder in (run.model_dir, run.ema_dir, run.state_dir):
+                recover_folder(folder)  # finish a swap a kill interrupted
+        accelerator.wait_for_everyone()
         state = load_state(run)
         if state is not None:
             check_resumable(run, recipe)
+        if accelerator.is_main_process:  # steps logged after the state we start from will be run (and logged) again
+            truncate_log(run.log_file, state["step"] if state is not None else 0)
 
         # 2. data: the real training split (and low-data subset) only, as uint8 on the device
         dataset = load_dataset(recipe.data).split("train")
@@ -272,14 +301,17 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
 
                 # (b) log, snapshot and grid on their schedules (the only host-device syncs)
                 done = nimg >= total_nimg
-                if nimg >= next_log or done:
+                log_now, snapshot_now = nimg >= next_log or done, nimg >= next_snapshot or done
+                if log_now or snapshot_now:
+                    # the loss of every step since the last check, summed on the device: the only host-device sync
                     mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
-                    if not math.isfinite(mean_loss):
+                    if not math.isfinite(mean_loss):  # never snapshot a diverged model
                         raise SynthaugError(
                             f"Training diverged: the loss became {mean_loss} between step {last_good[0]} and step {step}; "
-                            f"the last good state ({last_good[1] / 1000:.1f} kimg) is kept in {run.state_dir}; "
-                            "lower generator.lr and run the same command again."
+                            f"the last good state (step {last_good[0]}, {last_good[1] / 1000:.1f} kimg) is kept in "
+                            f"{run.state_dir}; lower generator.lr and run the same command again."
                         )
+                if log_now:
                     now = time.perf_counter()
                     ips = (nimg - tick_nimg) / max(now - tick_time, 1e-9)
                     if accelerator.is_main_process:
@@ -292,7 +324,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     loss_count = 0
                     tick_time, tick_nimg = now, nimg
                     next_log = nimg + g_cfg.log_every_kimg * 1000
-                if nimg >= next_snapshot or done:
+                if snapshot_now:
                     if accelerator.is_main_process:
                         save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done)
                     accelerator.wait_for_everyone()

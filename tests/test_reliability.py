@@ -1,0 +1,397 @@
+"""Reliability: SIGKILL at a random moment then the same command again, planted faults that
+`synthaug verify` must catch, damaged files, diverging losses, full disks, concurrent runs, fuzzing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import TINY, tiny_recipe
+from synthaug import SynthaugError
+from synthaug.cli import app
+from synthaug.files import exclusive_lock
+from synthaug.generator import train as train_module
+from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.generator.train import train_generator
+from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.shards import encode_sample, read_manifest, read_shard, verify_shards, write_shard
+
+runner = CliRunner()
+SAMPLING = SamplingConfig(steps=2, network_batch=8, batch_size=8, images_per_shard=4)
+
+
+def cli(*args, env=None):
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def error_line(result) -> str:
+    """The one error sentence: the last line of the output, and the only one that starts with Error:."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines[-1].startswith("Error: "), result.output
+    assert sum(line.startswith("Error: ") for line in lines) == 1, result.output
+    return lines[-1]
+
+
+def run_until_killed(cmd, cwd, ready, timeout=120):
+    """Start ``cmd``, wait until ``ready()`` is true (or the process ends), then SIGKILL it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + timeout
+    while proc.poll() is None and not ready() and time.time() < deadline:
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return killed
+
+
+def run_to_end(cmd, cwd, timeout=300):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+# A different random kill moment every session (print it to replay: SYNTHAUG_KILL_SEED=...).
+KILL_SEED = int(os.environ.get("SYNTHAUG_KILL_SEED", random.SystemRandom().randrange(2**31)))
+
+
+TRAIN = [sys.executable, "-m", "synthaug", "-q", "train", *[a for item in TINY for a in ("--set", item)],
+         "--set", "generator.duration_kimg=0.512", "--set", "generator.snapshot_every_kimg=0.096",
+         "--set", "generator.log_every_kimg=0.032"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The same tiny training, never interrupted: 16 steps, a snapshot every 3."""
+    cwd = tmp_path_factory.mktemp("straight")
+    run_to_end(TRAIN + ["--set", "run_dir=run"], cwd)
+    return cwd / "run"
+
+
+def weights(run: Path, folder: str) -> dict:
+    return load_file(run / folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_train_killed_at_a_random_moment_resumes_to_the_same_weights(attempt, straight_run, tmp_path):
+    rng = random.Random(KILL_SEED + attempt)
+    log = tmp_path / "run" / "log.jsonl"
+    target = rng.randint(1, 14)  # kill once this many steps are logged (sometimes mid-snapshot)
+    extra = rng.uniform(0, 0.15)
+
+    def ready():
+        return log.exists() and len(log.read_text().splitlines()) >= target and (time.sleep(extra) or True)
+
+    assert run_until_killed(TRAIN + ["--set", "run_dir=run"], tmp_path, ready), "training ended before the kill"
+    run_to_end(TRAIN + ["--set", "run_dir=run"], tmp_path)
+    for folder in ("model", "ema"):
+        a, b = weights(straight_run, folder), weights(tmp_path / "run", folder)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{folder} differs (kill at step {target}, SYNTHAUG_KILL_SEED={KILL_SEED})"
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 17))  # every step logged exactly once
+    assert not list((tmp_path / "run").glob(".*.tmp")) and not list((tmp_path / "run").glob("*.old"))
+
+
+@pytest.fixture(scope="module")
+def generate_cmd(digits_run):
+    return [sys.executable, "-m", "synthaug", "-q", "generate", "--run", str(digits_run.path), "--class", "0", "--class", "7",
+            "--num", "40", "--shard-size", "4", "--steps", "3", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def straight_shards(generate_cmd, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("straight-shards")
+    run_to_end(generate_cmd + ["--out", "s"], cwd)
+    return cwd / "s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_generate_killed_at_a_random_moment_completes_every_sample_once(attempt, generate_cmd, straight_shards, tmp_path):
+    rng = random.Random(KILL_SEED + 100 + attempt)
+    out = tmp_path / "s"
+    target = rng.randint(0, 8)
+
+    def ready():
+        return out.exists() and len(list(out.glob("synth-*.tar"))) + len(list(out.glob(".*.partial"))) > target
+
+    assert run_until_killed(generate_cmd + ["--out", "s"], tmp_path, ready), "generate ended before the kill"
+    run_to_end(generate_cmd + ["--out", "s"], tmp_path)
+    result = verify_shards(out)
+    assert result["ok"], (result["problems"], f"kill after {target} shards, SYNTHAUG_KILL_SEED={KILL_SEED}")
+    assert result["samples"] == 40 and result["per_class"] == {"0": 20, "7": 20}
+    assert read_manifest(out)["shards"] == read_manifest(straight_shards)["shards"]  # byte-identical shards
+
+
+@pytest.fixture
+def shard_set(digits_run, tmp_path):
+    out = tmp_path / "s"
+    generate_shards(digits_run.path, GenerateRequest(classes=("2", "5"), num=12), out, SAMPLING)
+    assert cli("verify", out).exit_code == 0
+    return out
+
+
+def rewrite(path: Path, change) -> None:
+    """Rewrite one shard with ``change(samples)`` applied (keeping a valid tar)."""
+    samples = change(read_shard(path))
+    path.unlink()
+    k = int(path.stem.split("-")[1])
+    write_shard(path.parent, k, [encode_sample(s["__key__"], s["png"], int(s["cls"]), json.loads(s["json"])) for s in samples])
+
+
+PLANTED = {
+    "missing shard": (lambda out: (out / "synth-000001.tar").unlink(), "synth-000001.tar is missing"),
+    "extra shard": (lambda out: shutil.copy(out / "synth-000000.tar", out / "synth-000009.tar"), "not in the manifest"),
+    "partial shard": (lambda out: (out / ".synth-000002.tar.partial").write_bytes(b"half"), "partial shard"),
+    "truncated shard": (lambda out: (out / "synth-000002.tar").write_bytes((out / "synth-000002.tar").read_bytes()[:1500]),
+                        "synth-000002.tar"),
+    "modified byte": (lambda out: flip_byte(out / "synth-000000.tar", 700), "does not match the sha256"),
+    "duplicate sample": (lambda out: rewrite(out / "synth-000001.tar", lambda s: s[:3] + [s[0]]), "appears twice"),
+    "unreadable png": (lambda out: rewrite(out / "synth-000001.tar", lambda s: [{**s[0], "png": b"\x89PNG garbage"}] + s[1:]),
+                       "PNG that cannot be decoded"),
+    "dropped sample": (lambda out: rewrite(out / "synth-000001.tar", lambda s: s[:3]), "planned samples are missing"),
+}
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fault", list(PLANTED))
+def test_verify_catches_each_planted_fault_and_generate_repairs_it(fault, shard_set, digits_run):
+    plant, message = PLANTED[fault]
+    plant(shard_set)
+    result = cli("verify", shard_set)
+    error_line(result)
+    assert message in result.output, result.output
+    generate_shards(digits_run.path, GenerateRequest(classes=("2", "5"), num=12), shard_set, SAMPLING)
+    assert verify_shards(shard_set)["ok"], verify_shards(shard_set)["problems"]
+
+
+def test_verify_without_a_manifest_is_one_sentence(tmp_path):
+    result = cli("verify", tmp_path)
+    assert result.exit_code == 1 and "manifest.json is missing" in result.output
+
+
+def test_damaged_weights_are_detected_before_use(digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run.path, run)
+    weights_file = run / "ema" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:-100])
+    result = cli("generate", "--run", run, "--class", "3", "--num", "2", "--out", tmp_path / "o")
+    assert "diffusion_pytorch_model.safetensors is damaged" in error_line(result)
+
+
+def test_diverging_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_call = train_module.DiffusionLoss.__call__
+
+    def nan_from_step_3(self, *args):
+        calls["n"] += 1
+        loss = real_call(self, *args)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(train_module.DiffusionLoss, "__call__", nan_from_step_3)
+    recipe = tiny_recipe(tmp_path / "run", "generator.snapshot_every_kimg=0.032", "generator.log_every_kimg=0.064")
+    with pytest.raises(SynthaugError, match=r"loss became nan between step 2 and step 3; the last good state \(step 2"):
+        train_generator(recipe)
+    state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run", "model").values())
+
+
+def test_a_full_disk_during_generate_keeps_what_was_written_and_the_next_run_completes(digits_run, tmp_path, monkeypatch):
+    import synthaug.generator.generate as generate_module
+
+    real_write = generate_module.write_shard
+    written = []
+
+    def full_after_two(folder, k, samples):
+        if len(written) == 2:
+            partial = Path(folder) / f".synth-{k:06d}.tar.partial"
+            partial.write_bytes(b"x" * 10)  # what a writer leaves when the disk fills mid-shard
+            raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+        written.append(k)
+        return real_write(folder, k, samples)
+
+    monkeypatch.setattr(generate_module, "write_shard", full_after_two)
+    out = tmp_path / "s"
+    result = cli("generate", "--run", digits_run.path, "--class", "4", "--num", "16", "--shard-size", "4", "--steps", "2",
+                 "--out", out)
+    assert "No space left on device" in error_line(result)
+    assert not (out / "manifest.json").exists() and sorted(p.name for p in out.glob("synth-*.tar")) == [
+        "synth-000000.tar", "synth-000001.tar"]
+    monkeypatch.setattr(generate_module, "write_shard", real_write)  # space freed
+    assert cli("generate", "--run", digits_run.path, "--class", "4", "--num", "16", "--shard-size", "4", "--steps", "2",
+               "--out", out).exit_code == 0
+    result = verify_shards(out)
+    assert result["ok"] and result["samples"] == 16 and not list(out.glob(".*.partial"))
+
+
+def test_a_full_disk_during_a_snapshot_keeps_the_previous_state(tmp_path, monkeypatch):
+    recipe = tiny_recipe(tmp_path / "run", "generator.snapshot_every_kimg=0.064")
+    real_save = torch.save
+    saves = []
+
+    def full_on_second(obj, f, *a, **k):
+        saves.append(f)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(train_module.torch, "save", full_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        train_generator(recipe)
+    assert json.loads((tmp_path / "run" / "state" / "state.json").read_text())["step"] == 2  # the first snapshot, intact
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(train_module.torch, "save", real_save)
+    run = train_generator(recipe)
+    assert json.loads(run.info_file.read_text())["step"] == 4 and json.loads(run.info_file.read_text())["finished"]
+
+
+def test_unwritable_output_is_one_sentence(digits_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli("generate", "--run", digits_run.path, "--class", "4", "--num", "2", "--out", blocker / "out")
+    line = error_line(result)
+    assert "Could not write or read" in line and "a-file" in line
+
+
+def test_a_second_generate_into_the_same_folder_refuses(digits_run, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    with exclusive_lock(out / ".lock", "test"):
+        result = cli("generate", "--run", digits_run.path, "--class", "4", "--num", "2", "--out", out)
+    assert result.exit_code == 1 and "Another synthaug process is writing the folder" in result.output
+    assert not (out / "manifest.json").exists() and not list(out.glob("synth-*"))
+
+
+# -- fuzzing -----------------------------------------------------------------------------------
+
+KEYS = {
+    "data": ["spec", "resolution", "target", "level", "crop", "split", "test_fraction", "shots_per_class", "seed", "strict"],
+    "generator": ["preset", "base_channels", "channel_mult", "lr", "batch_size", "duration_kimg", "loss", "prediction",
+                  "schedule", "cond_drop_prob", "ema_decay", "flip", "mixed_precision"],
+    "sampling": ["sampler", "steps", "guidance", "seed", "batch_size", "network_batch", "images_per_shard"],
+    "benchmark": ["classifier", "seeds", "shots_per_class", "synthetic_ratios", "guidance_sweep", "mix_probability"],
+}
+values = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                   st.text(max_size=12), st.lists(st.integers(-3, 5), max_size=3), st.lists(st.floats(-2, 5), max_size=3))
+names = st.one_of(st.sampled_from(sorted({k for v in KEYS.values() for k in v})), st.text("abcdefghij_", min_size=1, max_size=8))
+recipes = st.dictionaries(st.sampled_from([*KEYS, "extra", "name", "run_dir"]),
+                          st.one_of(st.dictionaries(names, values, max_size=4), values), max_size=4)
+
+
+def toml_text(data: dict) -> str:
+    from synthaug.recipe import _toml_value
+
+    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    sections = [f"[{k}]\n" + "\n".join(f'"{n}" = {_toml_value(v)}' for n, v in section.items())
+                for k, section in data.items() if isinstance(section, dict)]
+    return "\n".join(top) + "\n" + "\n\n".join(sections) + "\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=recipes)
+def test_fuzzed_recipe_files_load_or_fail_with_one_sentence(data, tmp_path):
+    path = tmp_path / "fuzz.toml"
+    path.write_text(toml_text(data))
+    try:
+        load_recipe(path)
+    except SynthaugError as e:
+        assert "\n" not in str(e) and str(e).endswith((".", "?")), str(e)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_fuzzed_bytes_as_a_recipe_fail_with_one_sentence(raw, tmp_path):
+    path = tmp_path / "fuzz.toml"
+    path.write_bytes(raw)
+    try:
+        load_recipe(path)
+    except SynthaugError as e:
+        assert "\n" not in str(e)
+
+
+TRAIN_TOKENS = st.lists(st.one_of(
+    st.sampled_from(["--set", "--fresh", "--bogus", "digits", "birds", "nope.toml", "-q"]),
+    st.builds(lambda k, v: f"{k}={v}", st.sampled_from([f"{s}.{k}" for s, ks in KEYS.items() for k in ks] + ["x.y", "name"]),
+              st.one_of(st.integers(-3, 9), st.sampled_from(["-1", "0", "1e9", "nan", "inf", "[1,2]", "true", "'a'", "x y", ""]))),
+), max_size=5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=TRAIN_TOKENS)
+def test_fuzzed_train_arguments_never_trace_back(tokens, tmp_path):
+    result = cli("train", *tokens, "--dry-run")
+    assert result.exit_code in (0, 1), result.output
+    if result.exit_code == 1:
+        error_line(result)
+
+
+GENERATE_TOKENS = st.lists(st.one_of(
+    st.sampled_from(["--class", "--num", "--per-class", "--guidance", "--steps", "--seed", "--sampler", "--shard-size",
+                     "--batch-size", "--all-classes", "--attr", "--species", "--overwrite"]),
+    st.sampled_from(["0", "1", "3", "-1", "2.5", "nan", "-0.5", "99", "abc", "ddim", "heun", "bangs=3", "7"]),
+), max_size=8)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=GENERATE_TOKENS)
+def test_fuzzed_generate_arguments_never_trace_back_or_leave_a_false_manifest(tokens, digits_run, tmp_path):
+    out = tmp_path / f"out-{abs(hash(tuple(tokens)))}"
+    args = ["generate", "--run", digits_run.path, "--out", out, "--steps", "1", *tokens]
+    if "--num" in tokens or "--per-class" in tokens:
+        args += ["--shard-size", "3"]
+    result = cli(*args)
+    assert result.exit_code in (0, 1), result.output
+    if result.exit_code == 0:
+        assert verify_shards(out)["ok"]  # a manifest is only there when every sample is
+    else:
+        error_line(result)
+        assert not (out / "manifest.json").exists()
+        for tar in out.glob("synth-*.tar") if out.exists() else []:
+            assert tarfile.is_tarfile(tar)  # anything left under a final name is a complete shard
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--set", "generator.lrate=1", "--dry-run"], "Unknown recipe key 'generator.lrate'"),
+        (["train", "--set", "generator.batch_size=many", "--dry-run"], "generator.batch_size must be a whole number"),
+        (["train", "--set", "generator.batch_size=0", "--dry-run"], "generator.batch_size must be positive"),
+        (["train", "--set", "sampling.steps=-2", "--dry-run"], "sampling.steps must be positive"),
+        (["train", "--set", "sampling.guidance=-0.5", "--dry-run"], "guidance scale must be 0 or more"),
+        (["train", "--set", "sampling.sampler=heun", "--dry-run"], "Sampler 'heun' is not known"),
+        (["train", "--set", "data.resolution=7"], "Resolution 7 cannot be halved 1 times by the tiny U-Net"),
+        (["benchmark", "--set", "benchmark.classifier=resnet_9000", "--set", "benchmark.judge_steps=1"], "resnet_9000"),
+        (["generate", "--class", "3", "--num", "0", "--out", "o"], "--num N or --per-class N"),
+        (["generate", "--class", "3", "--per-class", "-4", "--out", "o"], "must be positive"),
+        (["inspect", "digits", "--resolution", "-8"], "data.resolution -8 is out of range"),
+        (["classes", "digits", "--search", "eleven"], "No class named 'eleven'"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_1(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert message in error_line(cli(*args))
