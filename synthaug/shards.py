@@ -8,6 +8,7 @@ sha256, the totals per class, and the generation settings.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -56,33 +57,47 @@ def encode_sample(key: str, png: bytes, label: int, meta: dict) -> dict:
     }
 
 
-def write_shard(folder: Path, k: int, samples: list[dict]) -> Path:
-    """Write pre-encoded samples as shard ``k``: temporary name, fsync, then rename into place."""
+class _HashingFile:
+    """A binary file that hashes and counts what is written through it."""
+
+    def __init__(self, file):
+        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+
+def write_shard(folder: Path, k: int, samples: list[dict]) -> dict:
+    """Write pre-encoded samples as shard ``k``: temporary name, fsync, then rename into place.
+
+    Returns the shard's description (as :func:`describe_shard` gives it), with the sha256 taken of
+    the bytes as they were written, so the finished shard need not be read back.
+    """
     folder = Path(folder)
-    final = folder / shard_name(k)
-    partial = folder / partial_name(k)
-
-    def rename(fname: str) -> None:
-        with open(fname, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(fname, final)
-        fsync_dir(folder)
-
-    writer = wds.ShardWriter(str(folder / f".{SHARD_PATTERN}.partial"), maxcount=max(1, len(samples)), start_shard=k,
-                             post=rename, verbose=0, encoder=False, mtime=FIXED_MTIME)
+    final, partial = folder / shard_name(k), folder / partial_name(k)
     try:
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
+        with open(partial, "wb") as f:
+            stream = _HashingFile(f)
+            with wds.TarWriter(stream, encoder=False, mtime=FIXED_MTIME) as writer:
+                for sample in samples:
+                    writer.write(sample)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+        fsync_dir(folder)
     except BaseException:
-        if writer.tarstream is not None:
-            try:
-                writer.tarstream.close()
-            except Exception:
-                pass
         partial.unlink(missing_ok=True)
         raise
-    return final
+    return {
+        "name": final.name,
+        "count": len(samples),
+        "bytes": stream.size,
+        "sha256": stream.sha256.hexdigest(),
+        "keys": [s["__key__"] for s in samples],
+        "per_class": dict(Counter(json.loads(s["json"])["class_name"] for s in samples)),
+    }
 
 
 def read_shard(path: Path) -> list[dict]:

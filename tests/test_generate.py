@@ -16,7 +16,7 @@ from synthaug.generator import Generator
 from synthaug.generator.generate import GenerateRequest, generate_shards
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
-from synthaug.shards import encode_png, partial_name, read_manifest, read_shard
+from synthaug.shards import describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, write_shard
 
 runner = CliRunner()
 
@@ -166,3 +166,17 @@ def test_cli_unknown_class_and_missing_run(digits_run, tmp_path, monkeypatch):
     assert "digits.toml" in result.output
     result = cli("generate", "--run", str(digits_run.path), "--class", "3", "--num", "2", "--out", "o", "--guidance", "-1")
     assert result.exit_code == 1 and "guidance scale must be 0 or more" in result.output
+
+
+def test_write_shard_describes_what_it_wrote_exactly_as_reading_it_back_does(tmp_path):
+    import numpy as np
+
+    samples = [encode_sample(f"c{i % 3}-{i:06d}", encode_png(np.full((4, 4, 1), i, np.uint8)), i % 3,
+                             {"class_name": f"class {i % 3}", "index": i}) for i in range(7)]
+    info = write_shard(tmp_path, 5, samples)
+    assert info == describe_shard(tmp_path / "synth-000005.tar")
+    assert info["sha256"] == sha256_file(tmp_path / "synth-000005.tar") and info["count"] == 7
+    assert not list(tmp_path.glob(".*partial"))
+    again = tmp_path / "again"
+    again.mkdir()
+    assert write_shard(again, 5, samples)["sha256"] == info["sha256"]  # byte-reproducible

@@ -176,6 +176,8 @@ def generate_shards(
               "network_batch": sampling.network_batch, "run": identity["name"], "run_id": identity["id"],
               "weights_sha256": identity["weights_sha256"], "dataset": gen.schema.dataset, "synthaug": __version__}
 
+    written: dict[int, dict] = {}  # descriptions of the shards this process wrote (no need to read them back)
+
     def make_shard(k: int) -> None:
         part = plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]
         (out / partial_name(k)).unlink(missing_ok=True)
@@ -185,7 +187,7 @@ def generate_shards(
             meta = {**common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
                     "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
-        write_shard(out, k, samples)
+        written[k] = write_shard(out, k, samples)
 
     def planned_keys(k: int) -> list[str]:
         return [f"{c.key}-{i:06d}" for c, i, _ in plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]]
@@ -217,12 +219,15 @@ def generate_shards(
         if state.is_main_process:
             shards = []
             for k in range(n_shards):
-                info = describe_shard(out / shard_name(k)) if (out / shard_name(k)).exists() else None
+                path = out / shard_name(k)
+                info = written.get(k) if path.exists() else None
+                if info is None and path.exists():  # written by another process or an earlier run
+                    info = describe_shard(path)
                 if info is None or info["keys"] != planned_keys(k):
                     log.warning("Shard %s is missing or does not hold its planned samples; writing it again.", shard_name(k))
-                    (out / shard_name(k)).unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
                     make_shard(k)
-                    info = describe_shard(out / shard_name(k))
+                    info = written[k]
                 shards.append(info)
             data = dataclasses.asdict(load_recipe(gen.run.recipe_file).data)
             extra = {"synthaug": __version__, "run": identity, "data": data, "schema": dataclasses.asdict(gen.schema),
