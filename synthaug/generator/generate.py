@@ -13,6 +13,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,16 +179,21 @@ def generate_shards(
 
     written: dict[int, dict] = {}  # descriptions of the shards this process wrote (no need to read them back)
 
-    def make_shard(k: int) -> None:
+    def sample_shard(k: int):
         part = plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]
         (out / partial_name(k)).unlink(missing_ok=True)
-        images = gen.sample_conditions([c for c, _, _ in part], [s for _, _, s in part], sampling)
+        return part, gen.sample_conditions([c for c, _, _ in part], [s for _, _, s in part], sampling)
+
+    def store_shard(k: int, part, images) -> None:
         samples = []
         for (cond, index, seed), image in zip(part, images):
             meta = {**common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
                     "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
         written[k] = write_shard(out, k, samples)
+
+    def make_shard(k: int) -> None:
+        store_shard(k, *sample_shard(k))
 
     def planned_keys(k: int) -> list[str]:
         return [f"{c.key}-{i:06d}" for c, i, _ in plan[k * sampling.images_per_shard : (k + 1) * sampling.images_per_shard]]
@@ -211,9 +217,19 @@ def generate_shards(
             log.info("Resuming: %d of %d shards are already complete.", len(mine) - len(todo), len(mine))
         with progress.task(f"generating {len(plan)} images", total=len(plan)) as bar:
             bar.advance(sum(len(planned_keys(k)) for k in mine if k not in todo))
-            for k in todo:
-                make_shard(k)
-                bar.advance(len(planned_keys(k)))
+            # The network samples shard k+1 while a thread encodes, writes and fsyncs shard k; a
+            # write error surfaces before the next shard is handed over, and nothing is left queued.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthaug-shards") as writer:
+                pending = None
+                for k in todo:
+                    part_images = sample_shard(k)
+                    if pending is not None:
+                        pending[1].result()
+                        bar.advance(len(planned_keys(pending[0])))
+                    pending = (k, writer.submit(store_shard, k, *part_images))
+                if pending is not None:
+                    pending[1].result()
+                    bar.advance(len(planned_keys(pending[0])))
         state.wait_for_everyone()
         manifest = None
         if state.is_main_process:

@@ -235,7 +235,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         alphas_cumprod = train_sched.alphas_cumprod.to(device)
         loss_fn = DiffusionLoss(g_cfg.prediction, g_cfg.loss, g_cfg.min_snr_gamma)
         optimizer = torch.optim.AdamW(model.parameters(), lr=g_cfg.lr, weight_decay=g_cfg.weight_decay,
-                                      fused=device.type == "cuda")
+                                      fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
         total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
         warmup_steps = int(g_cfg.warmup_kimg * 1000 / g_cfg.batch_size)
         lr_sched = get_scheduler("cosine" if g_cfg.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
