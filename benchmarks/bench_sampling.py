@@ -79,7 +79,7 @@ def shard_images(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 images per digit and a 30-kimg generator")
-    parser.add_argument("--per-class", type=int, default=0, help="images per digit (default 50, quick 10)")
+    parser.add_argument("--per-class", type=int, default=0, help="images per digit (default 30, quick 10)")
     parser.add_argument("--run", type=Path, default=None, help="a trained digits run to reuse")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -89,7 +89,7 @@ def main() -> None:
     from synthaug.generator import Generator
     from synthaug.generator.generate import GenerateRequest, generate_shards
 
-    per_class = args.per_class or (10 if args.quick else 50)
+    per_class = args.per_class or (10 if args.quick else 30)
     work = Path(tempfile.mkdtemp(prefix="synthaug-bench-sampling-"))
     run = args.run or trained_digits_run(work / "run", kimg=30 if args.quick else 0)
     gen = Generator.load(run, device="cpu")

@@ -42,6 +42,7 @@ def main() -> None:
     conditions, seeds = [c for c, _, _ in plan], [s for _, _, s in plan]
     labels = np.array([c.label for c in conditions])
     yardstick = DigitsYardstick(fid_images=len(plan))
+    gen.sample_conditions(conditions[:8], seeds[:8], gen.sampling)  # warm-up, not timed
     rows = []
     for sampler in SAMPLERS:
         for steps in steps_list:

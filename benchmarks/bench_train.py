@@ -84,7 +84,8 @@ def reference_throughput(files, schema, recipe, num_steps: int, warmup: int, dev
             path, label = files[i]
             return {"input": augmentations(Image.open(path).convert(mode)), "label": label}
 
-    accelerator = Accelerator(mixed_precision="bf16" if device == "cuda" else "no", cpu=device == "cpu")
+    precision = g.mixed_precision if g.mixed_precision != "auto" else "bf16" if device == "cuda" else "no"
+    accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")  # the same precision as synthaug's
     torch.manual_seed(0)
     model = build_denoiser(schema, g.preset)
     noise_scheduler = training_scheduler(g.schedule, g.num_timesteps, g.prediction)
@@ -131,7 +132,7 @@ def reference_throughput(files, schema, recipe, num_steps: int, warmup: int, dev
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {"images_per_s": round(images / elapsed, 1), "measured_images": images, "seconds": round(elapsed, 2),
-            "data_loading_share": round(data_s / elapsed, 3)}
+            "data_loading_share": round(data_s / elapsed, 3), "precision": precision}
 
 
 def synthaug_throughput(recipe, warmup_steps: int) -> dict:
