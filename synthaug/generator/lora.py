@@ -15,7 +15,7 @@ from torch import nn
 
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.text import PromptEncoder, prompt_encoder, require, resolve_model_path
+from synthaug.generator.text import PromptEncoder, prompt_encoder, require, resolve_model_path, unreadable_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -113,9 +113,9 @@ def load_base(g_cfg, schema: ConditionSchema, device: torch.device):
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
-    except (OSError, ValueError) as e:
-        raise SynthaugError(f"{source} (generator.base_model) is not a Stable Diffusion folder in the diffusers layout "
-                            f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/): {e}".replace("\n", " ")) from None
+    except (OSError, ValueError):
+        raise unreadable_model(source, "generator.base_model", "Stable Diffusion model in the diffusers layout "
+                               "(unet/, vae/, text_encoder/, tokenizer/, scheduler/)") from None
     prompts = prompt_encoder(g_cfg, schema, source, "generator.base_model", device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_size = schema.resolution // factor
@@ -134,9 +134,8 @@ def base_scheduler(g_cfg):
     source = resolve_model_path(g_cfg.base_model, "generator.base_model")
     try:
         return DDPMScheduler.from_pretrained(source, subfolder="scheduler")
-    except (OSError, ValueError) as e:
-        raise SynthaugError(f"{source} (generator.base_model) has no readable scheduler/ folder ({e}); "
-                            "use a full Stable Diffusion folder.".replace("\n", " ")) from None
+    except (OSError, ValueError):
+        raise unreadable_model(source, "generator.base_model", "scheduler/ folder") from None
 
 
 def lora_config(g_cfg):

@@ -147,10 +147,16 @@ def load_text_encoder(source: str, key: str, backend: str, device: torch.device)
         cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else CLIPTextModel
         encoder = cls.from_pretrained(source, subfolder=model_sub)
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder=tok_sub)
-    except (OSError, ValueError) as e:
-        raise SynthaugError(f"{source} ({key}) holds no T5 or CLIP text encoder with its tokenizer ({e}); "
-                            "point it at such a folder.".replace("\n", " ")) from None
+    except (OSError, ValueError):
+        raise unreadable_model(source, key, "a T5 or CLIP text encoder with its tokenizer") from None
     return tokenizer, encoder.to(device)
+
+
+def unreadable_model(source: str, key: str, what: str) -> SynthaugError:
+    if Path(source).is_dir():
+        return SynthaugError(f"{source} ({key}) holds no {what}; point {key} at such a folder.")
+    return SynthaugError(f"{source} ({key}) is no local folder and could not be loaded from the hub (no internet, "
+                         f"or no such model); point {key} at a local folder.")
 
 
 def prompt_encoder(g_cfg, schema: ConditionSchema, source: str, key: str, device: torch.device) -> PromptEncoder:
