@@ -194,11 +194,14 @@ def test_a_missing_base_model_folder_is_one_sentence(tmp_path):
     assert "The folder " in result.output and "does not exist; point generator.base_model at a local model folder" in result.output
 
 
-def test_missing_optional_dependencies_say_how_to_install_them(parts, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
-    result = cli("train", *as_cli(sd_sets(parts, tmp_path / "r")))
-    assert result.exit_code == 1
-    assert "The sd-lora backend needs transformers and peft; install them with pip install 'synthaug[text]'." in result.output
+@pytest.mark.parametrize("missing, sets, sentence", [
+    ("peft", sd_sets, "The sd-lora backend needs transformers and peft; install them with pip install 'synthaug[text]'."),
+    ("transformers", text_unet_sets, "The text-unet backend needs transformers; install it with pip install 'synthaug[text]'."),
+])
+def test_missing_optional_dependencies_say_how_to_install_them(parts, tmp_path, monkeypatch, missing, sets, sentence):
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    result = cli("train", *as_cli(sets(parts, tmp_path / "r")))
+    assert result.exit_code == 1 and sentence in result.output
 
 
 def test_benchmark_accepts_a_text_recipe(parts, tmp_path, fid_weights):

@@ -90,7 +90,7 @@ class LoraDenoiser(nn.Module):
 
     def save_pretrained(self, folder: Path) -> None:
         """The LoRA weights only, in the file diffusers' ``save_lora_adapter`` writes (and ``load_lora_adapter``
-        reads), but with the adapter config's sets sorted, so equal weights give equal bytes in any process."""
+        reads), written so that equal weights give equal bytes in any process."""
         import json
 
         from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
@@ -98,7 +98,8 @@ class LoraDenoiser(nn.Module):
         from safetensors.torch import save_file
 
         config = {k: sorted(v) if isinstance(v, set) else v for k, v in self.unet.peft_config["default"].to_dict().items()}
-        metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
+        # one metadata entry only: safetensors writes several in a random (hash map) order
+        metadata = {LORA_ADAPTER_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
         (Path(folder) / "lora").mkdir(parents=True, exist_ok=True)
         weights = {k: v.contiguous() for k, v in get_peft_model_state_dict(self.unet, adapter_name="default").items()}
         save_file(weights, Path(folder) / "lora" / LORA_WEIGHTS, metadata=metadata)

@@ -32,7 +32,7 @@ def require(backend: str, *modules: str) -> None:
             importlib.import_module(name)
     except ImportError:
         raise SynthaugError(f"The {backend} backend needs {' and '.join(modules)}; "
-                            "install them with pip install 'synthaug[text]'.") from None
+                            f"install {'them' if len(modules) > 1 else 'it'} with pip install 'synthaug[text]'.") from None
 
 
 def resolve_model_path(source: str, key: str) -> str:
