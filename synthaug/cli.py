@@ -66,7 +66,9 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # e.g. 'synthaug[text]' is not markup
     raise typer.Exit(code)
 
 

@@ -19,6 +19,9 @@ from synthaug.data import DataConfig
 from synthaug.errors import SynthaugError
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc", "euler")
+# unet: the class/attribute U-Net; text-unet: a pixel U-Net on a frozen text encoder's embeddings
+# (Imagen-style); sd-lora: LoRA on a pretrained Stable Diffusion U-Net, in its VAE's latent space.
+BACKENDS = ("unet", "text-unet", "sd-lora")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -35,6 +38,11 @@ class GeneratorConfig:
     ``batch_per_device`` is smaller than a device's share).
     """
 
+    backend: str = "unet"  # unet, text-unet or sd-lora (see BACKENDS)
+    base_model: str = ""  # sd-lora: a local Stable Diffusion folder (diffusers layout) or a hub id
+    text_encoder: str = ""  # text-unet: a local T5 or CLIP text encoder folder (with its tokenizer)
+    prompt_template: str = "a photo of a {class}"  # text backends: the prompt of a class
+    lora_rank: int = 4  # sd-lora: rank of the LoRA on the U-Net's attention projections
     preset: str = "tiny"
     base_channels: int = 0  # 0: the preset's
     channel_mult: tuple[int, ...] = ()  # (): the preset's
@@ -80,6 +88,17 @@ class GeneratorConfig:
             _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
         _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")
         _check(self.base_channels >= 0 and self.layers_per_block >= 0, "generator.base_channels and layers_per_block must not be negative.")
+        _check(self.backend in BACKENDS, f"generator.backend {self.backend!r} is not known; use one of {', '.join(BACKENDS)}.")
+        _check(self.backend != "sd-lora" or bool(self.base_model),
+               "The sd-lora backend needs generator.base_model, a local Stable Diffusion folder or a hub id.")
+        _check(self.backend != "text-unet" or bool(self.text_encoder),
+               "The text-unet backend needs generator.text_encoder, a local T5 or CLIP text encoder folder.")
+        _check(self.lora_rank > 0, "generator.lora_rank must be positive.")
+        try:
+            self.prompt_template.format(**{"class": "x"})
+        except (KeyError, IndexError, ValueError):
+            raise SynthaugError(f"generator.prompt_template {self.prompt_template!r} may only contain the placeholder "
+                                "{class}, e.g. \"a photo of a {class}, a bird\".") from None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Run folders: what one generator training leaves on disk, and how later stages find it.
 
     runs/<name>/recipe.toml       the resolved recipe          condition.json  the condition schema
-    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/, scheduler/, ...)
+    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...)
     runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
     runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
     runs/<name>/run.json          id, progress, whether training finished
@@ -39,7 +39,8 @@ class Run:
     @property
     def trained(self) -> bool:
         """True once EMA weights have been saved (a finished or snapshotted training)."""
-        return (self.ema_dir / "unet" / "config.json").is_file() and self.condition_file.is_file()
+        weights = (self.ema_dir / "unet" / "config.json", self.ema_dir / "lora" / "pytorch_lora_weights.safetensors")  # sd-lora: LoRA only
+        return any(p.is_file() for p in weights) and self.condition_file.is_file()
 
     def info(self) -> dict:
         try:

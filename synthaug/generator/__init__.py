@@ -15,7 +15,6 @@ import torch
 
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.model import Denoiser
 from synthaug.generator.sample import sample_images, sample_seed
 from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.runs import Run, open_run
@@ -48,7 +47,7 @@ class Generator:
     (torch.Size([16, 1, 8, 8]), torch.uint8)
     """
 
-    def __init__(self, run: Run, denoiser: Denoiser, schema: ConditionSchema, train_config: dict,
+    def __init__(self, run: Run, denoiser: torch.nn.Module, schema: ConditionSchema, train_config: dict,
                  device: torch.device, autocast_dtype: torch.dtype | None = None, sampling: SamplingConfig | None = None):
         self.run = run
         self.sampling = sampling or SamplingConfig()  # the run's recipe's [sampling] defaults
@@ -59,6 +58,11 @@ class Generator:
         self.autocast_dtype = autocast_dtype
         self.weights_sha256 = ""  # set by load(): sha256 over the EMA weight files
 
+    def prompt(self, condition: Condition) -> str | None:
+        """The text a text-conditioned generator draws ``condition`` from (None for the class/attribute U-Net)."""
+        prompts = getattr(self.denoiser, "prompts", None)
+        return None if prompts is None else prompts.prompts.text(condition.value)
+
     @classmethod
     def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
         """Load the EMA weights of a trained run folder onto ``device`` (default: a GPU if present).
@@ -67,12 +71,15 @@ class Generator:
         """
         run = open_run(Path(run))
         weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
+        from synthaug.generator.backends import load_model
+
         device = torch.device(device) if device is not None else default_device()
-        denoiser = Denoiser.from_pretrained(run.ema_dir).to(device).eval()
+        recipe = load_recipe(run.recipe_file)
         schema = ConditionSchema.load(run.condition_file)
+        denoiser = load_model(run.ema_dir, recipe.generator, schema, device).eval()
         train_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
         autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        gen = cls(run, denoiser, schema, train_config, device, autocast, load_recipe(run.recipe_file).sampling)
+        gen = cls(run, denoiser, schema, train_config, device, autocast, recipe.sampling)
         gen.weights_sha256 = weights_sha256
         return gen
 

@@ -79,8 +79,11 @@ def resolve_conditions(gen: Generator, request: GenerateRequest) -> list[Conditi
 
 def run_identity(gen: Generator) -> dict:
     info = gen.run.info()
-    return {"path": str(gen.run.path.resolve()), "name": gen.run.name, "id": info.get("id", ""),
-            "kimg": info.get("kimg"), "weights_sha256": gen.weights_sha256 or gen.run.weights_sha256(), "dataset": gen.schema.dataset}
+    identity = {"path": str(gen.run.path.resolve()), "name": gen.run.name, "id": info.get("id", ""),
+                "kimg": info.get("kimg"), "weights_sha256": gen.weights_sha256 or gen.run.weights_sha256(), "dataset": gen.schema.dataset}
+    if "text" in info:  # a text backend: its base model / text encoder sha256, prompt template and prompts
+        identity["text"] = info["text"]
+    return identity
 
 
 def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
@@ -176,6 +179,8 @@ def generate_shards(
     common = {"sampler": sampling.sampler, "steps": sampling.steps, "guidance": sampling.guidance,
               "network_batch": sampling.network_batch, "run": identity["name"], "run_id": identity["id"],
               "weights_sha256": identity["weights_sha256"], "dataset": gen.schema.dataset, "synthaug": __version__}
+    text = identity.get("text", {})
+    common.update({k: text[k] for k in ("backend", "base_model_sha256", "text_encoder_sha256") if k in text})
 
     written: dict[int, dict] = {}  # descriptions of the shards this process wrote (no need to read them back)
 
@@ -189,6 +194,8 @@ def generate_shards(
         for (cond, index, seed), image in zip(part, images):
             meta = {**common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
                     "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
+            if gen.prompt(cond) is not None:
+                meta["prompt"] = gen.prompt(cond)
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
         written[k] = write_shard(out, k, samples)
 

@@ -109,6 +109,12 @@ class Denoiser(nn.Module):
         self.unet = unet
         self.attributes = attributes
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network denoises."""
+        c = self.unet.config
+        return (c.in_channels, c.sample_size, c.sample_size)
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         labels = condition if self.attributes is None else self.attributes(condition).to(sample.dtype)
         return self.unet(sample, timestep, class_labels=labels).sample

@@ -94,7 +94,7 @@ def sample_images(
     """Draw one image per (condition, seed) and return them as uint8 (B, H, W, C).
 
     Args:
-        denoiser: the (EMA) denoiser, on its device, in eval mode.
+        denoiser: the (EMA) denoiser, on its device, in eval mode (any backend: pixels or VAE latents).
         conditions: (B,) class ids or (B, A) attribute levels.
         null: the null condition for one image, (1,) or (1, A).
         seeds: one seed per image (see :func:`sample_seed`).
@@ -105,8 +105,7 @@ def sample_images(
         autocast_dtype: e.g. torch.bfloat16 on a GPU.
     """
     device = next(denoiser.parameters()).device
-    unet = denoiser.unet
-    shape = (len(seeds), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    shape = (len(seeds), *denoiser.sample_shape)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     scheduler = make_sampler(sampler, train_config)
     scheduler.set_timesteps(steps, device=device)
@@ -130,6 +129,8 @@ def sample_images(
             out = null_out + guidance * (cond_out - null_out)
         # 4. one scheduler step (stochastic samplers draw fresh noise from each image's own generator)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-    # 5. to uint8 pixels
+    # 5. to uint8 pixels (a latent denoiser decodes its latents with its VAE first)
+    if hasattr(denoiser, "decode_latents"):
+        x = denoiser.decode_latents(x, network_batch)
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()

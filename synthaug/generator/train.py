@@ -34,10 +34,11 @@ from synthaug.files import (
     write_checksums,
     write_text_atomic,
 )
+from synthaug.generator.backends import build_model, describe_backend
 from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
 from synthaug.generator.loss import DiffusionLoss
-from synthaug.generator.model import Denoiser, build_denoiser
-from synthaug.generator.sample import sample_images, training_scheduler
+from synthaug.generator.model import Denoiser
+from synthaug.generator.sample import sample_images
 from synthaug.grids import save_png, tile_images
 from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
 from synthaug.runs import Run
@@ -72,6 +73,24 @@ def drop_conditions(cond: torch.Tensor, null: torch.Tensor, p: float, g: torch.G
         return torch.where(whole, null, cond)
     each = torch.rand(cond.shape, generator=g, device=cond.device) < p
     return torch.where(whole[:, None] | each, null, cond)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimizer and EMA see: every parameter, or only the LoRA of a frozen base model."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_state(model: torch.nn.Module) -> dict:
+    """The model's state without its frozen parameters (those are read again from the base model)."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict) -> None:
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - frozen:
+        raise SynthaugError("The saved training state does not fit this generator; start over with --fresh.")
 
 
 def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 10) -> tuple[torch.Tensor, int]:
@@ -141,7 +160,7 @@ def truncate_log(path: Path, step: int) -> None:
 def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically."""
     ema_model = copy.deepcopy(model)
-    ema.copy_to(ema_model.parameters())
+    ema.copy_to(trainable_parameters(ema_model))
     for folder, module in ((run.model_dir, model), (run.ema_dir, ema_model)):
         with folder_atomic(folder) as tmp:
             module.save_pretrained(tmp)
@@ -149,7 +168,7 @@ def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sch
             write_checksums(tmp)  # checked before the weights are used
     with folder_atomic(run.state_dir) as tmp:
         state = {
-            "model": model.state_dict(),
+            "model": trainable_state(model),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_sched.state_dict(),
@@ -223,29 +242,34 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
             if not run.info_file.exists():
                 info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, "kimg": 0, "finished": False}
+                text = describe_backend(g_cfg, schema)  # base model / text encoder sha256 and prompts, once
+                info.update({"text": text} if text else {})
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
 
         # 3. model, noise schedule, loss, optimizer, EMA
         torch.manual_seed(g_cfg.seed)
-        model = build_denoiser(schema, g_cfg.preset, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
-                               layers_per_block=g_cfg.layers_per_block, dropout=g_cfg.dropout).to(device)
+        model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        train_sched = training_scheduler(g_cfg.schedule, g_cfg.num_timesteps, g_cfg.prediction)
+        # a latent backend denoises the VAE latents of the images (and of their mirror images), encoded once
+        latents = model.encode_images(images, g_cfg.flip) if hasattr(model, "encode_images") else None  # (F, N, c, h, w)
+        num_timesteps = train_sched.config.num_train_timesteps
         alphas_cumprod = train_sched.alphas_cumprod.to(device)
-        loss_fn = DiffusionLoss(g_cfg.prediction, g_cfg.loss, g_cfg.min_snr_gamma)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=g_cfg.lr, weight_decay=g_cfg.weight_decay,
+        prediction = "v" if train_sched.config.prediction_type == "v_prediction" else "epsilon"
+        loss_fn = DiffusionLoss(prediction, g_cfg.loss, g_cfg.min_snr_gamma)
+        params = trainable_parameters(model)
+        optimizer = torch.optim.AdamW(params, lr=g_cfg.lr, weight_decay=g_cfg.weight_decay,
                                       fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
         total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
         warmup_steps = int(g_cfg.warmup_kimg * 1000 / g_cfg.batch_size)
         lr_sched = get_scheduler("cosine" if g_cfg.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
                                  num_warmup_steps=warmup_steps, num_training_steps=total_steps)
-        ema = EMAModel(model.parameters(), decay=g_cfg.ema_decay, use_ema_warmup=True, power=g_cfg.ema_power, foreach=True)
+        ema = EMAModel(params, decay=g_cfg.ema_decay, use_ema_warmup=True, power=g_cfg.ema_power, foreach=True)
 
         # 4. resume
         step = nimg = 0
         if state is not None:
-            model.load_state_dict(state["model"])
+            load_trainable_state(model, state["model"])
             ema.load_state_dict(state["ema"])
             ema.to(device)
             optimizer.load_state_dict(state["optimizer"])
@@ -270,15 +294,18 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
                 rows = batch_rows(step, g_cfg.batch_size, len(images), g_cfg.seed).to(device)
-                t_all = torch.randint(0, g_cfg.num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
-                noise_all = torch.randn((g_cfg.batch_size, *images.shape[1:]), generator=g, device=device)
+                t_all = torch.randint(0, num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
+                noise_all = torch.randn((g_cfg.batch_size, *model.sample_shape), generator=g, device=device)
                 cond_all = drop_conditions(conds[rows], null, g_cfg.cond_drop_prob, g)
                 flip_all = torch.rand(g_cfg.batch_size, generator=g, device=device) < (0.5 if g_cfg.flip else 0.0)
                 net.train()
                 for m in range(accum):
                     sl = slice(rank * per_device + m * micro, rank * per_device + (m + 1) * micro)
-                    x0 = images[rows[sl]].float() / 127.5 - 1
-                    x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
+                    if latents is None:
+                        x0 = images[rows[sl]].float() / 127.5 - 1
+                        x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
+                    else:
+                        x0 = latents[flip_all[sl].long(), rows[sl]]
                     t, noise = t_all[sl], noise_all[sl]
                     x_t = train_sched.add_noise(x0, noise, t)
                     if device.type == "cuda":
@@ -294,7 +321,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 optimizer.step()
                 lr_sched.step()
                 optimizer.zero_grad(set_to_none=True)
-                ema.step(model.parameters())
+                ema.step(params)
                 step += 1
                 nimg += g_cfg.batch_size
                 bar.advance(g_cfg.batch_size)
@@ -333,7 +360,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 if (g_cfg.grid_every_kimg and nimg >= next_grid) or done:
                     if accelerator.is_main_process:
                         ema_model = copy.deepcopy(model).eval()
-                        ema.copy_to(ema_model.parameters())
+                        ema.copy_to(trainable_parameters(ema_model))
                         save_grid(ema_model, schema, dict(train_sched.config), recipe,
                                   run.grids_dir / f"grid-{nimg // 1000:06d}kimg.png", autocast)
                         del ema_model
