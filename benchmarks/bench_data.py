@@ -8,15 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable"
+from harness import machine
 
 
 def main() -> None:

@@ -9,29 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable"
-
-
-def real_digit_classifier():
-    """An RBF SVM on the real training split; returns (classifier, accuracy on the real test split)."""
-    from sklearn.svm import SVC
-
-    from synthaug import load_dataset
-
-    ds = load_dataset("digits")
-    train, test = ds.split("train"), ds.split("test")
-    clf = SVC(gamma="scale").fit(train.images.reshape(len(train), -1) / 255.0, train.labels)
-    return clf, float(clf.score(test.images.reshape(len(test), -1) / 255.0, test.labels))
+from harness import DigitsYardstick, machine
 
 
 def main() -> None:
@@ -63,8 +46,8 @@ def main() -> None:
             images.append(np.asarray(Image.open(io.BytesIO(s["png"]))))
             labels.append(int(s["cls"]))
     images, labels = np.stack(images), np.array(labels)
-    clf, real_acc = real_digit_classifier()
-    pred = clf.predict(images.reshape(len(images), -1) / 255.0)
+    yardstick = DigitsYardstick(fid_images=0)  # only its judge: an RBF SVM on the real training digits
+    pred, real_acc = yardstick.judge.predict(yardstick.flat(images)), yardstick.judge_accuracy
     per_class = {str(c): float((pred[labels == c] == c).mean()) for c in range(10)}
     result = {
         "machine": machine(),

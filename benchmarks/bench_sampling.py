@@ -84,8 +84,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     private_cache()
-    import torch
-
     from synthaug.generator import Generator
     from synthaug.generator.generate import GenerateRequest, generate_shards
 

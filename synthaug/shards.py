@@ -1,8 +1,9 @@
 """WebDataset shards of synthetic images and their manifest.
 
-A shard is written under a temporary name by ``webdataset.ShardWriter`` (fixed mtime, so the bytes
-are reproducible), fsynced, then renamed to ``synth-%06d.tar``: a shard under its final name is
-always complete. ``manifest.json``, written last, lists every shard with its sample count and
+A shard is written under a temporary name with the bytes ``webdataset.TarWriter`` writes (fixed
+mtime, so they are reproducible; sha256 taken as they are written), fsynced, then renamed to
+``synth-%06d.tar``: a shard under its final name is always complete. ``manifest.json``, written last (and atomically,
+which fsyncs the folder and so every rename before it), lists every shard with its sample count and
 sha256, the totals per class, and the generation settings.
 """
 
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from synthaug.errors import SynthaugError
-from synthaug.files import fsync_dir, sha256_file, write_text_atomic
+from synthaug.files import sha256_file, write_text_atomic
 
 SHARD_PATTERN = "synth-%06d.tar"
 MANIFEST = "manifest.json"
@@ -57,36 +57,60 @@ def encode_sample(key: str, png: bytes, label: int, meta: dict) -> dict:
     }
 
 
-class _HashingFile:
-    """A binary file that hashes and counts what is written through it."""
+class _HashingFile(io.RawIOBase):
+    """A binary file that hashes and counts what is written through it (put a buffer in front, so it
+    hashes large blocks rather than every tar header)."""
 
     def __init__(self, file):
         self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, data) -> int:
         self.sha256.update(data)
         self.size += len(data)
         return self.file.write(data)
 
+    def tell(self) -> int:
+        return self.size
 
-def write_shard(folder: Path, k: int, samples: list[dict]) -> dict:
+
+def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
+    """One sample's files, exactly as ``webdataset.TarWriter(encoder=False, mtime=FIXED_MTIME)`` writes
+    them (sorted extensions, mode 0444, owner bigdata), without its per-sample overhead."""
+    key = sample["__key__"]
+    for ext in sorted(sample):
+        if ext.startswith("_"):
+            continue
+        data = sample[ext]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"{key}.{ext} is not bytes ({type(data).__name__})")
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), FIXED_MTIME, 0o444, "bigdata", "bigdata"
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(folder: Path, k: int, samples: list[dict], class_names: list[str] | None = None) -> dict:
     """Write pre-encoded samples as shard ``k``: temporary name, fsync, then rename into place.
 
-    Returns the shard's description (as :func:`describe_shard` gives it), with the sha256 taken of
-    the bytes as they were written, so the finished shard need not be read back.
+    The bytes are those ``webdataset.TarWriter`` writes (a test checks it). Returns the shard's
+    description (as :func:`describe_shard` gives it), with the sha256 taken of the bytes as they were
+    written, so the finished shard need not be read back. ``class_names`` (one per sample) saves
+    reading them back out of each sample's JSON.
     """
     folder = Path(folder)
     final, partial = folder / shard_name(k), folder / partial_name(k)
     try:
-        with open(partial, "wb") as f:
+        with open(partial, "wb", buffering=0) as f:
             stream = _HashingFile(f)
-            with wds.TarWriter(stream, encoder=False, mtime=FIXED_MTIME) as writer:
-                for sample in samples:
-                    writer.write(sample)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, final)
-        fsync_dir(folder)
+            with io.BufferedWriter(stream, buffer_size=1 << 20) as buffered:
+                with tarfile.open(fileobj=buffered, mode="w") as tar:
+                    for sample in samples:
+                        _add_sample(tar, sample)
+                buffered.flush()
+                os.fsync(f.fileno())
+        os.replace(partial, final)  # the folder itself is fsynced once, when the manifest is written into it
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -96,7 +120,8 @@ def write_shard(folder: Path, k: int, samples: list[dict]) -> dict:
         "bytes": stream.size,
         "sha256": stream.sha256.hexdigest(),
         "keys": [s["__key__"] for s in samples],
-        "per_class": dict(Counter(json.loads(s["json"])["class_name"] for s in samples)),
+        "per_class": dict(Counter(class_names if class_names is not None else
+                                  (json.loads(s["json"])["class_name"] for s in samples))),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_shard_benchmark_writes_the_same_members_on_both_sides(tmp_path):
     shards = [samples[:5], samples[5:10], samples[10:]]
     (tmp_path / "ours").mkdir()
     (tmp_path / "ref").mkdir()
-    bench_shards.synthaug_write(tmp_path / "ours", shards)
+    bench_shards.synthaug_write(tmp_path / "ours", shards, [[json.loads(s["json"])["class_name"] for s in shard] for shard in shards])
     bench_shards.tarfile_write(tmp_path / "ref", shards)
     for k in range(3):
         name = f"synth-{k:06d}.tar"

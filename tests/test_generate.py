@@ -179,4 +179,8 @@ def test_write_shard_describes_what_it_wrote_exactly_as_reading_it_back_does(tmp
     assert not list(tmp_path.glob(".*partial"))
     again = tmp_path / "again"
     again.mkdir()
-    assert write_shard(again, 5, samples)["sha256"] == info["sha256"]  # byte-reproducible
+    assert write_shard(again, 5, samples, [f"class {i % 3}" for i in range(7)]) == info  # byte-reproducible
+    with wds.TarWriter(str(tmp_path / "webdataset.tar"), encoder=False, mtime=1_700_000_000) as writer:
+        for sample in samples:
+            writer.write(sample)
+    assert (tmp_path / "webdataset.tar").read_bytes() == (tmp_path / "synth-000005.tar").read_bytes()

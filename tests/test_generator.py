@@ -167,7 +167,7 @@ def test_sample_seed_and_plans():
 
 
 def test_two_training_steps_write_a_complete_run(tmp_path):
-    run = train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.064"))
+    run = train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.064", "generator.grid_every_kimg=0.064"))
     assert run.trained and (run.model_dir / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert (run.ema_dir / "scheduler" / "scheduler_config.json").exists()
     assert json.loads((run.state_dir / "state.json").read_text())["step"] == 2
@@ -176,7 +176,7 @@ def test_two_training_steps_write_a_complete_run(tmp_path):
     schema = ConditionSchema.load(run.condition_file)
     assert schema.class_names == tuple(str(d) for d in range(10)) and schema.num_train_images == 1438
     assert "duration_kimg = 0.064" in run.recipe_file.read_text()
-    assert list(run.grids_dir.glob("*.png"))
+    assert [p.name for p in run.grids_dir.glob("*.png")] == ["grid-000000kimg.png"]  # at the end (0.064 kimg)
     assert json.loads(run.info_file.read_text())["finished"] is True
 
 

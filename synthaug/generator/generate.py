@@ -197,7 +197,7 @@ def generate_shards(
             if gen.prompt(cond) is not None:
                 meta["prompt"] = gen.prompt(cond)
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
-        written[k] = write_shard(out, k, samples)
+        written[k] = write_shard(out, k, samples, [cond.class_name for cond, _, _ in part])
 
     def make_shard(k: int) -> None:
         store_shard(k, *sample_shard(k))

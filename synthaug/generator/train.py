@@ -357,7 +357,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
                     next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
-                if (g_cfg.grid_every_kimg and nimg >= next_grid) or done:
+                if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
                     if accelerator.is_main_process:
                         ema_model = copy.deepcopy(model).eval()
                         ema.copy_to(trainable_parameters(ema_model))
