@@ -44,7 +44,7 @@ class OneSentenceErrors(TyperGroup):
                 raise
             err_console.print(f"[bold red]Error:[/] {message}; see `{command} --help`.", highlight=False, soft_wrap=True)
             sys.exit(1)
-        except click_errors.Abort:
+        except typer.Abort:
             if not standalone_mode:
                 raise
             err_console.print("[bold red]Error:[/] Aborted.", highlight=False)

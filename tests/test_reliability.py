@@ -227,13 +227,13 @@ def test_a_full_disk_during_generate_keeps_what_was_written_and_the_next_run_com
     real_write = generate_module.write_shard
     written = []
 
-    def full_after_two(folder, k, samples):
+    def full_after_two(folder, k, samples, *names):
         if len(written) == 2:
             partial = Path(folder) / f".synth-{k:06d}.tar.partial"
             partial.write_bytes(b"x" * 10)  # what a writer leaves when the disk fills mid-shard
             raise OSError(errno.ENOSPC, "No space left on device", str(partial))
         written.append(k)
-        return real_write(folder, k, samples)
+        return real_write(folder, k, samples, *names)
 
     monkeypatch.setattr(generate_module, "write_shard", full_after_two)
     out = tmp_path / "s"
