@@ -18,13 +18,12 @@ Usage: python benchmarks/bench_scaling.py [--quick]
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import RECIPES, SHARED_DATA, private_cache, write_result
+from harness import RECIPES, SHARED_DATA, logged_throughput, private_cache, write_result
 
 BATCH = 32
 
@@ -59,9 +58,8 @@ def train_images_per_s(spec: str, resolution: int, steps: int, work: Path) -> tu
         f"generator.duration_kimg={kimg}", f"generator.log_every_kimg={kimg / 4}", "generator.grid_every_kimg=0",
         f"generator.snapshot_every_kimg={kimg * 10}", "generator.warmup_kimg=0", f"run_dir={work}"])
     run = train_generator(recipe, fresh=True)
-    log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
-    first, last = log[0], log[-1]
-    return (last["kimg"] - first["kimg"]) * 1000 / (last["time"] - first["time"]), run
+    images, seconds = logged_throughput(run)
+    return images / seconds, run
 
 
 def generate_seconds(run, per_class: int, max_classes: int = 0) -> tuple[float, int]:

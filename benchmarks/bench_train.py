@@ -20,13 +20,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
 from pathlib import Path
 
-from harness import RECIPES, SHARED_DATA, machine, private_cache, write_result
+from harness import RECIPES, SHARED_DATA, logged_throughput, machine, private_cache, write_result
 
 CONFIGS = {
     # name: (data spec, resolution, batch size, kimg measured, kimg measured in --quick)
@@ -169,12 +168,9 @@ def synthaug_throughput(recipe, warmup_steps: int) -> dict:
     t0 = time.perf_counter()
     run = train_generator(recipe, fresh=True)
     wall = time.perf_counter() - t0
-    log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
-    warm = [e for e in log if e["step"] >= warmup_steps]
-    first, last = warm[0], warm[-1]
-    images = (last["kimg"] - first["kimg"]) * 1000
-    return {"images_per_s": round(images / (last["time"] - first["time"]), 1), "measured_images": int(images),
-            "seconds": round(last["time"] - first["time"], 2), "wall_s_including_setup_and_snapshot": round(wall, 2)}
+    images, seconds = logged_throughput(run, warmup_steps)
+    return {"images_per_s": round(images / seconds, 1), "measured_images": int(images),
+            "seconds": round(seconds, 2), "wall_s_including_setup_and_snapshot": round(wall, 2)}
 
 
 def measure(name: str, kimg: float, warmup: int, device: str, work: Path, settings: list[str]) -> dict:

@@ -62,6 +62,15 @@ def write_result(name: str, result: dict, out: Path | None = None) -> Path:
     return out
 
 
+def logged_throughput(run, from_step: int = 0) -> tuple[float, float]:
+    """(images, seconds) between the first line of a run's ``log.jsonl`` at or after ``from_step`` and
+    the last: training throughput without start-up, the first steps, or the final snapshot."""
+    log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
+    warm = [e for e in log if e["step"] >= from_step]
+    first, last = warm[0], warm[-1]
+    return (last["kimg"] - first["kimg"]) * 1000, last["time"] - first["time"]
+
+
 # -- the digits quality yardstick shared by the sampling benchmarks -------------------------------
 def trained_digits_run(folder: Path, kimg: float = 0.0) -> Path:
     """``recipes/digits.toml`` trained into ``folder`` (``kimg`` > 0 shortens it); reused when finished."""

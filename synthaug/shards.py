@@ -2,9 +2,9 @@
 
 A shard is written under a temporary name with the bytes ``webdataset.TarWriter`` writes (fixed
 mtime, so they are reproducible; sha256 taken as they are written), fsynced, then renamed to
-``synth-%06d.tar``: a shard under its final name is always complete. ``manifest.json``, written last (and atomically,
-which fsyncs the folder and so every rename before it), lists every shard with its sample count and
-sha256, the totals per class, and the generation settings.
+``synth-%06d.tar``: a shard under its final name is always complete. ``manifest.json``, written
+last (and atomically, which fsyncs the folder and so every rename before it), lists every shard
+with its sample count and sha256, the totals per class, and the generation settings.
 """
 
 from __future__ import annotations

@@ -194,8 +194,9 @@ def generate_shards(
         for (cond, index, seed), image in zip(part, images):
             meta = {**common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
                     "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
-            if gen.prompt(cond) is not None:
-                meta["prompt"] = gen.prompt(cond)
+            prompt = gen.prompt(cond)
+            if prompt is not None:
+                meta["prompt"] = prompt
             samples.append(encode_sample(f"{cond.key}-{index:06d}", encode_png(image), cond.label, meta))
         written[k] = write_shard(out, k, samples, [cond.class_name for cond, _, _ in part])
 
@@ -226,17 +227,19 @@ def generate_shards(
             bar.advance(sum(len(planned_keys(k)) for k in mine if k not in todo))
             # The network samples shard k+1 while a thread encodes, writes and fsyncs shard k; a
             # write error surfaces before the next shard is handed over, and nothing is left queued.
+            def finish(pending) -> None:
+                if pending is not None:
+                    k, future = pending
+                    future.result()
+                    bar.advance(len(planned_keys(k)))
+
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthaug-shards") as writer:
                 pending = None
                 for k in todo:
                     part_images = sample_shard(k)
-                    if pending is not None:
-                        pending[1].result()
-                        bar.advance(len(planned_keys(pending[0])))
+                    finish(pending)
                     pending = (k, writer.submit(store_shard, k, *part_images))
-                if pending is not None:
-                    pending[1].result()
-                    bar.advance(len(planned_keys(pending[0])))
+                finish(pending)
         state.wait_for_everyone()
         manifest = None
         if state.is_main_process:

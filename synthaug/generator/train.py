@@ -80,14 +80,18 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def frozen_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if not p.requires_grad}
+
+
 def trainable_state(model: torch.nn.Module) -> dict:
     """The model's state without its frozen parameters (those are read again from the base model)."""
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen = frozen_names(model)
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict) -> None:
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen = frozen_names(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - frozen:
         raise SynthaugError("The saved training state does not fit this generator; start over with --fresh.")
