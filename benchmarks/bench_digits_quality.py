@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "digits_quality.json")
     args = parser.parse_args()
     os.environ.setdefault("SYNTHAUG_CACHE", tempfile.mkdtemp(prefix="synthaug-cache-"))
-    from synthaug.generator.generate import GenerateRequest, generate_shards
+    from synthaug.synthesis import GenerateRequest, generate_shards
     from synthaug.generator.train import train_generator
     from synthaug.recipe import load_recipe
     from synthaug.shards import read_shard

@@ -42,7 +42,7 @@ def reference_sample(gen, labels: np.ndarray, guidance: float, batch: int, seed:
     import torch
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config(gen.train_config)
+    scheduler = DDPMScheduler.from_config(gen.scheduler_config)
     scheduler.set_timesteps(scheduler.config.num_train_timesteps)
     generator = torch.Generator().manual_seed(seed)
     unet = gen.denoiser.unet
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     private_cache()
     from synthaug.generator import Generator
-    from synthaug.generator.generate import GenerateRequest, generate_shards
+    from synthaug.synthesis import GenerateRequest, generate_shards
 
     per_class = args.per_class or (10 if args.quick else 30)
     work = Path(tempfile.mkdtemp(prefix="synthaug-bench-sampling-"))

@@ -65,7 +65,8 @@ def train_images_per_s(spec: str, resolution: int, steps: int, work: Path) -> tu
 def generate_seconds(run, per_class: int, max_classes: int = 0) -> tuple[float, int]:
     import dataclasses
 
-    from synthaug.generator import Generator, plan_conditions
+    from synthaug.generator import Generator
+    from synthaug.generator.pipeline import plan_conditions
 
     gen = Generator.load(run.path, device="cpu")
     classes = gen.all_classes()[: max_classes or None]

@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     private_cache()
-    from synthaug.generator import Generator, plan_conditions
+    from synthaug.generator import Generator
+    from synthaug.generator.pipeline import plan_conditions
 
     steps_list = args.steps or ([5, 20] if args.quick else [5, 10, 20, 50])
     per_class = args.per_class or (5 if args.quick else 30)

@@ -63,7 +63,7 @@ def reference_throughput(files, schema, recipe, num_steps: int, warmup: int, dev
     from torchvision import transforms
 
     from synthaug.generator.model import build_denoiser
-    from synthaug.generator.sample import training_scheduler
+    from synthaug.generator.sampling import training_scheduler
 
     g = recipe.generator
     mode = "RGB" if schema.channels == 3 else "L"

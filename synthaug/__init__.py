@@ -19,7 +19,7 @@ from synthaug.data import DataConfig, ImageSet, load_dataset  # noqa: E402
 _LAZY = {
     "Generator": "synthaug.generator",
     "train_generator": "synthaug.generator.train",
-    "write_shards": "synthaug.generator.generate",
+    "write_shards": "synthaug.synthesis",
     "synthetic_dataset": "synthaug.torch_datasets",
     "mix": "synthaug.torch_datasets",
     "on_the_fly": "synthaug.torch_datasets",

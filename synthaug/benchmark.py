@@ -24,9 +24,10 @@ import torch
 from synthaug import __version__, progress
 from synthaug.classifier import ClassifierConfig, predict, score, to_device_images, train_classifier
 from synthaug.data import ImageSet, load_dataset
+from synthaug.device import default_device
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import sources_sha256
-from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.generator.train import train_generator
 from synthaug.quality import conditioning_accuracy, face_detection, fid_kid_with_floor
 from synthaug.recipe import Recipe, recipe_to_dict
@@ -73,10 +74,6 @@ def condition_kind(recipe: Recipe, ds: ImageSet) -> str:
 def classifier_config(b) -> ClassifierConfig:
     return ClassifierConfig(model=b.classifier, pretrained=b.pretrained, resolution=b.classifier_resolution,
                             steps=b.steps, batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -282,7 +279,7 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     import json
 
     b = benchmark or BenchmarkConfig()
-    dev = torch.device(device) if device else default_device()
+    dev = default_device(device)
     syn = load_shard_set(folder)
     schema = syn.manifest["schema"]
     config = DataConfig(**{**syn.manifest.get("data", {}), "shots_per_class": 0}) if "data" in syn.manifest else DataConfig(spec=schema["dataset"])
@@ -324,7 +321,7 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
     started = time.time()
     timings: dict[str, float] = {}
     b = recipe.benchmark
-    dev = torch.device(device) if device else default_device()
+    dev = default_device(device)
     out = Path(out or recipe.run_path / "benchmark")
     cfg = classifier_config(b)
     seeds = list(range(b.seeds))

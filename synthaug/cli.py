@@ -303,9 +303,7 @@ def generate_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
 ) -> None:
     """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
-    import dataclasses
-
-    from synthaug.generator.generate import GenerateRequest, choose_run, generate_shards
+    from synthaug.synthesis import GenerateRequest, choose_run, generate_shards
     from synthaug.recipe import load_recipe
     from synthaug.runs import open_run
 
@@ -315,8 +313,8 @@ def generate_command(
         run = choose_run(request)
         log.info("Using the run %s.", run)
     sampling = load_recipe(open_run(run).recipe_file).sampling
-    chosen = dict(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, images_per_shard=shard_size)
-    sampling = dataclasses.replace(sampling, **{k: v for k, v in chosen.items() if v is not None})
+    sampling = sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                                images_per_shard=shard_size)
     manifest = generate_shards(run, request, out, sampling, overwrite=overwrite)
     console.print(f"{manifest['num_samples']} images in {len(manifest['shards'])} shards in {out}", highlight=False, soft_wrap=True)
     table = Table()

@@ -22,6 +22,11 @@ def tile_images(images: np.ndarray, ncol: int, pad: int = 2, fill: int = 255) ->
     return out
 
 
+def spread_classes(num_classes: int, max_rows: int) -> np.ndarray:
+    """Up to ``max_rows`` class indices spread evenly from the first class to the last (the rows of a grid)."""
+    return np.unique(np.linspace(0, num_classes - 1, min(max_rows, num_classes)).round().astype(int))
+
+
 def save_png(image: np.ndarray, path: Path, min_side: int = 0) -> Path:
     """Write an (H, W, C) uint8 image as PNG atomically; upscale by an integer factor to ``min_side``."""
     from PIL import Image

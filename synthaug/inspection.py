@@ -9,7 +9,7 @@ import numpy as np
 from synthaug.data import ImageSet
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.lookup import search_names, unknown_name_error
-from synthaug.grids import tile_images
+from synthaug.grids import spread_classes, tile_images
 
 
 @dataclass
@@ -45,7 +45,7 @@ def dataset_grid(ds: ImageSet, per_class: int = 8, max_rows: int = 12, seed: int
     A dataset with a single class (e.g. CelebA-Dialog faces) fills every row with that class.
     """
     rng = np.random.default_rng(seed)
-    classes = np.unique(np.linspace(0, ds.num_classes - 1, min(max_rows, ds.num_classes)).round().astype(int))
+    classes = spread_classes(ds.num_classes, max_rows)
     if len(classes) == 1:
         rows = np.flatnonzero(ds.labels == classes[0])
         pick = rng.choice(rows, size=min(len(rows), per_class * max_rows), replace=False)

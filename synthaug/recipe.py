@@ -126,6 +126,11 @@ class SamplingConfig:
         _check(self.images_per_shard > 0, "sampling.images_per_shard must be positive.")
         _check(self.seed >= 0, "sampling.seed must not be negative.")
 
+    def replace(self, **chosen) -> SamplingConfig:
+        """These settings with every given (not None) value replaced: how command options and library
+        arguments override a run's recipe."""
+        return dataclasses.replace(self, **{k: v for k, v in chosen.items() if v is not None})
+
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
@@ -297,6 +302,16 @@ def _field_hint(keys: list[str]):
     return typing.get_type_hints(cls).get(keys[0]) if len(keys) == 1 else None
 
 
+def recipe_files() -> list[Path]:
+    """The recipes a name can refer to: ./recipes/*.toml first, then the source checkout's recipes/."""
+    folders = [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            found.setdefault(path.stem, path)
+    return list(found.values())
+
+
 def find_recipe(name: str) -> Path:
     """A recipe path, or a name looked up in ./recipes/ and in the source checkout's recipes/."""
     path = Path(name).expanduser()
@@ -304,11 +319,10 @@ def find_recipe(name: str) -> Path:
         if not path.is_file():
             raise SynthaugError(f"Recipe file {path} does not exist; give a .toml path or a recipe name such as digits.")
         return path
-    folders = [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
-    for folder in folders:
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    known = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.toml")})
+    by_name = {p.stem: p for p in recipe_files()}
+    if name in by_name:
+        return by_name[name]
+    known = sorted(by_name)
     raise SynthaugError(f"No recipe named {name!r}; give a .toml path or one of: {', '.join(known) or 'digits'}.")
 
 

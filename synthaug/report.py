@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.files import write_bytes_atomic, write_text_atomic
-from synthaug.grids import save_png, tile_images
+from synthaug.grids import save_png, spread_classes, tile_images
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -204,7 +204,7 @@ def sample_grid(real, syn, per_side: int = 4, max_rows: int = 10) -> np.ndarray:
     from synthaug.shards import held_classes, map_labels
 
     rng = np.random.default_rng(0)
-    classes = np.unique(np.linspace(0, real.num_classes - 1, min(max_rows, real.num_classes)).round().astype(int))
+    classes = spread_classes(real.num_classes, max_rows)
     syn_labels = map_labels(syn.class_names, real.class_names, present=held_classes(syn))[syn.labels] if (syn.labels >= 0).all() else syn.labels
     blank = np.full(real.images.shape[1:], 255, dtype=np.uint8)
     tiles = []

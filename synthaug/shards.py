@@ -25,6 +25,7 @@ from synthaug.files import sha256_file, write_text_atomic
 
 SHARD_PATTERN = "synth-%06d.tar"
 MANIFEST = "manifest.json"
+SETTINGS_FILE = "generation.json"  # the settings that determine a set's images (written first, checked on resume)
 FIXED_MTIME = 1_700_000_000  # 2023-11-14: any constant makes tar headers reproducible
 MANIFEST_FORMAT = "synthaug.shards/1"
 
@@ -187,12 +188,6 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def shard_urls(folder: Path) -> list[str]:
-    """The shard files a manifest lists, as paths webdataset can open."""
-    manifest = read_manifest(folder)
-    return [str(Path(folder) / s["name"]) for s in manifest["shards"]]
-
-
 @dataclass
 class SyntheticSet:
     """A finished shard set in memory: images, labels in its generator's label space, and provenance."""
@@ -313,7 +308,7 @@ def verify_shards(folder: Path) -> dict:
                 per_class[meta["class_name"]] += 1
             except (ValueError, KeyError, TypeError):
                 problems.append(f"{key} in {name} has unreadable metadata.")
-    settings_path = folder / "generation.json"
+    settings_path = folder / SETTINGS_FILE
     if settings_path.is_file():
         settings = json.loads(settings_path.read_text())
         expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
+from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import SyntheticSet, held_classes, load_shard_set, map_labels, read_manifest
 
 Transform = Callable[[torch.Tensor], object]
@@ -64,16 +65,16 @@ class SyntheticShards(IterableDataset):
     def __iter__(self):
         import webdataset as wds
 
-        seed = self.seed * 1_000_003 + self.epoch
+        seed = derive_seed("shards", self.seed, self.epoch)
         urls = list(self.urls)
         if self.shuffle and not self.resampled:
             # one shard order per epoch, the same on every rank, before webdataset splits shards by rank and worker
-            urls = [urls[i] for i in np.random.default_rng(seed).permutation(len(urls))]
+            urls = [urls[i] for i in numpy_rng("shard order", self.seed, self.epoch).permutation(len(urls))]
         ds = wds.WebDataset(urls, resampled=self.resampled, shardshuffle=False, nodesplitter=wds.split_by_node,
                             workersplitter=wds.split_by_worker, seed=seed, empty_check=False)
         if self.shuffle:
             info = get_worker_info()
-            ds = ds.shuffle(self.shuffle, seed=seed + 7919 * (info.id if info else 0))
+            ds = ds.shuffle(self.shuffle, seed=derive_seed("shuffle", self.seed, self.epoch, info.id if info else 0))
         ds = ds.to_tuple("png", "cls")
         if self.resampled:
             info = get_worker_info()
@@ -188,7 +189,7 @@ def mix(real, synthetic, ratio: float | None = None, probability: float | None =
     if syn.images.shape[-1] != real.images.shape[-1]:
         raise SynthaugError(f"The synthetic images have {syn.images.shape[-1]} channels and the real ones {real.images.shape[-1]}; "
                             "mix sets from the same dataset.")
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng("mix", seed)
     if ratio is not None:
         chosen = []
         for c, n_real in enumerate(np.bincount(real.labels, minlength=len(real.class_names))):
@@ -229,12 +230,10 @@ class OnTheFly(IterableDataset):
     def __iter__(self):
         import dataclasses
 
-        from synthaug.generator import sample_seed
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         n = self.samples_per_epoch // workers + (worker < self.samples_per_epoch % workers)
-        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        rng = numpy_rng("on-the-fly", self.seed, self.epoch, worker)
         sampling = dataclasses.replace(self.generator.sampling, batch_size=self.batch_size)
         images: list[np.ndarray] = []
         labels: list[int] = []
@@ -245,7 +244,7 @@ class OnTheFly(IterableDataset):
                 picks = rng.integers(0, len(self.conditions), self.batch_size)
                 conds = [self.conditions[k] for k in picks]
                 key = f"otf-{self.epoch}-{worker}"
-                seeds = [sample_seed(self.seed, key, drawn + k) for k in range(self.batch_size)]
+                seeds = [derive_seed(self.seed, key, drawn + k) for k in range(self.batch_size)]
                 images += list(self.generator.sample_conditions(conds, seeds, sampling))
                 labels += [c.label for c in conds]
                 drawn += self.batch_size

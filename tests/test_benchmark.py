@@ -13,7 +13,7 @@ from conftest import tiny_recipe
 from synthaug import SynthaugError, load_dataset
 from synthaug.benchmark import check_no_leakage, evaluate_synthetic, paired_gain, run_benchmark, summarize, take_ratio
 from synthaug.cli import app
-from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.recipe import BenchmarkConfig, SamplingConfig
 
 # The cheapest honest benchmark: tiny generator, tiny classifiers, 2 seeds, few Inception images.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import warnings
 
@@ -142,7 +143,14 @@ def test_kid_is_seeded():
 def test_fid_matches_torchmetrics_on_images(weights, sets):
     """torchmetrics' own FID on the same images (its 2048x2048 eigvals takes ~1 min on 2 cores)."""
     smooth_images, noise_images, smooth, noise = sets
-    fid, kid = fi.make_fid_metrics(weights, kid_subset_size=7, kid_subsets=2)
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    extractor = fi.fid_extractor(weights)  # torchmetrics' own extractor class, with the offline weights
+    fid = FrechetInceptionDistance(feature=copy.deepcopy(extractor), normalize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=copy.deepcopy(extractor), subsets=2, subset_size=7)
     fid.update(smooth_images, real=True)
     fid.update(noise_images, real=False)
     assert fi.fid_from_features(smooth, noise) == pytest.approx(fid.compute().item(), rel=1e-3)

@@ -13,7 +13,7 @@ from synthaug import SynthaugError
 from synthaug.cli import app
 from synthaug.files import sha256_file
 from synthaug.generator import Generator
-from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
 from synthaug.shards import describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, write_shard

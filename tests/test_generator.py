@@ -14,13 +14,15 @@ from sklearn.svm import SVC
 
 from conftest import tiny_recipe
 from synthaug import SynthaugError, load_dataset
-from synthaug.generator import Condition, Generator, plan_conditions, sample_seed, split_evenly
+from synthaug.generator import Condition, Generator
+from synthaug.generator.pipeline import plan_conditions, split_evenly
+from synthaug.seeds import derive_seed
 from synthaug.generator import train as train_module
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import build_denoiser, unet_config
-from synthaug.generator.sample import make_sampler, run_network, sample_images, training_scheduler
+from synthaug.generator.sampling import make_sampler, run_network, sample_images, training_scheduler
 from synthaug.generator.train import batch_rows, drop_conditions, train_generator
 from synthaug.recipe import load_recipe
 from synthaug.shards import read_shard
@@ -156,14 +158,14 @@ def test_guidance_one_needs_no_null_branch(tiny_model, monkeypatch):
     assert calls == [2, 2]  # 2 steps x one chunk of the 2 conditional rows
 
 
-def test_sample_seed_and_plans():
-    assert sample_seed(0, "c3", 5) == sample_seed(0, "c3", 5) != sample_seed(1, "c3", 5)
-    assert 0 <= sample_seed(0, "c3", 5) < 2**63
+def test_derive_seed_and_plans():
+    assert derive_seed(0, "c3", 5) == derive_seed(0, "c3", 5) != derive_seed(1, "c3", 5)
+    assert 0 <= derive_seed(0, "c3", 5) < 2**63
     assert split_evenly(7, 3) == [3, 2, 2]
     x, y = Condition("c1", (0,), 0, "x", 1), Condition("c2", (1,), 1, "y", 2)
     plan = plan_conditions([x, y], [2, 1], 0)
     assert [(c.key, i) for c, i, _ in plan] == [("c1", 0), ("c2", 0), ("c1", 1)]  # round-robin over classes
-    assert plan[2][2] == sample_seed(0, "c1", 1)
+    assert plan[2][2] == derive_seed(0, "c1", 1)
 
 
 def test_two_training_steps_write_a_complete_run(tmp_path):

@@ -27,7 +27,7 @@ from synthaug import SynthaugError
 from synthaug.cli import app
 from synthaug.files import exclusive_lock
 from synthaug.generator import train as train_module
-from synthaug.generator.generate import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.shards import encode_sample, read_manifest, read_shard, verify_shards, write_shard
@@ -222,7 +222,7 @@ def test_diverging_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_pa
 
 
 def test_a_full_disk_during_generate_keeps_what_was_written_and_the_next_run_completes(digits_run, tmp_path, monkeypatch):
-    import synthaug.generator.generate as generate_module
+    import synthaug.synthesis as generate_module
 
     real_write = generate_module.write_shard
     written = []

@@ -16,7 +16,7 @@ from synthaug import SynthaugError
 from synthaug.cli import app
 from synthaug.generator import Generator
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.generate import write_shards
+from synthaug.synthesis import write_shards
 from synthaug.generator.text import Prompts, folder_sha256
 from synthaug.generator.train import train_generator
 from synthaug.recipe import load_recipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from synthaug.errors import SynthaugError
+from synthaug.seeds import numpy_rng
 
 SPLIT_MODES = ("auto", "official", "stratified")
 
@@ -21,7 +22,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
         if len(rows) < 2:
             continue
         n_test = min(max(int(round(len(rows) * test_fraction)), 1), len(rows) - 1)
-        order = np.random.default_rng([seed, int(c)]).permutation(rows)
+        order = numpy_rng("split", seed, int(c)).permutation(rows)
         splits[order[:n_test]] = "test"
     return splits
 
@@ -73,6 +74,6 @@ def select_shots(labels: np.ndarray, splits: np.ndarray, shots_per_class: int, s
     keep = splits != "train"
     for c in np.unique(labels):
         rows = np.flatnonzero((labels == c) & (splits == "train"))
-        order = np.random.default_rng([seed, int(c), 1]).permutation(rows)
+        order = numpy_rng("shots", seed, int(c)).permutation(rows)
         keep[order if shots_per_class == 0 else order[:shots_per_class]] = True
     return keep

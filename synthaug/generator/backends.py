@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.sample import training_scheduler
+from synthaug.generator.sampling import training_scheduler
 
 
 def build_model(g_cfg, schema: ConditionSchema, device: torch.device):

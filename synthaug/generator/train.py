@@ -10,7 +10,6 @@ devices or accumulation steps.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -38,10 +37,11 @@ from synthaug.generator.backends import build_model, describe_backend
 from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import Denoiser
-from synthaug.generator.sample import sample_images
-from synthaug.grids import save_png, tile_images
+from synthaug.generator.sampling import sample_images
+from synthaug.grids import save_png, spread_classes, tile_images
 from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
 from synthaug.runs import Run
+from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ RESUMABLE_CHANGES = {"duration_kimg", "log_every_kimg", "snapshot_every_kimg", "
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    return torch.Generator(device=device).manual_seed(derive_seed("train", seed, step))
 
 
 def batch_rows(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
@@ -58,7 +58,7 @@ def batch_rows(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     rows, start = [], step * batch
     while len(rows) < batch:
         epoch, offset = divmod(start, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("epoch", seed, epoch)))
         take = perm[offset : offset + batch - len(rows)]
         rows.extend(take.tolist())
         start += len(take)
@@ -100,8 +100,7 @@ def load_trainable_state(model: torch.nn.Module, state: dict) -> None:
 def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 10) -> tuple[torch.Tensor, int]:
     """Conditions for a sample grid: a row per class (evenly spread), or per attribute with its levels."""
     if schema.kind == "class":
-        classes = np.unique(np.linspace(0, schema.num_classes - 1, min(max_rows, schema.num_classes)).round().astype(int))
-        return torch.tensor(np.repeat(classes, per_row)), per_row
+        return torch.tensor(np.repeat(spread_classes(schema.num_classes, max_rows), per_row)), per_row
     rows = []
     width = max(schema.attribute_levels)
     for a, levels in enumerate(schema.attribute_levels):
@@ -112,11 +111,11 @@ def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 1
     return torch.tensor(rows), width
 
 
-def save_grid(denoiser: Denoiser, schema: ConditionSchema, train_config: dict, recipe: Recipe, path: Path, autocast) -> None:
+def save_grid(denoiser: Denoiser, schema: ConditionSchema, scheduler_config: dict, recipe: Recipe, path: Path, autocast) -> None:
     cond, per_row = grid_conditions(schema)
     s = recipe.sampling
-    seeds = [s.seed * 1000 + i % per_row for i in range(len(cond))]
-    images = sample_images(denoiser, cond, schema.null(1), seeds, train_config, sampler=s.sampler, steps=s.steps,
+    seeds = [derive_seed(s.seed, "grid column", i % per_row) for i in range(len(cond))]  # a column shares its noise
+    images = sample_images(denoiser, cond, schema.null(1), seeds, scheduler_config, sampler=s.sampler, steps=s.steps,
                            guidance=s.guidance, network_batch=s.network_batch, autocast_dtype=autocast)
     save_png(tile_images(images, per_row), path, min_side=512)
 
@@ -147,6 +146,23 @@ def load_state(run: Run) -> dict | None:
     return torch.load(state_path, map_location="cpu", weights_only=True)
 
 
+@contextlib.contextmanager
+def ema_weights(model: torch.nn.Module, ema, use: bool = True):
+    """Inside the block, ``model`` holds its EMA weights (diffusers' store / copy_to / restore: no copy of the
+    model, which for sd-lora would be the whole Stable Diffusion U-Net); its training mode is restored too."""
+    if not use:
+        yield model
+        return
+    params, training = trainable_parameters(model), model.training
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield model
+    finally:
+        ema.restore(params)
+        model.train(training)
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Drop log lines past the state we resume from (and a line a kill cut short), so no step is logged twice."""
     if not path.exists():
@@ -163,11 +179,9 @@ def truncate_log(path: Path, step: int) -> None:
 
 def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically."""
-    ema_model = copy.deepcopy(model)
-    ema.copy_to(trainable_parameters(ema_model))
-    for folder, module in ((run.model_dir, model), (run.ema_dir, ema_model)):
-        with folder_atomic(folder) as tmp:
-            module.save_pretrained(tmp)
+    for folder in (run.model_dir, run.ema_dir):
+        with folder_atomic(folder) as tmp, ema_weights(model, ema, folder == run.ema_dir):
+            model.save_pretrained(tmp)
             train_sched.save_pretrained(tmp / "scheduler")
             write_checksums(tmp)  # checked before the weights are used
     with folder_atomic(run.state_dir) as tmp:
@@ -363,17 +377,10 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
                 if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
                     if accelerator.is_main_process:
-                        ema_model = copy.deepcopy(model).eval()
-                        ema.copy_to(trainable_parameters(ema_model))
-                        save_grid(ema_model, schema, dict(train_sched.config), recipe,
-                                  run.grids_dir / f"grid-{nimg // 1000:06d}kimg.png", autocast)
-                        del ema_model
+                        with ema_weights(model, ema):
+                            save_grid(model.eval(), schema, dict(train_sched.config), recipe,
+                                      run.grids_dir / f"grid-{nimg // 1000:06d}kimg.png", autocast)
                     next_grid = nimg + g_cfg.grid_every_kimg * 1000
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
-
-
-def train_recipe(source: str | Path | None, overrides=(), fresh: bool = False) -> Run:
-    """Load a recipe (path, name, or None for digits) with ``--set`` overrides and train it."""
-    return train_generator(load_recipe(source, overrides), fresh=fresh)

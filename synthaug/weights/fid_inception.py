@@ -11,17 +11,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file, write_bytes_atomic
-
-if TYPE_CHECKING:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
 
 log = logging.getLogger(__name__)
 
@@ -253,30 +248,6 @@ def fid_extractor(weights: str | Path | None, device: str | torch.device = "cpu"
         A module mapping (N, 3, H, W) uint8 to (N, 2048) float32, resizing as :data:`RESIZE_MODE` says.
     """
     return _cached_extractor(None if weights is None else str(weights), str(torch.device(device)))
-
-
-def make_fid_metrics(
-    weights: str | Path | None, kid_subset_size: int, device: str | torch.device = "cpu", kid_subsets: int = 100
-) -> tuple[FrechetInceptionDistance, KernelInceptionDistance]:
-    """torchmetrics' FID and KID sharing one new Inception extractor with ``weights`` and torch-fidelity's resize.
-
-    torchmetrics' KID cannot take a weights path, so both get the extractor as a custom ``feature``
-    module. Feed uint8 (N, 3, H, W) images. KID's ``compute`` raises if either side has fewer than
-    ``kid_subset_size`` images; :func:`kid_from_features` clamps instead.
-
-    Returns:
-        ``(FrechetInceptionDistance, KernelInceptionDistance)`` on ``device``.
-    """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    # a fresh extractor, not the cached one: metrics may change it (set_dtype does)
-    extractor = _extractor_from(None if weights is None else str(weights), device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # KID warns that it keeps all features in memory; it must
-        kid = KernelInceptionDistance(feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size)
-    fid = FrechetInceptionDistance(feature=extractor, normalize=False)
-    return fid.to(device), kid.to(device)
 
 
 def inception_features(

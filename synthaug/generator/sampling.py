@@ -8,7 +8,6 @@ floating-point result depends on the batch shape but not on which other images s
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 
 import numpy as np
@@ -43,7 +42,7 @@ def training_scheduler(schedule: str = "cosine", num_timesteps: int = 1000, pred
     )
 
 
-def make_sampler(name: str, train_config: dict):
+def make_sampler(name: str, scheduler_config: dict):
     """A fresh scheduler of kind ``name`` built from the training scheduler's config."""
     if name not in SAMPLER_CLASSES:
         raise SynthaugError(f"Sampler {name!r} is not known; use one of {', '.join(SAMPLER_CLASSES)}.")
@@ -52,14 +51,8 @@ def make_sampler(name: str, train_config: dict):
     # schedule (alpha_bar ~ 0 there, so its x0 estimate blows up and images saturate; measured on
     # digits: 80% vs 97% conditioning accuracy with DPM-Solver++ at 20 steps), so epsilon models
     # use "leading" spacing; v models are stable there and use "trailing".
-    spacing = "trailing" if train_config.get("prediction_type") == "v_prediction" else "leading"
-    return cls.from_config(dict(train_config), timestep_spacing=spacing, **extra)
-
-
-def sample_seed(base_seed: int, key: str, index: int) -> int:
-    """The seed of one image: a 63-bit hash of (base seed, condition key, index)."""
-    digest = hashlib.sha256(f"synthaug/{base_seed}/{key}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    spacing = "trailing" if scheduler_config.get("prediction_type") == "v_prediction" else "leading"
+    return cls.from_config(dict(scheduler_config), timestep_spacing=spacing, **extra)
 
 
 def run_network(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null_row: torch.Tensor,
@@ -83,7 +76,7 @@ def sample_images(
     conditions: torch.Tensor,
     null: torch.Tensor,
     seeds: list[int],
-    train_config: dict,
+    scheduler_config: dict,
     *,
     sampler: str = "dpm++2m",
     steps: int = 20,
@@ -97,8 +90,8 @@ def sample_images(
         denoiser: the (EMA) denoiser, on its device, in eval mode (any backend: pixels or VAE latents).
         conditions: (B,) class ids or (B, A) attribute levels.
         null: the null condition for one image, (1,) or (1, A).
-        seeds: one seed per image (see :func:`sample_seed`).
-        train_config: the training scheduler's config (timesteps, beta schedule, prediction type).
+        seeds: one seed per image (``derive_seed(base_seed, condition key, index)``).
+        scheduler_config: the training scheduler's config (timesteps, beta schedule, prediction type).
         sampler, steps: which diffusers scheduler, and how many network evaluations it makes.
         guidance: 1 = plain conditional; > 1 extrapolates away from the null condition.
         network_batch: rows per network call; part of what makes an image reproducible.
@@ -107,7 +100,7 @@ def sample_images(
     device = next(denoiser.parameters()).device
     shape = (len(seeds), *denoiser.sample_shape)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    scheduler = make_sampler(sampler, train_config)
+    scheduler = make_sampler(sampler, scheduler_config)
     scheduler.set_timesteps(steps, device=device)
     conditions = conditions.to(device)
     null = null.to(device)

@@ -1,0 +1,45 @@
+"""The ``[data]`` section of a recipe: which real dataset to read and how (:class:`DataConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synthaug.errors import SynthaugError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which real data to read and how. The ``[data]`` section of a recipe.
+
+    Attributes:
+        spec: ``FORMAT:PATH`` (e.g. ``cub:/data/CUB_200_2011``) or ``digits``.
+        resolution: square side in pixels; 0 means the format's own default (digits 8, others 64).
+        target: CelebA: ``identity`` or an attribute name; CelebA-Dialog: an attribute whose level
+            becomes the class (empty: the 5 graded attributes are the condition, one class).
+        level: NABirds: ``category`` (leaf visual categories) or ``species``.
+        crop: crop to the bounding box where the format has one (else the centre square).
+        split: ``auto``, ``official`` or ``stratified``.
+        test_fraction: share of each class held out by the stratified split.
+        shots_per_class: keep this many training images per class (0 keeps all).
+        seed: seeds the stratified split and the low-data subset.
+        strict: unreadable files and empty classes are errors instead of being skipped.
+    """
+
+    spec: str = "digits"
+    resolution: int = 0
+    target: str = ""
+    level: str = "category"
+    crop: bool = True
+    split: str = "auto"
+    test_fraction: float = 0.2
+    shots_per_class: int = 0
+    seed: int = 0
+    strict: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.resolution <= 4096:
+            raise SynthaugError(f"data.resolution {self.resolution} is out of range; use 0 (default) or a side up to 4096 pixels.")
+        if self.shots_per_class < 0:
+            raise SynthaugError(f"shots_per_class must be 0 (all) or positive, not {self.shots_per_class}.")
+        if not 0 < self.test_fraction < 1:
+            raise SynthaugError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}; use e.g. 0.2.")

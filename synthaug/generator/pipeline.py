@@ -1,0 +1,173 @@
+"""A trained generator, loaded from its run folder, that draws images: :class:`Generator`.
+
+Run folder (EMA weights, condition schema, recipe) -> ``Generator.sample`` -> uint8 images with labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthaug.errors import SynthaugError
+from synthaug.device import default_device, inference_dtype
+from synthaug.generator.conditions import ConditionSchema
+from synthaug.generator.sampling import sample_images
+from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.runs import Run, open_run
+from synthaug.seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One thing to draw: a class, or a vector of attribute levels (null level = unspecified)."""
+
+    key: str  # stable, dot-free name used in sample keys and seeds, e.g. "c380" or "a-bangs3-smiling5"
+    value: tuple[int, ...]  # (class,) or the attribute levels
+    label: int  # the class label in the real dataset's label space (-1 when undefined)
+    class_name: str
+    class_id: int
+    attributes: dict[str, int] | None = None
+
+    def sample_key(self, index: int) -> str:
+        """The WebDataset key of image ``index`` of this condition (dot-free: webdataset splits names at dots)."""
+        return f"{self.key}-{index:06d}"
+
+
+class Generator:
+    """A trained generator, ready to sample.
+
+    >>> gen = Generator.load("runs/digits")                       # doctest: +SKIP
+    >>> images, labels = gen.sample(["3", "7"], n=16, seed=0)     # doctest: +SKIP
+    >>> images.shape, images.dtype                                # doctest: +SKIP
+    (torch.Size([16, 1, 8, 8]), torch.uint8)
+    """
+
+    def __init__(self, run: Run, denoiser: torch.nn.Module, schema: ConditionSchema, scheduler_config: dict,
+                 device: torch.device, autocast_dtype: torch.dtype | None = None, sampling: SamplingConfig | None = None):
+        self.run = run
+        self.sampling = sampling or SamplingConfig()  # the run's recipe's [sampling] defaults
+        self.denoiser = denoiser
+        self.schema = schema
+        self.scheduler_config = scheduler_config
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.weights_sha256 = ""  # set by load(): sha256 over the EMA weight files
+
+    def prompt(self, condition: Condition) -> str | None:
+        """The text a text-conditioned generator draws ``condition`` from (None for the class/attribute U-Net)."""
+        prompts = getattr(self.denoiser, "prompts", None)
+        return None if prompts is None else prompts.prompts.text(condition.value)
+
+    @classmethod
+    def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
+        """Load the EMA weights of a trained run folder onto ``device`` (default: a GPU if present).
+
+        On a GPU that supports it, the network runs under bf16 autocast.
+        """
+        run = open_run(Path(run))
+        weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
+        from synthaug.generator.backends import load_model
+
+        device = default_device(device)
+        recipe = load_recipe(run.recipe_file)
+        schema = ConditionSchema.load(run.condition_file)
+        denoiser = load_model(run.ema_dir, recipe.generator, schema, device).eval()
+        scheduler_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
+        gen = cls(run, denoiser, schema, scheduler_config, device, inference_dtype(device), recipe.sampling)
+        gen.weights_sha256 = weights_sha256
+        return gen
+
+    # -- conditions -------------------------------------------------------------------------
+    def class_condition(self, index: int) -> Condition:
+        s = self.schema
+        return Condition(f"c{s.class_ids[index]}", (index,), index, s.class_names[index], s.class_ids[index])
+
+    def resolve_classes(self, names: list[str | int]) -> list[Condition]:
+        """Conditions for class names (groups such as NABirds species expand to their classes)."""
+        if self.schema.kind != "class":
+            raise SynthaugError("This run is attribute-conditional; ask for attributes (--attr bangs=3,smiling=5).")
+        out: list[Condition] = []
+        for name in names:
+            for c in self.schema.resolve(str(name)).classes:
+                if all(o.value != (c,) for o in out):
+                    out.append(self.class_condition(c))
+        return out
+
+    def all_classes(self) -> list[Condition]:
+        if self.schema.kind != "class":
+            raise SynthaugError("This run is attribute-conditional; --all-classes needs a class-conditional run.")
+        return [self.class_condition(c) for c in range(self.schema.num_classes)]
+
+    def attribute_condition(self, text: str | dict[str, int]) -> Condition:
+        """A condition from 'bangs=3,smiling=5' (or a dict); unnamed attributes stay unspecified."""
+        if isinstance(text, dict):
+            text = ",".join(f"{k}={v}" for k, v in text.items())
+        s = self.schema
+        levels = s.parse_attributes(text)
+        named = {s.attribute_names[a]: lv for a, lv in enumerate(levels) if lv < s.attribute_levels[a]}
+        key = "a-" + "-".join(f"{''.join(ch for ch in k.lower() if ch.isalnum())}{v}" for k, v in named.items())
+        label = s.label_of_attributes(levels)
+        name = s.class_names[label] if label >= 0 else ", ".join(f"{k}={v}" for k, v in named.items())
+        return Condition(key, levels, label, name, s.class_ids[label] if label >= 0 else -1, named)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample_conditions(self, conditions: list[Condition], seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
+        """uint8 (B, H, W, C) images, one per (condition, seed), drawn ``sampling.batch_size`` at a time."""
+        out = []
+        for start in range(0, len(seeds), sampling.batch_size):
+            chunk = conditions[start : start + sampling.batch_size]
+            value = torch.tensor([c.value for c in chunk], dtype=torch.long)
+            value = value[:, 0] if self.schema.kind == "class" else value
+            out.append(sample_images(
+                self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size], self.scheduler_config,
+                sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
+            ))
+        return np.concatenate(out) if out else np.zeros((0, self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
+
+    def sample(self, classes: list[str | int] | None = None, n: int = 16, seed: int = 0,
+               guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+               attributes: str | dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` images spread evenly over ``classes`` (all classes when None) or one attribute condition.
+
+        Returns:
+            (uint8 images (n, C, H, W), int64 labels (n,) in the real dataset's label space).
+            Image i of a condition has the seed ``derive_seed(seed, condition.key, i)``, the same
+            seed `synthaug generate --seed` gives it.
+        """
+        if n <= 0:
+            raise SynthaugError(f"n must be positive, not {n}.")
+        if attributes is not None:
+            conds = [self.attribute_condition(attributes)]
+        elif classes is None:
+            conds = self.all_classes()
+        else:
+            conds = self.resolve_classes(list(classes))
+        specs = plan_conditions(conds, split_evenly(n, len(conds)), seed)
+        sampling = self.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed)
+        images = self.sample_conditions([s[0] for s in specs], [s[2] for s in specs], sampling)
+        labels = torch.tensor([s[0].label for s in specs], dtype=torch.long)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` counts that differ by at most one (the first ones get the remainder)."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def plan_conditions(conditions: list[Condition], counts: list[int], base_seed: int) -> list[tuple[Condition, int, int]]:
+    """(condition, index, seed) for every image, round-robin over conditions so shards mix classes."""
+    out = []
+    for i in range(max(counts, default=0)):
+        for cond, count in zip(conditions, counts):
+            if i < count:
+                out.append((cond, i, derive_seed(base_seed, cond.key, i)))
+    return out
