@@ -8,6 +8,7 @@ Every run is seeded; the same seed draws the same batches and augmentations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,21 +18,37 @@ import torch.nn.functional as F
 
 from synthaug import progress
 from synthaug.errors import SynthaugError
+from synthaug.seeds import derive_seed
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """How one classifier is trained. Every arm of a benchmark gets the same budget of steps."""
+    """How one classifier is trained: the classifier keys of a recipe's ``[benchmark]`` section
+    (:meth:`from_benchmark`), plus two fixed training details. Every arm of a benchmark gets the same budget."""
 
-    model: str = "test_efficientnet"
-    pretrained: str = "none"  # none, offline (ImageNet weights from registry packages) or hub
-    resolution: int = 32  # input side; images are resized once with antialiasing
-    steps: int = 400
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    model: str  # a timm model name
+    pretrained: str  # none, offline (ImageNet weights from registry packages) or hub
+    resolution: int  # input side; images are resized once with antialiasing
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
     warmup_steps: int = 20
     label_smoothing: float = 0.1
+
+    @classmethod
+    def from_benchmark(cls, b=None, **changes) -> ClassifierConfig:
+        """The classifier of a ``[benchmark]`` section (default: the embedded digits recipe's), with ``changes``.
+
+        >>> ClassifierConfig.from_benchmark(steps=10).model
+        'test_resnet'
+        """
+        from synthaug.recipe import BenchmarkConfig
+
+        b = b or BenchmarkConfig()
+        config = cls(model=b.classifier, pretrained=b.pretrained, resolution=b.classifier_resolution, steps=b.steps,
+                     batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay)
+        return dataclasses.replace(config, **changes)
 
 
 def to_device_images(images: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
@@ -48,7 +65,12 @@ def to_device_images(images: np.ndarray, resolution: int, device: torch.device) 
 
 def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
     """Classic augmentation, drawn per image: random resized crop (area 0.6-1, aspect 3/4-4/3),
-    optional horizontal flip, and brightness / contrast / saturation jitter of +-20%. ``x`` in [0, 1]."""
+    optional horizontal flip, and brightness / contrast / saturation jitter of +-20%. ``x`` in [0, 1].
+
+    What torchvision's v2 ``RandomResizedCrop``, ``RandomHorizontalFlip`` and ``ColorJitter`` do, but for a
+    whole batch at once on its device (one ``grid_sample``), drawn from the run's own generator so a seed
+    gives the same augmentations on any machine; torchvision's per-image transforms draw from the global
+    RNG, one image at a time."""
     b, c = x.shape[:2]
     dev = x.device
 
@@ -110,17 +132,20 @@ def train_classifier(
             with probability p.
         description: the progress bar's label.
     """
+    from diffusers.optimization import get_scheduler
+
     from synthaug.weights.timm_imagenet import create_classifier, input_normalization
 
     device = images.device
+    seed = derive_seed("classifier", seed)  # the same seed starts every arm from the same weights and batches
     torch.manual_seed(seed)
     model = create_classifier(config.model, num_classes=sum(levels), in_chans=images.shape[1], pretrained=config.pretrained)
     # channels-last: several times faster for depthwise convolutions (EfficientNet, MobileNet), on CPU and GPU
     model = model.to(device, memory_format=torch.channels_last)
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1))
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.steps // 2),
+                             num_training_steps=config.steps)
     g = torch.Generator(device=device).manual_seed(seed)
     n_real = len(images)
     if synthetic is not None and mix_probability is None:  # one pool, drawn uniformly

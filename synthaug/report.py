@@ -64,12 +64,18 @@ def sweep_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-def sweep_overlaps(sweep: dict) -> bool:
-    """Whether the best guidance scale's downstream interval overlaps another scale's."""
+def sweep_verdict(sweep: dict) -> str:
+    """One sentence on the guidance sweep: the best scale by mean, and whether its interval separates it."""
     points = sweep["points"]
-    best = max(points, key=lambda p: p["downstream_top1"]["mean"])["downstream_top1"]
-    return any(p["downstream_top1"] is not best and p["downstream_top1"]["mean"] + p["downstream_top1"]["ci95"]
-               >= best["mean"] - best["ci95"] for p in points)
+    best = max(points, key=lambda p: p["downstream_top1"]["mean"])
+    if len(points) == 1:
+        return f"Only one guidance scale ({best['guidance']:g}) was measured, so the sweep ranks nothing; list more in benchmark.guidance_sweep."
+    b = best["downstream_top1"]
+    overlap = any(p is not best and p["downstream_top1"]["mean"] + p["downstream_top1"]["ci95"] >= b["mean"] - b["ci95"]
+                  for p in points)
+    return (f"Best downstream guidance: **{best['guidance']:g}** (by mean; "
+            + ("its 95% interval overlaps another scale's, so the difference is not established)." if overlap
+               else "its 95% interval does not overlap the others')."))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -117,9 +123,7 @@ def render_markdown(report: dict) -> str:
         "",
         markdown_table(SWEEP_HEADER, sweep_rows(report)),
         "",
-        f"Best downstream guidance: **{sweep['best_downstream_guidance']:g}** (by mean; "
-        + ("its 95% interval overlaps another scale's, so the difference is not established)."
-           if sweep_overlaps(sweep) else "its 95% interval does not overlap the others').") ,
+        sweep_verdict(sweep),
         "",
         "## Provenance",
         "",
@@ -156,9 +160,10 @@ def plot_accuracy_vs_ratio(report: dict, path: Path) -> None:
     for s in report["settings"]:
         arms = s["arms"]
         xs, ys, es = [0.0], [arms["real"]["top1"]["mean"]], [arms["real"]["top1"]["ci95"]]
-        for name, arm in arms.items():
-            if name.startswith("real + synthetic x"):
-                xs.append(float(name.rsplit("x", 1)[1]))
+        for arm in arms.values():
+            spec = arm["arm"]
+            if spec["real"] and spec["synthetic"] and spec["ratio"] is not None and not spec["augment"]:
+                xs.append(spec["ratio"])
                 ys.append(arm["top1"]["mean"])
                 es.append(arm["top1"]["ci95"])
         label = f"{s['shots_per_class'] or 'all'} shots/class"

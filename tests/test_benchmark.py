@@ -13,6 +13,7 @@ from conftest import tiny_recipe
 from synthaug import SynthaugError, load_dataset
 from synthaug.benchmark import check_no_leakage, evaluate_synthetic, paired_gain, run_benchmark, summarize, take_ratio
 from synthaug.cli import app
+from synthaug.report import arm_rows
 from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.recipe import BenchmarkConfig, SamplingConfig
 
@@ -94,14 +95,28 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(bars_tree, tmp_path, fid_w
     assert [s["shots_per_class"] for s in saved["settings"]] == [3, 0]
     expected_arms = {"real", "real + classic aug", "real + synthetic x0.5", "real + synthetic x1",
                      "real + synthetic p=0.5", "synthetic only (CAS)"}
+    test_images = saved["dataset"]["test_images"]
     for s in saved["settings"]:
         assert set(s["arms"]) == expected_arms
+        per_class = s["train_images"] // 2  # two balanced classes
+        real_top1 = s["arms"]["real"]["top1"]["mean"]
         for name, arm in s["arms"].items():
-            assert len(arm["runs"]) == 2 and 0 <= arm["top1"]["mean"] <= 1 and arm["top1"]["ci95"] >= 0
+            runs = [r["top1"] for r in arm["runs"]]
+            assert len(runs) == 2 and arm["top1"]["mean"] == pytest.approx(np.mean(runs))
+            assert all(r * test_images == pytest.approx(round(r * test_images)) for r in runs)  # a share of the test images
             assert ("gain_over_real" in arm) == (name != "real")
+            if name != "real":
+                assert arm["gain_over_real"]["mean"] == pytest.approx(arm["top1"]["mean"] - real_top1)
+            spec, used = arm["arm"], arm["training_images"]
+            assert used["real"] == (s["train_images"] if spec["real"] else 0)
+            if spec["ratio"] is not None:  # x0.5 and x1 of every class: round(ratio * per class) each
+                assert used["synthetic"] == 2 * round(spec["ratio"] * per_class)
+        assert s["arms"]["synthetic only (CAS)"]["training_images"]["synthetic"] == s["synthetic"]["images"] == 2 * per_class
         q = s["quality"]
-        assert q["n"] >= 2 and q["fid"] >= 0 and q["floor_fid"] >= 0 and q["kid_subset_size"] <= q["n"]
-        assert 0 <= q["conditioning"]["accuracy"] <= 1
+        assert q["n"] == min(s["synthetic"]["images"], s["train_images"], test_images, 6) and q["kid_subset_size"] == min(4, q["n"])
+        per_level = q["conditioning"]["per_level"][0]
+        assert set(per_level) == {"horizontal", "vertical"}  # balanced: overall accuracy is the mean of the two
+        assert q["conditioning"]["accuracy"] == pytest.approx(np.mean(list(per_level.values())))
     # no leakage: the 3-shot generator saw exactly the 3-shot subset (6 images), the full one every training image
     low, full = saved["settings"]
     assert low["generator"]["train_images"] == 6 == low["train_images"]
@@ -111,6 +126,9 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(bars_tree, tmp_path, fid_w
     assert [p["guidance"] for p in sweep["points"]] == [1.0, 2.0] and sweep["best_downstream_guidance"] in (1.0, 2.0)
     md = (out / "report.md").read_text()
     assert "Does synthetic data help?" in md and "floor" in md and "synthaug benchmark tiny" in md
+    for s in saved["settings"]:  # every arm row of the report shows report.json's numbers
+        for row in arm_rows(s):
+            assert "| " + " | ".join(row) + " |" in md
     assert "{" not in md and saved["fid_weights"]["sha256"][:16] in md  # every placeholder was filled
     # a second run reuses the finished generators and shards
     again = run_benchmark(recipe, out=out, command="again")
@@ -182,7 +200,7 @@ def test_attribute_benchmark_end_to_end_with_faces(dialog_tree, tmp_path, fid_we
     report = run_benchmark(recipe, out=tmp_path / "report", command="faces")
     assert report["dataset"]["target"] == "attributes" and report["dataset"]["levels"] == [6] * 5
     s = report["settings"][0]
-    assert "faces" in s["quality"] and 0 <= s["quality"]["faces"]["detection_rate"] <= 1
+    assert s["quality"]["faces"]["n"] == s["synthetic"]["images"]  # MTCNN looked at every synthetic face
     assert len(s["quality"]["conditioning"]["per_head"]) == 5
     assert set(s["arms"]) >= {"real", "synthetic only (CAS)"}
     assert (tmp_path / "report" / "report.md").read_text().count("faces detected %") == 1

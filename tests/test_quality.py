@@ -39,5 +39,14 @@ def test_mtcnn_finds_real_faces_and_not_noise(shared_data):
     faces = np.stack([np.asarray(Image.open(f).convert("RGB").crop((0, 20, 178, 198)).resize((64, 64))) for f in files])
     r = face_detection(faces, torch.device("cpu"))
     assert r["n"] == 6 and r["detection_rate"] == 1.0 and r["mean_confidence"] > 0.95
+    grey = face_detection(np.full((2, 64, 64, 3), 128, dtype=np.uint8), torch.device("cpu"))
+    assert grey["detection_rate"] == 0.0 and grey["mean_confidence"] == 0.0
     noise = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     assert face_detection(noise, torch.device("cpu"))["detection_rate"] == 0.0
+
+
+def test_mtcnn_sees_no_face_in_flat_or_noise_images():
+    pytest.importorskip("facenet_pytorch")
+    flat = np.full((2, 64, 64, 3), 128, dtype=np.uint8)
+    r = face_detection(flat, torch.device("cpu"))
+    assert r == {"n": 2, "threshold": 0.9, "detection_rate": 0.0, "mean_confidence": 0.0}

@@ -1,0 +1,121 @@
+"""Classifier arms: the one way synthaug trains and scores a classifier.
+
+An :class:`Arm` says what a classifier learns from (real images, with or without classic augmentation,
+synthetic images at a ratio or a per-batch probability, or synthetic images only); :func:`run_arm` trains
+one classifier per seed on it, with the same budget of steps as every other arm, and scores each on an
+evaluation split. The benchmark's arms, its CAS (synthetic only) and its guidance sweep all use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synthaug import progress
+from synthaug.benchmark.stats import paired_gain, summarize
+from synthaug.classifier import ClassifierConfig, predict, score, to_device_images, train_classifier
+
+
+@dataclass(frozen=True)
+class Images:
+    """Classifier inputs: uint8 images (N, C, R, R) on the training device, and integer targets (N, A)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def of(cls, images: np.ndarray, targets: np.ndarray, resolution: int, device: torch.device) -> Images:
+        """From (N, H, W, C) uint8 images, resized once to ``resolution``, and (N, A) targets."""
+        return cls(to_device_images(images, resolution, device), torch.as_tensor(np.asarray(targets), device=device))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, rows) -> Images:
+        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.x.device)
+        return Images(self.x[rows], self.y[rows])
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What one classifier learns from. Every arm trains for the same number of steps."""
+
+    name: str
+    real: bool = True  # the setting's real training images
+    augment: bool = False  # classic augmentation (random resized crop, colour jitter, optional flip)
+    synthetic: str | None = None  # which synthetic set of the setting (None: none)
+    ratio: float | None = None  # synthetic images per real image, per class (nested in the ratio)
+    mix_probability: float | None = None  # instead: each batch image is synthetic with this probability
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SyntheticPool:
+    """A synthetic set as classifier inputs, with the rows that make each ratio (nested: x0.5 lies in x1)."""
+
+    images: Images
+    rows_by_ratio: dict[float, np.ndarray]
+
+    def at(self, ratio: float | None) -> Images:
+        return self.images if ratio is None else self.images.take(self.rows_by_ratio[ratio])
+
+
+def train_data(arm: Arm, real: Images | None, pools: dict[str, SyntheticPool]) -> tuple[Images, Images | None]:
+    """(the images every batch draws from, the synthetic images drawn with ``mix_probability`` or None)."""
+    synthetic = pools[arm.synthetic].at(arm.ratio) if arm.synthetic else None
+    if not arm.real:
+        return synthetic, None
+    if synthetic is None or arm.mix_probability:
+        return real, synthetic
+    return Images(torch.cat([real.x, synthetic.x]), torch.cat([real.y, synthetic.y])), None
+
+
+def mean_per_level(runs: list[dict]) -> list[list[float | None]]:
+    """Per head and level (per class for one head), the accuracy averaged over seeds (None: absent from the split)."""
+    out = []
+    for a, levels in enumerate(runs[0]["per_level"]):
+        values = [[r["per_level"][a][v] for r in runs if r["per_level"][a][v] is not None] for v in range(len(levels))]
+        out.append([float(np.mean(v)) if v else None for v in values])
+    return out
+
+
+def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[int], evaluation: Images, *,
+            real: Images | None = None, pools: dict[str, SyntheticPool] | None = None, flip: bool = False,
+            bar: progress.Task | None = None) -> dict:
+    """Train one classifier per seed on ``arm`` and score each on ``evaluation``.
+
+    Seed s starts every arm from the same initialisation and draws the same batch positions, so arms
+    differ only in their data and their scores can be compared seed by seed (:func:`compare`).
+
+    Returns:
+        {"arm": its description, "training_images": how many real and synthetic images it drew from,
+        "runs": the score of each seed, "top1" and "macro_f1": mean, std and 95% interval over seeds,
+        "per_level": accuracy per class (or attribute level) averaged over seeds}.
+    """
+    images, mixed = train_data(arm, real, pools or {})
+    truth = evaluation.y.cpu().numpy()
+    runs = []
+    for seed in seeds:
+        model = train_classifier(images.x, images.y, levels, config, seed, augment_images=arm.augment, flip=flip,
+                                 synthetic=None if mixed is None else (mixed.x, mixed.y),
+                                 mix_probability=arm.mix_probability or None, description=f"{arm.name}, seed {seed}")
+        runs.append(score(predict(model, evaluation.x, levels).cpu().numpy(), truth, levels))
+        if bar is not None:
+            bar.advance()
+    n_real = len(real) if arm.real and real is not None else 0
+    return {"arm": arm.describe(), "training_images": {"real": n_real, "synthetic": len(images) - n_real + len(mixed or ())},
+            "runs": runs, "top1": summarize([r["top1"] for r in runs]),
+            "macro_f1": summarize([r["macro_f1"] for r in runs]), "per_level": mean_per_level(runs)}
+
+
+def compare(results: dict[str, dict], base: str) -> None:
+    """Add to every other arm its gain in top-1 over ``base``, paired by seed, as ``gain_over_real``."""
+    reference = [r["top1"] for r in results[base]["runs"]]
+    for name, result in results.items():
+        if name != base:
+            result["gain_over_real"] = paired_gain([r["top1"] for r in result["runs"]], reference)
