@@ -4,45 +4,64 @@ one library function. Mistakes a user can fix end in one sentence and exit code 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
-
-try:  # typer >= 0.20 vendors click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from synthaug import __version__, progress
+from synthaug.data import config as data_config
 from synthaug.errors import SynthaugError
+from synthaug.recipe import Sampler
 
 console = Console()
 err_console = Console(stderr=True)
 log = logging.getLogger("synthaug")
 
 
-class OneSentenceErrors(TyperGroup):
+class FlagsShowNoType:
+    """A flag takes no value, so its row in the help shows no type (typer would print ``<bool>``)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class Command(FlagsShowNoType, TyperCommand):
+    """Every synthaug command."""
+
+
+class OneSentenceErrors(FlagsShowNoType, TyperGroup):
     """Usage mistakes (an unknown option, a missing or malformed value) end like every other user
     mistake: one sentence on stderr and exit code 1, instead of click's usage panel and code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
-        except click_errors.UsageError as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # `synthaug` alone prints the help
-                sys.exit(0)
-            command = " ".join(filter(None, ["synthaug", e.ctx.info_name if e.ctx and e.ctx.parent else None]))
-            message = e.format_message().rstrip(".")
+        except typer.TyperException as e:  # the base of click's UsageError, BadParameter, NoSuchOption, ...
             if not standalone_mode:
                 raise
-            err_console.print(f"[bold red]Error:[/] {message}; see `{command} --help`.", highlight=False, soft_wrap=True)
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                sub = ctx.info_name if ctx.parent else None
+            else:  # e.g. "--fresh=yes" carries no context: name the command from the arguments
+                sub = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
+            command = " ".join(filter(None, ["synthaug", sub]))
+            err_console.print(f"[bold red]Error:[/] {escape(e.format_message().rstrip('.'))}; see `{command} --help`.",
+                              highlight=False, soft_wrap=True)
             sys.exit(1)
         except typer.Abort:
             if not standalone_mode:
@@ -59,38 +78,90 @@ app = typer.Typer(
     name="synthaug",
     help="Synthetic training data for image classifiers, and honest numbers on whether it helps.",
     rich_markup_mode="rich",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
 def fail(message: str, code: int = 1) -> None:
-    from rich.markup import escape
-
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # e.g. 'synthaug[text]' is not markup
     raise typer.Exit(code)
 
 
+# The OS errors whose remedy is room on the disk or a folder the user may write to.
+SPACE_OR_PERMISSION = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The file that stands where ``path`` or one of the folders above it should be, if any."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def os_error_sentence(e: OSError) -> str:
+    """An OSError as one sentence: what failed, why, and what to do."""
+    path = e.filename
+    where = f" {path}" if path else ""
+    reason = e.strerror or str(e)
+    if e.errno in SPACE_OR_PERMISSION:
+        return (f"Could not write or read{where}: {reason}; free space or choose a writable folder, "
+                "then run the same command again (finished work is kept).")
+    if e.errno == errno.ENOTDIR and path:
+        blocker = blocking_file(Path(path))
+        return f"Could not write or read {path}: {blocker or 'a part of that path'} is a file, not a folder; choose another path."
+    if e.errno == errno.EISDIR and path:
+        return f"Could not write or read {path}: it is a folder, not a file; choose a file path."
+    return f"Could not write or read{where}: {reason}; check the path, then run the same command again (finished work is kept)."
+
+
+def check_output_path(path: Path, option: str, folder: bool = True) -> None:
+    """Refuse, before any work, an output folder (or file) that cannot be made: a file where the folder
+    or one above it should be, a folder where the file should be, or a parent that cannot be written."""
+    if path.exists() and path.is_dir() != folder:
+        raise SynthaugError(f"{option} {path} is a file, not a folder; choose a folder (it may not exist yet)." if folder
+                            else f"{option} {path} is a folder; give the path of the file to write.")
+    folder_path = path if folder else path.parent  # files are written atomically: their folder must be writable
+    blocker = blocking_file(folder_path)
+    if blocker is not None:
+        raise SynthaugError(f"Could not write or read {path}: {blocker} is a file, not a folder; choose another {option} path.")
+    nearest = next(p for p in (folder_path, *folder_path.parents) if p.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SynthaugError(f"Could not write or read {path}: the folder {nearest} is read-only; choose a writable {option} path.")
+
+
+def check_input_folder(path: Path, kind: str, remedy: str) -> None:
+    """Refuse a missing path, or a file where a folder (``kind``) is expected."""
+    if not path.exists():
+        raise SynthaugError(f"{path} does not exist; {remedy}.")
+    if not path.is_dir():
+        raise SynthaugError(f"{path} is a file, not a {kind}; {remedy}.")
+
+
+def count(n: int, noun: str) -> str:
+    """A number with its noun: '1 class', '2 classes', '1 shard', '0 images'."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n} {noun}s"
+
+
 def command(*args, **kwargs):
-    """Register a command whose user mistakes (SynthaugError) print one sentence and exit 1."""
+    """Register a command whose user mistakes (SynthaugError, an OS error) print one sentence and exit 1."""
 
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*a, **k):
             try:
-                with progress.enabled(err_console):
+                # Bars only for a person at a terminal: in a log file or a pipe, rich leaves a blank line
+                # where each removed (transient) bar was.
+                with progress.enabled(err_console) if err_console.is_terminal else contextlib.nullcontext():
                     return fn(*a, **k)
             except SynthaugError as e:
                 fail(str(e))
             except KeyboardInterrupt:
                 fail("Interrupted; files already written are kept, and running the same command again continues.", 130)
             except OSError as e:  # a full disk, a read-only or missing folder: the OS's reason, then what to do
-                where = f" {e.filename}" if e.filename else ""
-                fail(f"Could not write or read{where}: {e.strerror or e}; free space or choose a writable folder, "
-                     "then run the same command again (finished work is kept).")
+                fail(os_error_sentence(e))
 
-        return app.command(*args, **kwargs)(wrapper)
+        return app.command(*args, cls=Command, **kwargs)(wrapper)
 
     return register
 
@@ -101,8 +172,9 @@ def show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -112,6 +184,11 @@ def main_options(
     """Synthetic training data for image classifiers, and honest numbers on whether it helps."""
     from rich.logging import RichHandler
 
+    if ctx.invoked_subcommand is None:  # `synthaug` alone prints the help
+        help_text = ctx.get_help()  # the rich help prints itself and returns ""
+        if help_text:
+            typer.echo(help_text)
+        raise typer.Exit(0)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("synthaug")
     root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False, markup=False)]
@@ -122,8 +199,8 @@ def main_options(
 # Dataset options shared by the commands that read a dataset.
 Resolution = Annotated[int, typer.Option("--resolution", "-r", help="Square side in pixels (0: the format's default).")]
 Target = Annotated[str, typer.Option(help="CelebA: identity or an attribute; CelebA-Dialog: attribute whose level is the class.")]
-Level = Annotated[str, typer.Option(help="NABirds: category (leaf visual categories) or species.")]
-Split = Annotated[str, typer.Option(help="auto, official or stratified.")]
+Level = Annotated[data_config.Level, typer.Option(help="NABirds: leaf visual categories, or species.")]
+Split = Annotated[data_config.Split, typer.Option(help="auto: the dataset's own split when it has a usable one, else a seeded stratified split.")]
 Shots = Annotated[int, typer.Option("--shots-per-class", help="Keep this many training images per class (0: all).")]
 Seed = Annotated[int, typer.Option(help="Seed of the stratified split and of the low-data subset.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Treat unreadable files and empty classes as errors.")]
@@ -155,24 +232,25 @@ def inspect_command(
     seed: Seed = 0,
     crop: Crop = True,
     strict: Strict = False,
-    grid: Annotated[Optional[Path], typer.Option(help="Where to write the sample grid PNG (default: beside the cache).")] = None,
+    grid: Annotated[Optional[Path], typer.Option(
+        help="Where to write the sample grid PNG (default: the dataset's cache folder, or $SYNTHAUG_CACHE/grids/).")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many classes (0: all).")] = 30,
 ) -> None:
     """Decode a dataset (cached) and show its splits, classes, attributes, unreadable files and a sample grid."""
     from synthaug.data import DataConfig, load_dataset
     from synthaug.grids import save_png
-    from synthaug.inspection import dataset_grid
+    from synthaug.inspection import dataset_grid, default_grid_path
 
+    if grid is not None:
+        check_output_path(grid, "--grid", folder=False)
     config = DataConfig(spec=spec, resolution=resolution, target=target, level=level, crop=crop, split=split,
                         shots_per_class=shots_per_class, seed=seed, strict=strict)
     ds = load_dataset(config)
     source = f"read from the cache {ds.cache_path}" if ds.from_cache else (
         f"decoded and cached in {ds.cache_path}" if ds.cache_path else "built in, no files")
-    console.print(f"[bold]{ds.name}[/]  {config.spec}")
-    console.print(
-        f"{len(ds)} images, {ds.num_classes} classes, {ds.resolution}x{ds.resolution} px, {ds.channels} channel(s); {source}",
-        highlight=False,
-    )
+    console.print(f"[bold]{escape(ds.name)}[/]  {escape(config.spec)}")
+    console.print(f"{count(len(ds), 'image')}, {count(ds.num_classes, 'class')}, {ds.resolution}x{ds.resolution} px, "
+                  f"{count(ds.channels, 'channel')}; {source}", highlight=False)
     splits = Table(title="Images per split")
     for name in ("train", "val", "test"):
         splits.add_column(name, justify="right")
@@ -187,10 +265,10 @@ def inspect_command(
         table.add_column(name, justify="right")
     shown = range(ds.num_classes) if limit <= 0 else range(min(limit, ds.num_classes))
     for c in shown:
-        table.add_row(str(ds.class_ids[c]), ds.class_names[c], *(str(int(per_split[s][c])) for s in per_split))
+        table.add_row(str(ds.class_ids[c]), escape(ds.class_names[c]), *(str(int(per_split[s][c])) for s in per_split))
     console.print(table)
     if len(shown) < ds.num_classes:
-        console.print(f"... {ds.num_classes - len(shown)} more classes (--limit 0 shows all).")
+        console.print(f"... {count(ds.num_classes - len(shown), 'more class')} (--limit 0 shows all).", highlight=False)
 
     if ds.attributes is not None:
         attrs = Table(title="Attributes: images per level")
@@ -199,15 +277,15 @@ def inspect_command(
         attrs.add_column("count per level (0, 1, ...)")
         for a, (name, levels) in enumerate(zip(ds.attribute_names, ds.attribute_levels)):
             counts = ", ".join(str(int(n)) for n in ds.attribute_counts(a))
-            attrs.add_row(name, str(levels), counts)
+            attrs.add_row(escape(name), str(levels), counts)
         console.print(attrs)
 
     console.print(f"Unreadable files skipped: {len(ds.skipped)}", highlight=False)
     for note in ds.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    path = grid or (ds.cache_path / "grid.png" if ds.cache_path else Path(f"{ds.name}-{ds.resolution}px-grid.png"))
-    save_png(dataset_grid(ds), path, min_side=512)
-    console.print(f"Sample grid: {path}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    path = grid or default_grid_path(ds)
+    save_png(dataset_grid(ds), path)
+    console.print(f"Sample grid: {path}", highlight=False, soft_wrap=True)
 
 
 @command("classes")
@@ -225,63 +303,80 @@ def classes_command(
     found = find_classes(catalog, search)
     counts = found.counts
     if found.groups:
-        groups = Table(title=f"{catalog.group_kind.capitalize() or 'Group'} matching {search!r}" if search else catalog.group_kind)
+        groups = Table(title=f"{catalog.group_kind.capitalize() or 'Group'} matching {escape(repr(search))}" if search
+                       else catalog.group_kind)
         groups.add_column("id", justify="right")
         groups.add_column(catalog.group_kind or "group")
         groups.add_column("classes (id name)")
         for g in found.groups:
             members = "\n".join(f"{catalog.class_ids[m]} {catalog.class_names[m]}" for m in g.members)
-            groups.add_row(str(g.id), g.name, members)
+            groups.add_row(str(g.id), escape(g.name), escape(members))
         console.print(groups)
     if found.classes:
-        table = Table(title=f"Classes matching {search!r}" if search else f"Classes of {spec}")
+        table = Table(title=f"Classes matching {escape(repr(search))}" if search else f"Classes of {escape(spec)}")
         table.add_column("id", justify="right")
         table.add_column("class")
         table.add_column("images listed", justify="right")
         if catalog.group_kind:
             table.add_column(catalog.group_kind)
         for c in found.classes:
-            row = [str(catalog.class_ids[c]), catalog.class_names[c], str(int(counts[c]))]
+            row = [str(catalog.class_ids[c]), escape(catalog.class_names[c]), str(int(counts[c]))]
             if catalog.group_kind:
-                row.append(found.group_of.get(c, catalog.class_names[c]))
+                row.append(escape(found.group_of.get(c, catalog.class_names[c])))
             table.add_row(*row)
         console.print(table)
-    console.print(f"{len(found.classes)} of {len(catalog.class_names)} classes shown.", highlight=False)
+    console.print(f"{len(found.classes)} of {count(len(catalog.class_names), 'class')} shown.", highlight=False)
 
 
 Sets = Annotated[list[str], typer.Option("--set", help="Override a recipe key, e.g. --set generator.lr=2e-4 (repeatable).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")]
 
 
-def resolve_recipe(source: str | None, sets: list[str], dry_run: bool):
-    """Load a recipe with its overrides and print it resolved; None when this is a dry run."""
-    from rich.syntax import Syntax
+def resolve_recipe(source: str | None, sets: list[str], run_dir: Path | None = None):
+    """A recipe with its overrides; ``run_dir`` (--out) comes last, so it wins over ``--set run_dir=``."""
+    import dataclasses
 
-    from synthaug.recipe import load_recipe, recipe_to_toml
+    from synthaug.recipe import load_recipe
 
     resolved = load_recipe(source, sets)
-    console.print(Syntax(recipe_to_toml(resolved), "toml", theme="ansi_dark", background_color="default"))
-    return None if dry_run else resolved
+    return resolved if run_dir is None else dataclasses.replace(resolved, run_dir=str(run_dir))
+
+
+def show_recipe(recipe) -> None:
+    """Print the fully resolved recipe, as the run folder will record it."""
+    from rich.syntax import Syntax
+
+    from synthaug.recipe import recipe_to_toml
+
+    console.print(Syntax(recipe_to_toml(recipe), "toml", theme="ansi_dark", background_color="default"))
 
 
 @command("train")
 def train_command(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe file or name (default: the embedded digits recipe).")] = None,
     set_: Sets = [],  # noqa: B006 - typer needs a literal default
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: the recipe's run_dir, else runs/<name>).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run folder's progress and start over.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Train (or resume) a recipe's conditional diffusion generator in its run folder."""
-    from synthaug.generator.train import train_generator
-
-    resolved = resolve_recipe(recipe, set_, dry_run)
-    if resolved is None:
+    resolved = resolve_recipe(recipe, set_, run_dir=out)
+    if not dry_run:
+        check_output_path(resolved.run_path, "--out" if out else "run_dir")
+    show_recipe(resolved)
+    if dry_run:
         return
+    from synthaug.generator.train import train_generator  # torch and diffusers: not needed for a dry run
+
     run = train_generator(resolved, fresh=fresh)
     info = run.info()
     grids = sorted(run.grids_dir.glob("*.png"))
     console.print(f"Trained {run.path}: {info.get('kimg', 0):g} kimg; EMA weights in {run.ema_dir}", highlight=False, soft_wrap=True)
     if grids:
         console.print(f"Sample grid: {grids[-1]}", highlight=False, soft_wrap=True)
+
+
+FROM_RUN = "(default: the run's recipe)"
 
 
 @command("generate")
@@ -292,20 +387,23 @@ def generate_command(
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="A class name (repeatable).")] = None,
     attr: Annotated[Optional[list[str]], typer.Option(help="Attribute levels, e.g. bangs=3,smiling=5 (repeatable).")] = None,
     all_classes: Annotated[bool, typer.Option("--all-classes", help="Every class of the run.")] = False,
-    num: Annotated[int, typer.Option(help="Images in all, split evenly over the classes.")] = 0,
+    num: Annotated[int, typer.Option(help="Images in all, split evenly over the classes (or give --per-class).")] = 0,
     per_class: Annotated[int, typer.Option("--per-class", help="Images per class (or per attribute condition).")] = 0,
-    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (1: none).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpm++2m, unipc or euler.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Sampler steps.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Base seed; each image's seed derives from it.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images in flight (does not change any image).")] = None,
-    shard_size: Annotated[Optional[int], typer.Option(help="Images per shard.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help=f"Classifier-free guidance scale, 1 for none {FROM_RUN}.")] = None,
+    sampler: Annotated[Optional[Sampler], typer.Option(help=f"Sampler {FROM_RUN}.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help=f"Sampler steps {FROM_RUN}.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Base seed; each image's seed derives from it {FROM_RUN}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images in flight; does not change any image {FROM_RUN}.")] = None,
+    shard_size: Annotated[Optional[int], typer.Option(help=f"Images per shard {FROM_RUN}.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
 ) -> None:
     """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
-    from synthaug.synthesis import GenerateRequest, choose_run, generate_shards
+    check_output_path(out, "--out")
+    if run is not None and run.exists() and not run.is_dir():
+        raise SynthaugError(f"--run {run} is a file, not a run folder; give the folder that synthaug train wrote (e.g. runs/digits).")
     from synthaug.recipe import load_recipe
     from synthaug.runs import open_run
+    from synthaug.synthesis import GenerateRequest, choose_run, generate_shards
 
     request = GenerateRequest(classes=tuple(class_ or ()), species=(species,) if species else (),
                               attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class)
@@ -316,14 +414,18 @@ def generate_command(
     sampling = sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                                 images_per_shard=shard_size)
     manifest = generate_shards(run, request, out, sampling, overwrite=overwrite)
-    console.print(f"{manifest['num_samples']} images in {len(manifest['shards'])} shards in {out}", highlight=False, soft_wrap=True)
+    console.print(f"{count(manifest['num_samples'], 'image')} in {count(len(manifest['shards']), 'shard')} in {out}",
+                  highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("class")
     table.add_column("images", justify="right")
     for name, n in manifest["per_class"].items():
-        table.add_row(name, str(n))
+        table.add_row(escape(name), str(n))
     console.print(table)
     console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
+
+
+SHARD_FOLDER = "give a folder written by synthaug generate"
 
 
 @command("verify")
@@ -331,14 +433,16 @@ def verify_command(
     folder: Annotated[Path, typer.Argument(help="A folder written by synthaug generate.")],
 ) -> None:
     """Check shards against their manifest: missing, extra, corrupt or duplicate samples, sha256, PNGs."""
+    check_input_folder(folder, "folder", SHARD_FOLDER)
     from synthaug.shards import verify_shards
 
     result = verify_shards(folder)
-    console.print(f"{folder}: {result['shards']} shards, {result['samples']} samples read.", highlight=False, soft_wrap=True)
+    console.print(f"{folder}: {count(result['shards'], 'shard')}, {count(result['samples'], 'sample')} read.",
+                  highlight=False, soft_wrap=True)
     for problem in result["problems"]:
-        console.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+        console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if result["problems"]:
-        fail(f"{len(result['problems'])} problem(s) found in {folder}; run the same generate command again to repair "
+        fail(f"{count(len(result['problems']), 'problem')} found in {folder}; run the same generate command again to repair "
              "missing or partial shards (add --overwrite to rewrite the set).")
     console.print("[green]OK[/]: every shard and sample matches the manifest.")
 
@@ -355,11 +459,13 @@ def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
 @command("evaluate")
 def evaluate_command(
     synthetic: Annotated[Path, typer.Option("--synthetic", help="A folder written by synthaug generate.")],
-    data: Annotated[Optional[str], typer.Option(help="Compare with this dataset spec instead of the manifest's.")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Recipe whose [benchmark] section sets the classifier and FID options.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Compare with this dataset spec (default: the manifest's dataset).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(
+        help="Recipe whose \\[benchmark] section sets the classifier and FID options (default: the embedded digits recipe).")] = None,
     set_: Sets = [],  # noqa: B006
 ) -> None:
     """FID/KID with real-vs-real floors, conditioning accuracy, CAS and (faces) MTCNN for a synthetic set."""
+    check_input_folder(synthetic, "folder", SHARD_FOLDER)
     from synthaug.benchmark import evaluate_synthetic
     from synthaug.recipe import load_recipe
     from synthaug.report import pct
@@ -370,14 +476,18 @@ def evaluate_command(
     rows = [
         ["FID vs real test", f"{q['fid']:.2f}", f"{q['floor_fid']:.2f}"],
         ["KID x1000", f"{1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f}", f"{1000 * q['floor_kid']:.2f}"],
-        ["conditioning accuracy %", pct(q["conditioning"]["accuracy"]), pct(result["judge"]["test_score"]["top1"]) + " (judge on real)"],
+        ["conditioning accuracy %", pct(q["conditioning"]["accuracy"]), "—"],
     ]
     if result["cas_top1"]:
         rows.append(["CAS top-1 %", f"{pct(result['cas_top1']['mean'])} ± {pct(result['cas_top1']['ci95'])}", "—"])
     if "faces" in q:
         rows.append(["faces detected %", pct(q["faces"]["detection_rate"]), "—"])
         rows.append(["MTCNN confidence", f"{q['faces']['mean_confidence']:.3f}", "—"])
-    print_rows(f"{result['synthetic_images']} synthetic vs {result['dataset']} (n = {q['n']} per side)", ["measure", "synthetic", "real floor"], rows)
+    print_rows(f"{count(result['synthetic_images'], 'synthetic image')} vs {escape(result['dataset'])} (n = {q['n']} per side)",
+               ["measure", "synthetic", "real floor"], rows)
+    judge = result["judge"]
+    console.print(f"Conditioning accuracy is judged by a {judge['model']} trained on {judge['trained_on']}; it scores "
+                  f"{pct(judge['test_score']['top1'])}% top-1 on the real test split.", highlight=False, soft_wrap=True)
     console.print(f"Written: {Path(synthetic) / 'evaluation.json'}", highlight=False, soft_wrap=True)
 
 
@@ -386,21 +496,25 @@ def benchmark_command(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe file or name (default: the embedded digits recipe).")] = None,
     set_: Sets = [],  # noqa: B006
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: <run folder>/benchmark).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Train generators, generate, evaluate, train classifiers on real vs real + synthetic, and report."""
-    from synthaug.benchmark import run_benchmark
-    from synthaug.report import ARM_HEADER, QUALITY_HEADER, arm_rows, quality_rows
-
-    resolved = resolve_recipe(recipe, set_, dry_run)
-    if resolved is None:
+    resolved = resolve_recipe(recipe, set_)
+    if not dry_run:
+        check_output_path(resolved.run_path, "run_dir")
+        check_output_path(out or resolved.run_path / "benchmark", "--out")
+    show_recipe(resolved)
+    if dry_run:
         return
+    from synthaug.benchmark import run_benchmark
+    from synthaug.report import ARM_HEADER, QUALITY_HEADER, arm_rows, quality_rows, sweep_verdict
+
     report = run_benchmark(resolved, out=out)
     print_rows("Does synthetic data help? top-1 on the real test split", ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)])
     header = QUALITY_HEADER + (["faces %", "MTCNN conf."] if any("faces" in s["quality"] for s in report["settings"]) else [])
     print_rows("Generator quality (floor: real train vs real test at the same n)", header, quality_rows(report))
     folder = out or resolved.run_path / "benchmark"
-    console.print(f"Best downstream guidance: {report['guidance_sweep']['best_downstream_guidance']:g}.  "
+    console.print(f"{sweep_verdict(report['guidance_sweep']).replace('**', '')}  "
                   f"Report: {folder / 'report.md'} ({report['total_s']:.0f} s)", highlight=False, soft_wrap=True)
 
 

@@ -27,13 +27,49 @@ def spread_classes(num_classes: int, max_rows: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_classes - 1, min(max_rows, num_classes)).round().astype(int))
 
 
+def upscale(image: np.ndarray, min_side: int) -> np.ndarray:
+    """An (H, W, C) image enlarged by the smallest integer factor (nearest neighbour) that makes its
+    longer side at least ``min_side``, so that 8-px images stay crisp pixels."""
+    factor = max(1, -(-min_side // max(image.shape[:2]))) if min_side else 1
+    return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
+
+
+def label_rows(image: np.ndarray, labels: list[str], max_width: int = 200) -> np.ndarray:
+    """``image`` (H, W, C) as RGB with a white margin at its left naming each of its ``len(labels)``
+    equal-height rows (e.g. the class of each row of a sample grid), in PIL's small default font.
+
+    Names wider than ``max_width`` pixels are shortened with "...".
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fit(text: str) -> str:
+        if pen.textlength(text, font=font) <= max_width:
+            return text
+        while len(text) > 1 and pen.textlength(text + "...", font=font) > max_width:
+            text = text[:-1]
+        return text + "..."
+
+    fitted = [fit(label) for label in labels]
+    margin = int(max(pen.textlength(t, font=font) for t in fitted)) + 8
+    rgb = image if image.shape[2] == 3 else image.repeat(3, axis=2)
+    canvas = Image.new("RGB", (margin + rgb.shape[1], rgb.shape[0]), "white")
+    canvas.paste(Image.fromarray(rgb), (margin, 0))
+    pen = ImageDraw.Draw(canvas)
+    band = rgb.shape[0] / len(labels)
+    for r, text in enumerate(fitted):
+        _, top, _, bottom = pen.textbbox((0, 0), text, font=font)
+        pen.text((4, (r + 0.5) * band - (top + bottom) / 2), text, fill="black", font=font)
+    return np.asarray(canvas)
+
+
 def save_png(image: np.ndarray, path: Path, min_side: int = 0) -> Path:
     """Write an (H, W, C) uint8 image as PNG atomically; upscale by an integer factor to ``min_side``."""
     from PIL import Image
 
-    factor = max(1, -(-min_side // max(image.shape[:2]))) if min_side else 1
-    if factor > 1:
-        image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+    image = upscale(image, min_side)
     buffer = io.BytesIO()
     Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, format="PNG")
     return write_bytes_atomic(Path(path), buffer.getvalue())

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from synthaug.data import ImageSet
+from synthaug.data.cache import cache_root
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.lookup import search_names, unknown_name_error
-from synthaug.grids import spread_classes, tile_images
+from synthaug.grids import label_rows, spread_classes, tile_images, upscale
 
 
 @dataclass
@@ -39,21 +41,31 @@ def find_classes(catalog: Catalog, text: str = "") -> ClassSearch:
     return ClassSearch(sorted(classes), groups, counts, group_of)
 
 
-def dataset_grid(ds: ImageSet, per_class: int = 8, max_rows: int = 12, seed: int = 0) -> np.ndarray:
-    """One row of ``per_class`` random images for each of up to ``max_rows`` evenly spread classes.
+def dataset_grid(ds: ImageSet, per_class: int = 8, max_rows: int = 12, seed: int = 0, min_side: int = 512) -> np.ndarray:
+    """One row of ``per_class`` random images for each of up to ``max_rows`` evenly spread classes, with
+    the class name at the left of each row, enlarged to at least ``min_side`` pixels.
 
-    A dataset with a single class (e.g. CelebA-Dialog faces) fills every row with that class.
+    A dataset with a single class (e.g. CelebA-Dialog faces) fills every row with that class, unlabelled.
     """
     rng = np.random.default_rng(seed)
     classes = spread_classes(ds.num_classes, max_rows)
     if len(classes) == 1:
         rows = np.flatnonzero(ds.labels == classes[0])
         pick = rng.choice(rows, size=min(len(rows), per_class * max_rows), replace=False)
-        return tile_images(ds.images[np.sort(pick)], per_class)
+        return upscale(tile_images(ds.images[np.sort(pick)], per_class), min_side)
     tiles = []
     blank = np.full(ds.images.shape[1:], 255, dtype=np.uint8)
     for c in classes:
         rows = np.flatnonzero(ds.labels == c)
         pick = np.sort(rng.choice(rows, size=min(len(rows), per_class), replace=False)) if len(rows) else []
         tiles += [ds.images[i] for i in pick] + [blank] * (per_class - len(pick))
-    return tile_images(np.stack(tiles), per_class)
+    grid = upscale(tile_images(np.stack(tiles), per_class), min_side)
+    return label_rows(grid, [ds.class_names[c] for c in classes])
+
+
+def default_grid_path(ds: ImageSet) -> Path:
+    """Where `synthaug inspect` writes a dataset's sample grid: in its cache folder, or for a built-in
+    dataset that has none (digits) under ``$SYNTHAUG_CACHE/grids/``."""
+    if ds.cache_path:
+        return Path(ds.cache_path) / "grid.png"
+    return cache_root() / "grids" / f"{ds.name}-{ds.resolution}px.png"

@@ -1,27 +1,53 @@
 """Recipes: TOML files whose sections mirror frozen dataclasses.
 
 Precedence: dataclass defaults < recipe file < ``--set section.key=value`` overrides. Unknown
-sections or keys and values of the wrong type are errors that name the key. The defaults are the
-embedded digits recipe (``recipes/digits.toml`` states them explicitly).
+sections or keys (with the closest known name), values of the wrong type and named values outside
+their ``Literal`` set are errors that name the key, raised when the recipe is read. The defaults are
+the embedded digits recipe (``recipes/digits.toml`` states them explicitly).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from synthaug.data import DataConfig
+from synthaug.data.config import DataConfig, Level, Split, check_choice, check_choices
 from synthaug.errors import SynthaugError
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc", "euler")
+# The allowed values of every enumerated recipe key, declared once here; the modules that implement
+# them (generator.model.PRESETS, generator.sampling.SAMPLER_CLASSES, ...) are tested to agree.
 # unet: the class/attribute U-Net; text-unet: a pixel U-Net on a frozen text encoder's embeddings
 # (Imagen-style); sd-lora: LoRA on a pretrained Stable Diffusion U-Net, in its VAE's latent space.
-BACKENDS = ("unet", "text-unet", "sd-lora")
+Backend = Literal["unet", "text-unet", "sd-lora"]
+Preset = Literal["tiny", "small", "base"]
+Prediction = Literal["epsilon", "v"]
+Loss = Literal["mse", "l1"]
+Schedule = Literal["cosine", "linear"]
+LrSchedule = Literal["constant", "cosine"]  # constant or cosine decay, after the warm-up
+ConditionKind = Literal["auto", "class", "attributes"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 on a GPU that has it
+Sampler = Literal["ddpm", "ddim", "dpm++2m", "unipc", "euler"]
+Pretrained = Literal["none", "offline", "hub"]  # offline: registry-package ImageNet weights; hub: timm download
+
+BACKENDS = typing.get_args(Backend)
+PRESETS = typing.get_args(Preset)
+PREDICTIONS = typing.get_args(Prediction)
+LOSSES = typing.get_args(Loss)
+CONDITION_KINDS = typing.get_args(ConditionKind)
+SAMPLERS = typing.get_args(Sampler)
+PRETRAINED = typing.get_args(Pretrained)
+SPLITS = typing.get_args(Split)
+LEVELS = typing.get_args(Level)
+
+# The sd-lora backend keeps its base model's noise schedule, so these keys do not apply to it.
+BASE_MODEL_SCHEDULE_KEYS = ("prediction", "schedule", "num_timesteps")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -38,35 +64,35 @@ class GeneratorConfig:
     ``batch_per_device`` is smaller than a device's share).
     """
 
-    backend: str = "unet"  # unet, text-unet or sd-lora (see BACKENDS)
+    backend: Backend = "unet"
     base_model: str = ""  # sd-lora: a local Stable Diffusion folder (diffusers layout) or a hub id
     text_encoder: str = ""  # text-unet: a local T5 or CLIP text encoder folder (with its tokenizer)
     prompt_template: str = "a photo of a {class}"  # text backends: the prompt of a class
     lora_rank: int = 4  # sd-lora: rank of the LoRA on the U-Net's attention projections
-    preset: str = "tiny"
+    preset: Preset = "tiny"
     base_channels: int = 0  # 0: the preset's
     channel_mult: tuple[int, ...] = ()  # (): the preset's
     layers_per_block: int = 0  # 0: the preset's
     dropout: float = 0.0
-    condition: str = "auto"  # auto, class or attributes
+    condition: ConditionKind = "auto"
     cond_drop_prob: float = 0.1  # probability of the null condition, for classifier-free guidance
-    prediction: str = "epsilon"  # epsilon or v
-    loss: str = "mse"  # mse or l1
+    prediction: Prediction = "epsilon"  # sd-lora: its base model's
+    loss: Loss = "mse"
     min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
-    schedule: str = "cosine"  # cosine or linear noise schedule
-    num_timesteps: int = 1000
+    schedule: Schedule = "cosine"  # the noise schedule; sd-lora: its base model's
+    num_timesteps: int = 1000  # sd-lora: its base model's
     duration_kimg: float = 100.0
     batch_size: int = 256
     batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
     lr: float = 2e-3
-    lr_schedule: str = "cosine"  # constant or cosine (after warm-up)
+    lr_schedule: LrSchedule = "cosine"
     warmup_kimg: float = 5.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # the ceiling of the EMA decay, reached after the warm-up ramp
     ema_power: float = 0.75  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
     flip: bool = False  # random horizontal flips
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it), no, bf16 or fp16
+    mixed_precision: MixedPrecision = "auto"
     compile: bool = False  # torch.compile the U-Net
     seed: int = 0
     log_every_kimg: float = 5.0
@@ -74,23 +100,25 @@ class GeneratorConfig:
     grid_every_kimg: float = 50.0
 
     def __post_init__(self):
+        check_choices(self, "generator")
         _check(self.duration_kimg > 0, "generator.duration_kimg must be positive.")
         _check(self.batch_size > 0, "generator.batch_size must be positive.")
         _check(self.batch_per_device >= 0, "generator.batch_per_device must be 0 (auto) or positive.")
         _check(self.lr > 0, "generator.lr must be positive.")
         _check(0 <= self.cond_drop_prob < 1, "generator.cond_drop_prob must lie in [0, 1).")
         _check(self.num_timesteps >= 2, "generator.num_timesteps must be at least 2.")
-        _check(self.schedule in ("cosine", "linear"), f"generator.schedule {self.schedule!r} is not known; use cosine or linear.")
-        _check(self.lr_schedule in ("constant", "cosine"), f"generator.lr_schedule {self.lr_schedule!r} is not known; use constant or cosine.")
-        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "generator.mixed_precision must be auto, no, bf16 or fp16.")
         _check(0 < self.ema_decay < 1, "generator.ema_decay must lie between 0 and 1.")
         for key in ("log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "warmup_kimg", "grad_clip", "weight_decay", "dropout"):
             _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
         _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")
         _check(self.base_channels >= 0 and self.layers_per_block >= 0, "generator.base_channels and layers_per_block must not be negative.")
-        _check(self.backend in BACKENDS, f"generator.backend {self.backend!r} is not known; use one of {', '.join(BACKENDS)}.")
         _check(self.backend != "sd-lora" or bool(self.base_model),
                "The sd-lora backend needs generator.base_model, a local Stable Diffusion folder or a hub id.")
+        if self.backend == "sd-lora":  # a default value passes: resolved recipe.toml files state every key
+            for key in BASE_MODEL_SCHEDULE_KEYS:
+                _check(getattr(self, key) == GeneratorConfig.__dataclass_fields__[key].default,
+                       f"generator.{key} is not used by the sd-lora backend, which keeps its base model's noise "
+                       "schedule; remove it.")
         _check(self.backend != "text-unet" or bool(self.text_encoder),
                "The text-unet backend needs generator.text_encoder, a local T5 or CLIP text encoder folder.")
         _check(self.lora_rank > 0, "generator.lora_rank must be positive.")
@@ -110,7 +138,7 @@ class SamplingConfig:
     many processes share the work.
     """
 
-    sampler: str = "dpm++2m"
+    sampler: Sampler = "dpm++2m"
     steps: int = 20
     guidance: float = 2.0  # classifier-free guidance scale: 1 = conditional only, 0 = unconditional
     seed: int = 0
@@ -119,7 +147,7 @@ class SamplingConfig:
     images_per_shard: int = 1000
 
     def __post_init__(self):
-        _check(self.sampler in SAMPLERS, f"Sampler {self.sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
+        check_choices(self, "sampling")
         _check(self.steps > 0, "sampling.steps must be positive.")
         _check(self.guidance >= 0 and math.isfinite(self.guidance), "The guidance scale must be 0 or more (1 means no guidance).")
         _check(self.batch_size > 0 and self.network_batch > 0, "sampling.batch_size and network_batch must be positive.")
@@ -140,7 +168,7 @@ class BenchmarkConfig:
     """
 
     classifier: str = "test_resnet"  # a timm model name
-    pretrained: str = "none"  # none, offline (registry-package ImageNet weights) or hub (timm download)
+    pretrained: Pretrained = "none"
     classifier_resolution: int = 16
     steps: int = 120
     batch_size: int = 64
@@ -160,10 +188,10 @@ class BenchmarkConfig:
     fid_weights: str = ""  # "": offline package or cache; a path; or "download" (torch-fidelity, needs internet)
 
     def __post_init__(self):
+        check_choices(self, "benchmark")
         _check(self.seeds >= 2, "benchmark.seeds must be at least 2 (intervals and paired tests need them).")
         _check(self.steps > 0 and self.batch_size > 0 and self.judge_steps > 0, "benchmark steps and batch_size must be positive.")
         _check(self.classifier_resolution > 0, "benchmark.classifier_resolution must be positive.")
-        _check(self.pretrained in ("none", "offline", "hub"), "benchmark.pretrained must be none, offline or hub.")
         _check(len(self.shots_per_class) > 0 and all(k >= 0 for k in self.shots_per_class),
                "benchmark.shots_per_class must list 0 (all) or positive counts.")
         _check(all(r > 0 for r in self.synthetic_ratios), "benchmark.synthetic_ratios must be positive.")
@@ -200,6 +228,8 @@ SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": Sampli
 def _coerce(value, hint, key: str):
     """``value`` as type ``hint``, or an error naming ``key``."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        return check_choice(value, hint, key)
     if origin is tuple:
         (inner, *_rest) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
@@ -224,14 +254,28 @@ def _coerce(value, hint, key: str):
     raise TypeError(f"unsupported recipe type {hint}")
 
 
+def _unknown_key(key: str, prefix: str, names: set[str]) -> SynthaugError:
+    """The error for an unknown key: the closest known name in its section (a typo), else the same key
+    in another section (a key in the wrong place), else the list of known keys."""
+    section = prefix.rstrip(".")
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    elsewhere = [f"{name}.{key}" for name, cls in SECTIONS.items()
+                 if name != section and key in {f.name for f in dataclasses.fields(cls)}]
+    if close or elsewhere:
+        return SynthaugError(f"Unknown recipe key {prefix + key!r}; did you mean {(prefix + close[0]) if close else elsewhere[0]!r}?")
+    if section:
+        return SynthaugError(f"Unknown recipe key {prefix + key!r}; the [{section}] keys are: {', '.join(sorted(names))}.")
+    return SynthaugError(f"Unknown recipe key {key!r}; the top level holds {', '.join(sorted(names - set(SECTIONS)))} "
+                         f"and the sections {', '.join(f'[{name}]' for name in SECTIONS)}.")
+
+
 def _build(cls, values: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise SynthaugError(f"Unknown recipe key {prefix + key!r}; the {prefix.rstrip('.') or 'top level'} keys are: "
-                                f"{', '.join(sorted(names - set(SECTIONS)))}.")
+            raise _unknown_key(key, prefix, names)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
@@ -294,12 +338,13 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return [p.strip() for p in key.strip().split(".")], value
 
 
-def _field_hint(keys: list[str]):
-    """The declared type of a dotted recipe key, or None when there is no such key."""
+def _is_text_key(keys: list[str]) -> bool:
+    """Whether a dotted recipe key holds text (a string or one of named values)."""
     cls = Recipe
     if len(keys) == 2 and keys[0] in SECTIONS:
         cls, keys = SECTIONS[keys[0]], keys[1:]
-    return typing.get_type_hints(cls).get(keys[0]) if len(keys) == 1 else None
+    hint = typing.get_type_hints(cls).get(keys[0]) if len(keys) == 1 else None
+    return hint is str or typing.get_origin(hint) is Literal
 
 
 def recipe_files() -> list[Path]:
@@ -315,15 +360,19 @@ def recipe_files() -> list[Path]:
 def find_recipe(name: str) -> Path:
     """A recipe path, or a name looked up in ./recipes/ and in the source checkout's recipes/."""
     path = Path(name).expanduser()
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise SynthaugError(f"Recipe file {path} does not exist; give a .toml path or a recipe name such as digits.")
+    if path.is_file():
         return path
     by_name = {p.stem: p for p in recipe_files()}
+    if path.is_dir() and name not in by_name:
+        if (path / "recipe.toml").is_file():  # a run folder
+            raise SynthaugError(f"{path} is a folder, not a recipe file; to continue the run in it, use "
+                                f"`synthaug train {path / 'recipe.toml'} --out {path}`.")
+        raise SynthaugError(f"{path} is a folder, not a recipe file; give a .toml path or a recipe name such as digits.")
+    if path.suffix == ".toml":
+        raise SynthaugError(f"Recipe file {path} does not exist; give a .toml path or a recipe name such as digits.")
     if name in by_name:
         return by_name[name]
-    known = sorted(by_name)
-    raise SynthaugError(f"No recipe named {name!r}; give a .toml path or one of: {', '.join(known) or 'digits'}.")
+    raise SynthaugError(f"No recipe named {name!r}; give a .toml path or one of: {', '.join(sorted(by_name)) or 'digits'}.")
 
 
 def load_recipe(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Recipe:
@@ -341,7 +390,7 @@ def load_recipe(source: str | Path | None = None, overrides: typing.Sequence[str
             raise SynthaugError(f"{path} is not valid TOML ({e}); fix the file.") from None
     for text in overrides:
         keys, value = parse_override(text)
-        if _field_hint(keys) is str and not isinstance(value, str):
+        if _is_text_key(keys) and not isinstance(value, str):
             value = text.partition("=")[2].strip()  # e.g. --set data.target=inf means the text "inf"
         target = data
         for k in keys[:-1]:

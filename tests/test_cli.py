@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
-from synthaug import __version__
-from synthaug.cli import app
+from synthaug import __version__, progress
+from synthaug.cli import app, count, os_error_sentence
 
 runner = CliRunner()
 
@@ -26,13 +31,70 @@ def one_sentence_error(result) -> str:
     return lines[0]
 
 
+COMMANDS = ["datasets", "inspect", "classes", "train", "generate", "verify", "evaluate", "benchmark"]
+
+
 def test_version_and_help():
     assert run("--version").output.strip() == f"synthaug {__version__}"
     result = run("--help")
     assert result.exit_code == 0
-    for name in ("datasets", "inspect", "classes"):
+    for name in COMMANDS:
         assert name in result.output
     assert run("inspect", "--help").exit_code == 0
+
+
+def test_synthaug_alone_prints_the_help_and_exits_0():
+    result = run()
+    assert result.exit_code == 0 and "Usage: synthaug [OPTIONS] COMMAND" in result.output
+    assert all(name in result.output for name in COMMANDS)
+    assert run("-q").exit_code == 0  # options but no command: the help too
+
+
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_shows_no_bool_type_for_flags(name):
+    result = run(*([name] if name else []), "--help")
+    assert result.exit_code == 0 and "--help" in result.output
+    assert "<bool>" not in result.output, result.output
+
+
+def test_help_texts_keep_their_brackets_and_say_where_defaults_come_from():
+    assert "Recipe whose [benchmark] section" in run("evaluate", "--help").output
+    out = run("generate", "--help").output
+    for option in ("--guidance", "--sampler", "--steps", "--seed", "--batch-size", "--shard-size"):
+        line = next(line for line in out.splitlines() if f" {option} " in line)
+        assert "(default: the run's recipe)" in line or "default:" in out.split(option, 1)[1].split("--", 1)[0], line
+    assert "<ddpm|ddim|dpm++2m|unipc|euler>" in out  # the sampler's choices
+    assert "<auto|official|stratified>" in run("inspect", "--help").output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["bogus"], "No such command 'bogus'; see `synthaug --help`."),
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["inspect"], "Missing argument"),
+        (["inspect", "digits", "--limit", "many"], "Invalid value for '--limit'"),
+        (["inspect", "digits", "--split", "sideways"], "'sideways' is not one of 'auto', 'official', 'stratified'"),
+        (["generate", "--out", "o", "--class", "1", "--num", "1", "--sampler", "heun"], "'heun' is not one of 'ddpm'"),
+        (["train", "--fresh=yes"], "Option '--fresh' does not take a value"),
+    ],
+)
+def test_usage_mistakes_are_one_sentence_and_exit_1(args, message):
+    line = one_sentence_error(run(*args))
+    command = "synthaug" if args[0].startswith("-") or args[0] == "bogus" else f"synthaug {args[0]}"
+    assert message in line and line.endswith(f"; see `{command} --help`."), line
+
+
+def test_ctrl_c_exits_130_and_says_what_is_kept(monkeypatch):
+    import synthaug.data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthaug.data, "load_dataset", interrupted)
+    result = run("inspect", "digits")
+    assert result.exit_code == 130 and "Error: Interrupted; files already written are kept" in result.output
 
 
 def test_datasets_lists_every_format():
@@ -46,11 +108,41 @@ def test_inspect_digits_writes_a_grid(tmp_path):
     grid = tmp_path / "grid.png"
     result = run("inspect", "digits", "--grid", str(grid))
     assert result.exit_code == 0, result.output
-    assert "1797 images, 10 classes, 8x8 px" in result.output
+    assert "1797 images, 10 classes, 8x8 px, 1 channel;" in result.output
     assert "stratified" in result.output
-    from PIL import Image
-
     assert max(Image.open(grid).size) >= 512  # small images are upscaled to be seen
+
+
+def test_inspect_writes_its_default_grid_under_the_cache_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
+    result = run("inspect", "digits")
+    assert result.exit_code == 0, result.output
+    grid = tmp_path / "cache" / "grids" / "digits-8px.png"
+    assert f"Sample grid: {grid}" in result.output and grid.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # nothing written into the current folder
+
+
+def test_grid_rows_are_labelled_with_their_class(tmp_path):
+    from synthaug.grids import label_rows
+
+    image = np.full((90, 60, 3), 200, dtype=np.uint8)
+    labelled = label_rows(image, ["Laysan Albatross", "", "Anna Hummingbird"])
+    margin = labelled.shape[1] - 60
+    assert labelled.shape[0] == 90 and margin > 40 and np.array_equal(labelled[:, margin:], image)
+    ink = (labelled[:, :margin] < 128).any(axis=(1, 2))  # rows of the margin with dark text pixels
+    assert ink[:30].any() and not ink[30:60].any() and ink[60:].any()  # each label in its own row, the empty one blank
+    narrow = label_rows(image, ["x" * 200], max_width=50)
+    assert narrow.shape[1] - 60 <= 60  # a long name is shortened
+
+
+def test_inspect_grid_of_a_class_per_folder_dataset_has_its_class_names_at_the_left(imagefolder_tree, tmp_path):
+    grid = tmp_path / "g.png"
+    assert run("inspect", f"imagefolder:{imagefolder_tree}", "-r", "8", "--grid", str(grid)).exit_code == 0
+    image = np.asarray(Image.open(grid).convert("RGB"))
+    # tiles are solid colours: the labelled margin at the left is white paper with black text
+    margin = image[:, :40]
+    assert (margin < 60).all(axis=2).any() and (margin > 250).all(axis=2).mean() > 0.5
 
 
 def test_inspect_uses_the_cache_the_second_time(cub_tree, tmp_path):
@@ -80,7 +172,6 @@ def test_inspect_reports_unreadable_files(imagefolder_tree, tmp_path):
     [
         (["inspect", "cub:/no/such/folder"], "/no/such/folder does not exist"),
         (["inspect", "bogus:/x"], "Unknown dataset format 'bogus'"),
-        (["inspect", "digits", "--split", "sideways"], "Split 'sideways' is not known"),
         (["inspect", "digits", "--split", "official"], "no official split"),
         (["inspect", "digits", "-r", "0", "--shots-per-class", "-3"], "shots_per_class must be 0"),
         (["classes", "digits", "--search", "seventeen"], "No class named 'seventeen'"),
@@ -122,3 +213,151 @@ def test_classes_real_nabirds_species(real_nabirds_tree):
     assert "380 Allen's Hummingbird (Adult Male)" in out and "679 Allen's Hummingbird (Female, immature)" in out
     line = one_sentence_error(run("classes", f"nabirds:{real_nabirds_tree}", "--search", "Alens Humingbird"))
     assert "Allen's Hummingbird" in line
+
+
+# -- recipes checked at load, through the command line -----------------------------------------
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("generator.preset=huge", "generator.preset 'huge' is not known; use one of tiny, small, base."),
+        ("generator.prediction=x0", "generator.prediction 'x0' is not known; use one of epsilon, v."),
+        ("generator.loss=l3", "generator.loss 'l3' is not known; use one of mse, l1."),
+        ("generator.condition=bogus", "generator.condition 'bogus' is not known; use one of auto, class, attributes."),
+        ("data.split=sideways", "data.split 'sideways' is not known; use one of auto, official, stratified."),
+        ("data.level=genus", "data.level 'genus' is not known; use one of category, species."),
+        ("genrator.lr=1e-3", "Unknown recipe key 'genrator'; did you mean 'generator'?"),
+    ],
+)
+def test_train_dry_run_rejects_bad_recipe_values(setting, message):
+    assert one_sentence_error(run("train", "--set", setting, "--dry-run")) == f"Error: {message}"
+
+
+def test_train_dry_run_rejects_schedule_keys_for_sd_lora():
+    line = one_sentence_error(run("train", "--set", "generator.backend=sd-lora", "--set", "generator.base_model=/m",
+                                  "--set", "generator.schedule=linear", "--dry-run"))
+    assert line == ("Error: generator.schedule is not used by the sd-lora backend, which keeps its base model's noise "
+                    "schedule; remove it.")
+
+
+def test_train_fresh_with_a_bad_value_keeps_the_run(tmp_path):
+    """A bad value is refused when the recipe is read, before --fresh deletes anything (issue 13, item 2)."""
+    run_dir = tmp_path / "run"
+    for name in ("log.jsonl", "model/weights.bin", "state/state.json", "grids/g.png"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("kept")
+    line = one_sentence_error(run("train", "--fresh", "--out", str(run_dir), "--set", "generator.preset=huge"))
+    assert "generator.preset 'huge' is not known" in line
+    assert all((run_dir / name).read_text() == "kept" for name in ("log.jsonl", "model/weights.bin", "state/state.json"))
+
+
+def test_train_out_sets_the_run_folder_and_wins_over_set_run_dir(tmp_path):
+    result = run("train", "--set", f"run_dir={tmp_path / 'from-set'}", "--out", str(tmp_path / "from-out"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f'run_dir = "{tmp_path / "from-out"}"' in result.output and "from-set" not in result.output
+    assert not (tmp_path / "from-out").exists()  # a dry run writes nothing
+
+
+# -- paths checked before any work --------------------------------------------------------------
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "a-file"
+    path.write_text("not a folder")
+    return path
+
+
+def test_paths_that_are_files_or_missing_name_the_real_problem(a_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["train", "--out", a_file], f"Error: --out {a_file} is a file, not a folder; choose a folder (it may not exist yet)."),
+        (["train", "--out", a_file / "run"],
+         f"Error: Could not write or read {a_file / 'run'}: {a_file} is a file, not a folder; choose another --out path."),
+        (["train", "--set", f"run_dir={a_file}"], f"Error: run_dir {a_file} is a file, not a folder; choose a folder"),
+        (["train", tmp_path], f"Error: {tmp_path} is a folder, not a recipe file; give a .toml path"),
+        (["generate", "--out", a_file, "--class", "3", "--num", "2"], f"Error: --out {a_file} is a file, not a folder"),
+        (["generate", "--out", a_file / "o", "--class", "3", "--num", "2"], f"{a_file} is a file, not a folder"),
+        (["generate", "--out", "o", "--run", a_file, "--class", "3", "--num", "2"],
+         f"Error: --run {a_file} is a file, not a run folder; give the folder that synthaug train wrote"),
+        (["inspect", "digits", "--grid", a_file / "g.png"],
+         f"Error: Could not write or read {a_file / 'g.png'}: {a_file} is a file, not a folder; choose another --grid path."),
+        (["inspect", "digits", "--grid", tmp_path], f"Error: --grid {tmp_path} is a folder; give the path of the file to write."),
+        (["verify", tmp_path / "missing"], f"Error: {tmp_path / 'missing'} does not exist; give a folder written by synthaug generate."),
+        (["verify", a_file], f"Error: {a_file} is a file, not a folder; give a folder written by synthaug generate."),
+        (["evaluate", "--synthetic", a_file], f"Error: {a_file} is a file, not a folder; give a folder written by synthaug generate."),
+        (["evaluate", "--synthetic", tmp_path / "missing"], f"Error: {tmp_path / 'missing'} does not exist;"),
+    ]
+    for args, message in cases:
+        line = one_sentence_error(run(*[str(a) for a in args]))
+        assert message in line, (args, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+
+
+def test_a_read_only_output_folder_is_refused_before_training(tmp_path, monkeypatch):
+    import synthaug.cli
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    # root may write anywhere, so the test plays a user without write permission on the folder
+    monkeypatch.setattr(synthaug.cli.os, "access", lambda path, mode: Path(path) != read_only)
+    line = one_sentence_error(run("train", "--out", str(read_only / "run")))
+    assert line == (f"Error: Could not write or read {read_only / 'run'}: the folder {read_only} is read-only; "
+                    "choose a writable --out path.")
+    assert list(read_only.iterdir()) == []
+
+
+def test_os_errors_keep_the_free_space_advice_only_where_it_helps():
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+        sentence = os_error_sentence(OSError(code, os.strerror(code), "/x/out"))
+        assert sentence.startswith(f"Could not write or read /x/out: {os.strerror(code)}; free space or choose a writable folder")
+    for code in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EIO):
+        assert "free space" not in os_error_sentence(OSError(code, os.strerror(code), "/x/out"))
+
+
+def test_an_os_error_inside_a_command_names_the_file_in_the_way(a_file, monkeypatch):
+    import synthaug.data
+
+    def not_a_directory(*args, **kwargs):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(a_file / "cache" / "x.npz"))
+
+    monkeypatch.setattr(synthaug.data, "load_dataset", not_a_directory)
+    line = one_sentence_error(run("inspect", "digits"))
+    assert line == f"Error: Could not write or read {a_file / 'cache' / 'x.npz'}: {a_file} is a file, not a folder; choose another path."
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+def test_count_writes_the_noun_in_the_singular_for_one():
+    assert [count(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
+    assert [count(n, "shard") for n in (1, 3)] == ["1 shard", "3 shards"]
+    assert count(1, "synthetic image") == "1 synthetic image"
+
+
+def test_generate_and_verify_say_1_image_in_1_shard(digits_run, tmp_path):
+    result = run("generate", "--run", str(digits_run.path), "--class", "3", "--num", "1", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    assert f"1 image in 1 shard in {tmp_path / 's'}" in result.output
+    assert "1 shard, 1 sample read." in run("verify", str(tmp_path / "s")).output
+
+
+def test_evaluate_output_starts_with_its_table_and_labels_the_judge_on_its_own(tmp_path, monkeypatch):
+    import synthaug.benchmark
+
+    def evaluated(folder, data=None, benchmark=None):
+        for name in ("judge", "CAS seed 0", "CAS seed 1"):  # the transient bars a real evaluation draws
+            with progress.task(name, 2, transient=True) as bar:
+                bar.advance(2)
+        return {"synthetic_images": 1, "dataset": "digits", "cas_top1": None,
+                "quality": {"n": 20, "fid": 50.0, "floor_fid": 30.0, "kid": 0.01, "kid_std": 0.002, "floor_kid": 0.001,
+                            "conditioning": {"accuracy": 0.875}},
+                "judge": {"model": "test_resnet", "trained_on": "every real training image", "test_score": {"top1": 0.9612}}}
+
+    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", evaluated)
+    result = run("evaluate", "--synthetic", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].strip() == "1 synthetic image vs digits (n = 20 per side)", result.output
+    conditioning = next(line for line in lines if "conditioning accuracy" in line)
+    assert "87.5" in conditioning and "96.1" not in conditioning  # the judge's own score is not a floor
+    assert ("Conditioning accuracy is judged by a test_resnet trained on every real training image; it scores 96.1% "
+            "top-1 on the real test split.") in result.output

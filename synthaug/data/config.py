@@ -1,10 +1,37 @@
-"""The ``[data]`` section of a recipe: which real dataset to read and how (:class:`DataConfig`)."""
+"""The ``[data]`` section of a recipe: which real dataset to read and how (:class:`DataConfig`); and the
+check that every enumerated (``Literal``) field of a recipe section holds one of its allowed values."""
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 from synthaug.errors import SynthaugError
+
+Split = Literal["auto", "official", "stratified"]
+Level = Literal["category", "species"]  # NABirds: leaf visual categories, or species
+
+
+def check_choice(value, hint, key: str) -> str:
+    """``value`` when it is one of the ``Literal`` ``hint``'s values, else an error naming ``key``."""
+    allowed = typing.get_args(hint)
+    if not (isinstance(value, str) and value in allowed):
+        raise SynthaugError(f"{key} {value!r} is not known; use one of {', '.join(allowed)}.")
+    return value
+
+
+@functools.cache
+def _choice_fields(cls) -> dict:
+    return {name: hint for name, hint in typing.get_type_hints(cls).items() if typing.get_origin(hint) is Literal}
+
+
+def check_choices(config, section: str) -> None:
+    """Every ``Literal`` field of a recipe section (``config``) holds one of its values, so a section
+    built in code is checked as strictly as one read from a file."""
+    for name, hint in _choice_fields(type(config)).items():
+        check_choice(getattr(config, name), hint, f"{section}.{name}")
 
 
 @dataclass(frozen=True)
@@ -28,15 +55,16 @@ class DataConfig:
     spec: str = "digits"
     resolution: int = 0
     target: str = ""
-    level: str = "category"
+    level: Level = "category"
     crop: bool = True
-    split: str = "auto"
+    split: Split = "auto"
     test_fraction: float = 0.2
     shots_per_class: int = 0
     seed: int = 0
     strict: bool = False
 
     def __post_init__(self):
+        check_choices(self, "data")
         if not 0 <= self.resolution <= 4096:
             raise SynthaugError(f"data.resolution {self.resolution} is out of range; use 0 (default) or a side up to 4096 pixels.")
         if self.shots_per_class < 0:
