@@ -7,40 +7,46 @@ Inception features of real images are cached per dataset, split, resolution and 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from synthaug.data.cache import cache_root
-from synthaug.files import write_bytes_atomic
+from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
 
 log = logging.getLogger(__name__)
 
 
 def features(images: np.ndarray, weights: Path | None, device: torch.device, cache: bool = False) -> np.ndarray:
     """(N, 2048) Inception pool features of (N, H, W, C) uint8 images; cached on disk when ``cache``
-    (for real images, keyed by their bytes and the weights file)."""
-    from synthaug.weights.fid_inception import inception_features
+    (for real images, keyed by their bytes and the weights file). A cached file is used only when it
+    matches the sha256 recorded beside it; a damaged one is computed and written again."""
+    from synthaug.weights.fid_inception import FEATURE_DIM, inception_features
 
     path = None
     if cache:
         digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
         digest.update(str(images.shape).encode() + str(weights).encode())
         path = cache_root() / "features" / f"inception-{digest.hexdigest()[:24]}.npy"
-        if path.is_file():
+        intact = cache_file_is_intact(path)
+        if intact:
             try:
-                return np.load(path)
+                cached = np.load(path)
+                if cached.shape == (len(images), FEATURE_DIM) and np.isfinite(cached).all():
+                    return cached
             except (OSError, ValueError):
-                log.warning("Feature cache %s is damaged; computing the features again.", path)
+                pass
+            intact = False
+        if intact is False:
+            log.warning("The feature cache %s is damaged (it does not match %s.sha256); computing the features again.",
+                        path, path.name)
     out = np.asarray(inception_features(images, weights, device), dtype=np.float64)
     if path is not None:
-        import io
-
         buffer = io.BytesIO()
         np.save(buffer, out)
-        write_bytes_atomic(path, buffer.getvalue())
+        write_cache_file(path, buffer.getvalue())  # warns and carries on where the cache is not writable
     return out
 
 
@@ -117,6 +123,8 @@ def face_detection(images: np.ndarray, device: torch.device, threshold: float = 
         raise SynthaugError("Face metrics need facenet-pytorch; install it with pip install --no-deps facenet-pytorch==2.5.3.") from None
     from PIL import Image
 
+    if not len(images):  # a mean over no images would be NaN in the report
+        raise ValueError("face_detection needs at least one image")
     mtcnn = MTCNN(keep_all=False, device=device)
     scores = []
     for start in range(0, len(images), batch_size):

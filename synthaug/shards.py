@@ -77,38 +77,26 @@ class _HashingFile(io.RawIOBase):
         return self.size
 
 
-def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
-    """One sample's files, exactly as ``webdataset.TarWriter(encoder=False, mtime=FIXED_MTIME)`` writes
-    them (sorted extensions, mode 0444, owner bigdata), without its per-sample overhead."""
-    key = sample["__key__"]
-    for ext in sorted(sample):
-        if ext.startswith("_"):
-            continue
-        data = sample[ext]
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ValueError(f"{key}.{ext} is not bytes ({type(data).__name__})")
-        info = tarfile.TarInfo(f"{key}.{ext}")
-        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), FIXED_MTIME, 0o444, "bigdata", "bigdata"
-        tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(folder: Path, k: int, samples: list[dict], class_names: list[str] | None = None) -> dict:
     """Write pre-encoded samples as shard ``k``: temporary name, fsync, then rename into place.
 
-    The bytes are those ``webdataset.TarWriter`` writes (a test checks it). Returns the shard's
-    description (as :func:`describe_shard` gives it), with the sha256 taken of the bytes as they were
-    written, so the finished shard need not be read back. ``class_names`` (one per sample) saves
-    reading them back out of each sample's JSON.
+    ``webdataset.TarWriter`` writes the tar into a stream that hashes the bytes on their way to disk,
+    so the shard is exactly what ``TarWriter(path, encoder=False, mtime=FIXED_MTIME)`` would write
+    (a test checks it) and need not be read back. Returns the shard's description (as
+    :func:`describe_shard` gives it). ``class_names`` (one per sample) saves reading them back out of
+    each sample's JSON.
     """
+    import webdataset as wds
+
     folder = Path(folder)
     final, partial = folder / shard_name(k), folder / partial_name(k)
     try:
         with open(partial, "wb", buffering=0) as f:
             stream = _HashingFile(f)
             with io.BufferedWriter(stream, buffer_size=1 << 20) as buffered:
-                with tarfile.open(fileobj=buffered, mode="w") as tar:
+                with wds.TarWriter(buffered, encoder=False, mtime=FIXED_MTIME) as writer:
                     for sample in samples:
-                        _add_sample(tar, sample)
+                        writer.write(sample)
                 buffered.flush()
                 os.fsync(f.fileno())
         os.replace(partial, final)  # the folder itself is fsynced once, when the manifest is written into it
@@ -176,16 +164,58 @@ def write_manifest(folder: Path, shards: list[dict], settings: dict, extra: dict
 
 
 def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
+    """The manifest of a finished shard set; anything else is an error that says what the folder is."""
+    folder = Path(folder)
+    path = folder / MANIFEST
     if not path.is_file():
-        raise SynthaugError(f"{path} is missing; {folder} is not a finished synthaug shard set (run synthaug generate).")
+        raise SynthaugError(_why_no_manifest(folder))
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise SynthaugError(f"{path} is not valid JSON; regenerate the set with synthaug generate.") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise SynthaugError(f"{path} is not a synthaug manifest ({MANIFEST_FORMAT}); point at a synthaug shard folder.")
     return manifest
+
+
+def _generate_is_running(folder: Path) -> bool:
+    """Whether a synthaug generate process holds the folder's lock right now."""
+    import fcntl
+
+    try:
+        with open(folder / ".lock", "rb") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
+
+
+def _why_no_manifest(folder: Path) -> str:
+    """One sentence for a folder without a manifest: missing, a file, empty, unfinished, or not ours."""
+    give = "give a folder written by synthaug generate"
+    if not folder.exists():
+        return f"{folder} does not exist; {give}."
+    if not folder.is_dir():
+        return f"{folder} is a file, not a shard folder; {give}."
+    path = folder / MANIFEST
+    if _generate_is_running(folder):
+        return f"{path} is missing because synthaug generate is still writing {folder}; wait for it to finish (only a finished set can be read)."
+    if (folder / SETTINGS_FILE).is_file():
+        return (f"{path} is missing: the generation in {folder} was interrupted or its manifest was deleted; run the "
+                "same synthaug generate command again, which keeps the complete shards and rebuilds the manifest from them.")
+    tars = sorted(p.name for p in folder.glob("*.tar"))
+    if tars:
+        shown = tars[0] + (", ..." if len(tars) > 1 else "")
+        return (f"{path} is missing and {folder} holds {len(tars)} tar file{'s' if len(tars) != 1 else ''} ({shown}) "
+                f"but no record of a synthaug generation, so it is not a synthaug shard set; {give}, or pass other "
+                "WebDataset shards' paths to synthaug.synthetic_dataset.")
+    if not any(folder.iterdir()):
+        return f"{path} is missing and {folder} is empty; {give}."
+    return f"{path} is missing; {folder} is not a synthaug shard set, so {give}."
 
 
 @dataclass
@@ -309,9 +339,14 @@ def verify_shards(folder: Path) -> dict:
             except (ValueError, KeyError, TypeError):
                 problems.append(f"{key} in {name} has unreadable metadata.")
     settings_path = folder / SETTINGS_FILE
+    expected = None
     if settings_path.is_file():
-        settings = json.loads(settings_path.read_text())
-        expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
+        try:
+            settings = json.loads(settings_path.read_text())
+            expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            problems.append(f"{SETTINGS_FILE} is unreadable, so the samples cannot be checked against the plan.")
+    if expected is not None:
         absent = sorted(expected - set(seen))
         if absent:
             problems.append(f"{len(absent)} planned samples are missing (first: {absent[0]}).")

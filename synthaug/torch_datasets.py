@@ -129,6 +129,7 @@ def synthetic_dataset(
         names, total = manifest["schema"]["class_names"], manifest["num_samples"]
     else:
         urls, names, total = [str(u) for u in ([source] if isinstance(source, (str, Path)) else source)], None, None
+        check_bare_urls(urls)
     label_map = None
     if real_classes is not None:
         if names is None:
@@ -137,6 +138,21 @@ def synthetic_dataset(
     if not urls:
         raise SynthaugError(f"{source} holds no shards; run synthaug generate first.")
     return SyntheticShards(urls, label_map, total, transform, shuffle, seed, resampled, epoch_size)
+
+
+def check_bare_urls(urls: list[str]) -> None:
+    """Refuse local shard paths that are absent or still being written (``.partial``): without a manifest to
+    go by, webdataset would read a half-written tar as if it were complete."""
+    for url in urls:
+        if "://" in url or url.startswith("pipe:"):
+            continue  # remote or piped sources are the caller's to vouch for
+        if url.endswith(".partial"):
+            raise SynthaugError(
+                f"{url} is a partial shard that synthaug generate is still writing (or left when interrupted); pass the "
+                "shard folder instead, so that only the complete shards its manifest lists are read."
+            )
+        if "{" not in url and not Path(url).is_file():
+            raise SynthaugError(f"{url} does not exist; pass a shard folder written by synthaug generate, or existing shard paths.")
 
 
 class ImagePool(Dataset):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from synthaug.data.cache import cache_file_is_intact
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
 from synthaug.weights import timm_imagenet as ti
@@ -146,6 +147,7 @@ def test_converted_file_is_cached_and_reused(fresh_cache, monkeypatch):
     need_package("mobilenetv2_100")
     path = ti.imagenet_weights_file("mobilenetv2_100")
     assert path == fresh_cache / "weights" / "mobilenetv2_100_imagenet_offline.pth"
+    assert cache_file_is_intact(path)  # its sha256 is recorded, so damage is caught before use
     stamp = path.stat().st_mtime_ns
     monkeypatch.setattr(ti, "_convert", lambda *a: pytest.fail("converted twice"))
     monkeypatch.setattr(ti, "_find_package", lambda module: None)  # the cached copy outlives the package

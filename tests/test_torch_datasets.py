@@ -96,13 +96,28 @@ def test_mix_by_ratio_is_per_class_exact_and_deterministic(shard_folder):
 
 
 def test_mix_by_probability_holds_in_batches(shard_folder):
+    """Each image a shuffled DataLoader yields is synthetic with probability p, so the synthetic images per
+    batch of 64 follow Binomial(64, p) (a hypergeometric draw, which is narrower): check the mean count over
+    all batches and every batch's count against 99.9% bounds."""
+    from scipy.stats import binom
+
     real = synthaug.load_dataset("digits").split("train")
-    mixed = synthaug.mix(real, shard_folder, probability=0.3, seed=0)
-    share = mixed.is_synthetic.mean()
-    assert abs(share - 0.3) < 1 / len(real)
-    torch.manual_seed(0)
-    batches = [mixed.is_synthetic[idx].mean() for idx in torch.randperm(len(mixed)).split(64)]
-    assert abs(np.mean(batches) - 0.3) < 0.02  # a shuffled DataLoader sees the probability per batch on average
+    p, batch, epochs = 0.3, 64, 8
+    mixed = synthaug.mix(real, shard_folder, probability=p, seed=0)
+    assert abs(mixed.is_synthetic.mean() - p) < 1 / len(real)
+    synthetic = set(all_images(shard_folder))  # told apart from the real digits by their pixels
+    assert not synthetic & {digest(image) for image, _ in (mixed[i] for i in np.flatnonzero(~mixed.is_synthetic))}
+    loader = DataLoader(mixed, batch_size=batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+    counts = np.array([sum(digest(im) in synthetic for im in images) for _ in range(epochs) for images, _ in loader])
+    n = len(counts)
+    assert n == epochs * (len(mixed) // batch)
+    # the mean of n batch counts: mean b*p, std sqrt(b*p*(1-p)/n); 3.29 std is the two-sided 99.9% bound
+    assert abs(counts.mean() - batch * p) < 3.29 * np.sqrt(batch * p * (1 - p) / n)
+    # each batch, with the 0.1% split over all n batches (Bonferroni): a loader that served the real images
+    # first and the synthetic ones last (0 or 64 per batch) fails here even when the mean holds
+    low, high = binom.ppf(0.0005 / n, batch, p), binom.isf(0.0005 / n, batch, p)
+    assert low <= counts.min() and counts.max() <= high, (counts.min(), counts.max(), low, high)
+    assert counts.std() > 0.5 * np.sqrt(batch * p * (1 - p))  # and they do vary, as draws at random would
 
 
 def test_mix_refuses_another_label_space(shard_folder, cub_tree):

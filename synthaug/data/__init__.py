@@ -22,6 +22,10 @@ from synthaug.data.splits import assign_splits, select_shots
 from synthaug.errors import SynthaugError
 
 
+# strict mode is the --strict flag on the command line and data.strict in a recipe: name both ways out
+SKIP_UNREADABLE = "turn strict mode off (drop --strict, or set data.strict = false in the recipe)"
+
+
 @dataclass(frozen=True)
 class DatasetFormat:
     """One published dataset layout and how to read it."""
@@ -189,7 +193,7 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
         source, reason = skipped[0]
         raise SynthaugError(
             f"{len(skipped)} image files could not be read{log_hint}, the first {source}: {reason}; "
-            "fix or remove them, or drop --strict to skip them."
+            f"fix or remove them, or {SKIP_UNREADABLE} to skip them."
         )
     if not len(decoded.kept):
         raise SynthaugError(f"None of the {len(catalog)} images listed in {config.spec} could be read{log_hint}; check the image folder.")
@@ -206,7 +210,8 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     ]
     if empty:
         if config.strict:
-            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]}); add images or drop --strict.")
+            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]}); add images, or {SKIP_UNREADABLE} "
+                                "to leave those classes out.")
         shown = ", ".join(empty[:3]) + (" ..." if len(empty) > 3 else "")
         notes.append(f"{len(empty)} classes have no readable images and are left out: {shown}.")
     new_index = np.full(len(catalog.class_names), -1, dtype=np.int64)
@@ -216,7 +221,8 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
         ClassGroup(g.id, g.name, tuple(int(new_index[m]) for m in g.members if new_index[m] >= 0)) for g in catalog.groups
     ]
 
-    splits, note = assign_splits(labels, catalog.splits[kept], len(present), config.split, config.test_fraction, config.seed)
+    splits, note = assign_splits(labels, catalog.splits[kept], len(present), config.split, config.test_fraction, config.seed,
+                                 [catalog.class_names[c] for c in present])
     if note:
         notes.append(note)
     name = fmt.name if catalog.root is None else f"{fmt.name}-{catalog.root.name}"

@@ -1,18 +1,23 @@
-"""Decode a catalog's images once, in parallel, into a uint8 array cached on disk.
+"""Decode a catalog's images once, in parallel, into a uint8 array cached on disk; and where every
+synthaug cache lives (:func:`cache_root`), with the checked cache files the feature and weights caches use.
 
 The cache folder is keyed by the source, every decode setting, and each file's size and mtime, so
 a changed source file makes a new cache; a damaged cache (size or sha256 mismatch) is rebuilt.
-Unreadable files are skipped, counted, and listed in ``skipped.log`` beside the cache.
+Unreadable files are skipped, counted, and listed in ``skipped.log`` beside the cache. A cache that
+cannot be written costs time, not results: the data are decoded (or converted) again, with a warning.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +27,11 @@ import numpy as np
 from synthaug import progress
 from synthaug.data.catalog import Catalog
 from synthaug.data.decode import decode_image
-from synthaug.files import sha256_file
+from synthaug.files import sha256_file, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-DECODE_VERSION = 1  # bump when decode_image's output for the same inputs changes
+DECODE_VERSION = 2  # bump when decode_image's output for the same inputs changes
 
 
 @dataclass
@@ -41,11 +46,106 @@ class Decoded:
 
 
 def cache_root() -> Path:
-    """Where caches live: $SYNTHAUG_CACHE, else $XDG_CACHE_HOME/synthaug, else ~/.cache/synthaug."""
+    """Where caches live: $SYNTHAUG_CACHE, else $XDG_CACHE_HOME/synthaug, else ~/.cache/synthaug.
+
+    Without a home folder ($HOME unset or empty and no passwd entry, as in some containers) the
+    caches go to a per-user folder in the system's temporary folder, with a warning.
+    """
     if os.environ.get("SYNTHAUG_CACHE"):
-        return Path(os.environ["SYNTHAUG_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "synthaug"
+        return _expand(os.environ["SYNTHAUG_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return _expand(os.environ["XDG_CACHE_HOME"]) / "synthaug"
+    home = _home()
+    return Path(home) / ".cache" / "synthaug" if home else _temporary_root()
+
+
+def _home() -> str | None:
+    """$HOME, else the passwd entry's home folder (as Python's expanduser does); None where neither is absolute."""
+    home = os.environ.get("HOME")
+    if not home:
+        try:
+            import pwd
+
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except (ImportError, KeyError):
+            home = None
+    return home if home and os.path.isabs(home) else None
+
+
+def _expand(value: str) -> Path:
+    """``Path(value).expanduser()`` with the home folder :func:`_home` finds (pathlib raises without one)."""
+    if value == "~" or value.startswith("~/"):
+        home = _home()
+        return Path(home, value[2:]) if home else _temporary_root()
+    return Path(value).expanduser()
+
+
+@functools.cache
+def _temporary_root() -> Path:
+    root = Path(tempfile.gettempdir()) / f"synthaug-cache-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        if root.stat().st_uid != os.getuid():  # planted by another user: do not read caches from it
+            raise PermissionError(f"{root} belongs to another user")
+    except OSError:
+        root = Path(tempfile.mkdtemp(prefix="synthaug-cache-"))
+    log.warning("No home folder is known ($HOME is unset), so caches go to %s; set SYNTHAUG_CACHE to keep them elsewhere.", root)
+    return root
+
+
+def cache_file_is_intact(path: Path) -> bool | None:
+    """Whether a cache file matches the sha256 recorded beside it (``path.sha256``, in sha256sum's format).
+
+    Returns None when the file or its record is absent (nothing to check), False when they disagree
+    (a truncated, bit-flipped or half-written file), True when they agree.
+    """
+    path = Path(path)
+    record = path.with_name(path.name + ".sha256")
+    try:
+        expected = record.read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return False if path.is_file() and record.exists() else None
+    try:
+        return sha256_file(path) == expected
+    except OSError:
+        return None if not path.exists() else False
+
+
+def write_cache_file(path: Path, data: bytes, temporary_ok: bool = False) -> Path | None:
+    """Write a cache file and the sha256 record that :func:`cache_file_is_intact` checks, each atomically.
+
+    A cache that cannot be written costs time later, not correctness now: on an OSError this warns and
+    returns None, or with ``temporary_ok`` writes the file into a temporary folder removed when the
+    process exits (for callers that need a file on disk) and returns that path.
+    """
+    path = Path(path)
+    try:
+        write_bytes_atomic(path, data)
+        write_text_atomic(path.with_name(path.name + ".sha256"), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+        return path
+    except OSError as e:
+        reason = f"Could not write the cache file {path} ({e})"
+    if not temporary_ok:
+        log.warning("%s; set SYNTHAUG_CACHE to a writable folder to keep it.", reason)
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="synthaug-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    log.warning("%s; using a temporary copy in %s for this process (set SYNTHAUG_CACHE to a writable folder to keep it).",
+                reason, folder)
+    _temporary_copies[path] = write_bytes_atomic(folder / path.name, data)
+    return _temporary_copies[path]
+
+
+_temporary_copies: dict[Path, Path] = {}
+
+
+def usable_cache_file(path: Path) -> Path | None:
+    """``path`` when it matches its recorded sha256, else the temporary copy :func:`write_cache_file` made
+    of it in this process (where it could not write ``path``), else None."""
+    if cache_file_is_intact(path):
+        return Path(path)
+    copy = _temporary_copies.get(Path(path))
+    return copy if copy is not None and copy.is_file() else None
 
 
 def resize_pixels(pixels: np.ndarray, resolution: int) -> np.ndarray:
@@ -94,7 +194,10 @@ def cache_key(catalog: Catalog, resolution: int, crop: bool, stats: list) -> str
 def load_cache(folder: Path, resolution: int) -> Decoded | None:
     """Read a cache folder, or return None (and say why) when it is absent or damaged."""
     meta_path, images_path = folder / "meta.json", folder / "images.npy"
-    if not meta_path.exists():
+    try:
+        if not meta_path.is_file():
+            return None
+    except OSError:  # e.g. an unreadable cache folder: decode again
         return None
     try:
         meta = json.loads(meta_path.read_text())
@@ -148,6 +251,8 @@ def write_cache(folder: Path, decoded: Decoded, catalog: Catalog, settings: dict
 
 def decode_all(catalog: Catalog, resolution: int, crop: bool, missing: dict[int, str], workers: int) -> Decoded:
     """Decode every catalog file not already known ``missing``, with a thread pool (PIL releases the GIL)."""
+    from PIL import Image
+
     n = len(catalog)
     images = np.zeros((n, resolution, resolution, 3), dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
@@ -165,7 +270,10 @@ def decode_all(catalog: Catalog, resolution: int, crop: bool, missing: dict[int,
             reasons[i] = f"{type(e).__name__}: {e}".strip()
 
     todo = [i for i in range(n) if i not in missing]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # Pillow warns about images over its pixel limit; decode_image decides about those itself (and says why in
+    # skipped.log), so the warning becomes an exception it catches. Filters are process-wide: set once, here.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         for _ in progress.track(pool.map(work, todo), f"decoding {catalog.format} at {resolution}px", total=len(todo)):
             pass
     kept = np.flatnonzero(ok)
@@ -199,5 +307,6 @@ def decode_catalog(catalog: Catalog, resolution: int, crop: bool = True, workers
         write_cache(folder, decoded, catalog, settings)
         decoded.path = folder
     except OSError as e:  # a cache we cannot write costs time later, not correctness now
-        log.warning("Could not write the dataset cache %s (%s); the next load will decode again.", folder, e)
+        log.warning("Could not write the dataset cache %s (%s); the next load will decode again (set SYNTHAUG_CACHE "
+                    "to a writable folder to keep it).", folder, e)
     return decoded

@@ -6,6 +6,7 @@ Every format module turns its published layout into a :class:`Catalog`; the shar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +124,12 @@ def parse_int(value: str, path: Path, number: int) -> int:
 
 def parse_float(value: str, path: Path, number: int) -> float:
     try:
-        return float(value)
+        x = float(value)
     except ValueError:
-        raise SynthaugError(f"{path.name} line {number} has {value!r} where a number was expected; fix that line.") from None
+        x = math.nan
+    if not math.isfinite(x):  # float() accepts "nan" and "inf"
+        raise SynthaugError(f"{path.name} line {number} has {value!r} where a finite number was expected; fix that line.")
+    return x
 
 
 def read_keyed(path: Path, num_fields: int, *, rest: bool = False) -> dict[str, tuple[int, list[str]]]:

@@ -53,8 +53,9 @@ def read_attribute_table(path: Path) -> tuple[list[str], dict[str, tuple[int, li
             raise SynthaugError(
                 f"{path.name} line {number} has {len(fields) - 1} values for {len(names)} attributes; fix that line."
             )
-        if any(v not in ("1", "-1") for v in fields[1:]):
-            raise SynthaugError(f"{path.name} line {number} has a value other than 1 or -1; fix that line.")
+        wrong = [v for v in fields[1:] if v not in ("1", "-1")]
+        if wrong:
+            raise SynthaugError(f"{path.name} line {number} has {wrong[0]!r} where 1 or -1 was expected; fix that line.")
         rows[fields[0]] = (number, [1 if v == "1" else 0 for v in fields[1:]])
     return names, rows, int(count) if count.isdigit() else None
 

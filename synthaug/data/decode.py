@@ -42,6 +42,36 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def open_image(path: Path) -> Image.Image:
+    """Open an image lazily. JPEGs open without Pillow's decompression-bomb check, which counts the
+    full-size pixels: :func:`decode_image` lets libjpeg decode a large photo at 1/2 to 1/8 scale and
+    checks the pixels it will actually decode. Other formats get Pillow's check as usual."""
+    with open(path, "rb") as f:
+        is_jpeg = f.read(3) == b"\xff\xd8\xff"
+    if is_jpeg:
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(path)
+    try:
+        return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{e.args[0].split(' exceeds')[0]} is more than Pillow's limit for a non-JPEG image, which must be "
+                         "decoded whole (a possible decompression bomb); downscale it or save it as JPEG") from None
+
+
+def check_pixels(im: Image.Image, resolution: int) -> None:
+    """Refuse to decode more pixels than Pillow's limit (``Image.MAX_IMAGE_PIXELS``; None lifts it)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = im.size
+    if limit is None or width * height <= limit:
+        return
+    if im.format == "JPEG":
+        raise ValueError(f"decoding it at {resolution}px needs {width} x {height} pixels, more than Pillow's limit of "
+                         f"{limit} (a possible decompression bomb); downscale the image")
+    raise ValueError(f"{width} x {height} pixels is more than Pillow's limit of {limit} for a non-JPEG image, which "
+                     "must be decoded whole (a possible decompression bomb); downscale it or save it as JPEG")
+
+
 def decode_image(
     path: Path, resolution: int, box: np.ndarray | None = None, frame: np.ndarray | None = None
 ) -> np.ndarray:
@@ -54,9 +84,10 @@ def decode_image(
             without a box, the centre square.
         frame: width, height of the image the box was measured on; a resized copy scales the box.
 
-    Raises whatever PIL raises for unreadable files; the caller counts and skips those.
+    Raises whatever PIL raises for unreadable files, and ValueError for an image too large to decode
+    safely; the caller counts and skips those.
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         width, height = im.size
         if box is not None and np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0:
             box = np.asarray(box, dtype=np.float64)
@@ -73,6 +104,7 @@ def decode_image(
             im.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             sx, sy = im.size[0] / width, im.size[1] / height
             crop = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)
+        check_pixels(im, resolution)
         im = to_rgb(im)
         im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, box=crop)
         return np.asarray(im, dtype=np.uint8)

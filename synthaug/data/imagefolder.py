@@ -49,6 +49,8 @@ def read_imagefolder(root: Path) -> Catalog:
             files.append(path.relative_to(root).as_posix())
             labels.append(index[folder.name])
             splits.append(split)
+    if not files:
+        raise SynthaugError(f"The {len(sources)} class folders under {root} hold no files; put the images in PATH/<class>/.")
     return Catalog(
         format="imagefolder",
         root=root,

