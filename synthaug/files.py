@@ -35,6 +35,14 @@ def fsync_dir(path: Path) -> None:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it would
+    briefly give files created by other threads meanwhile no mask at all)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -74,10 +82,14 @@ def folder_atomic(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    mask = _umask()
     try:
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the usual permissions, as mkdir would
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
+                # the usual file permissions too: safetensors writes its files 0600, whatever the umask
+                os.chmod(f, 0o666 & ~mask)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         old = path.with_name(path.name + ".old")
@@ -163,8 +175,8 @@ def verify_checksums(folder: Path) -> dict[str, str]:
     try:
         sums = json.loads((folder / CHECKSUMS).read_text())
     except (OSError, ValueError):
-        raise SynthaugError(f"{folder / CHECKSUMS} is missing or unreadable; the weights in {folder} cannot be trusted, "
-                            "so train the run again (synthaug train ... --fresh).") from None
+        raise SynthaugError(f"{folder / CHECKSUMS} is missing or unreadable, so the weights in {folder} cannot be "
+                            "trusted; run synthaug train again for this run to rewrite them from its training state.") from None
     for name, digest in sums.items():
         path = folder / name
         if not path.is_file() or sha256_file(path) != digest:

@@ -4,7 +4,7 @@
     runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...)
     runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
     runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
-    runs/<name>/run.json          id, progress, whether training finished
+    runs/<name>/run.json          id, progress, whether training finished, the latest grid
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from pathlib import Path
 
 from synthaug.errors import SynthaugError
 from synthaug.files import verify_checksums
+
+
+# What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all; a folder
+# that holds any of these without a run.json of ours is someone else's. Anything else (a benchmark's
+# shots-K/ runs and benchmark/ report, a user's notes) training leaves alone.
+RUN_ENTRIES = {"run.json", "recipe.toml", "condition.json", "log.jsonl", "grids", "model", "ema", "state",
+               "model.old", "ema.old", "state.old"}
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,34 @@ class Run:
 
     def info(self) -> dict:
         try:
-            return json.loads(self.info_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            info = json.loads(self.info_file.read_text())
+        except (OSError, ValueError):
             return {}
+        return info if isinstance(info, dict) else {}
+
+    @property
+    def latest_grid(self) -> Path | None:
+        """The last sample grid training wrote (recorded in run.json), or None."""
+        name = self.info().get("grid")
+        return self.path / name if name and (self.path / name).is_file() else None
+
+    def check_trainable(self) -> None:
+        """Refuse to train into a folder that holds something other than a synthaug run: training deletes
+        and overwrites ``model/``, ``ema/``, ``state/``, ``log.jsonl`` and ``grids/``."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise SynthaugError(f"{self.path} is a file, not a run folder; choose a folder for the run (--set run_dir=...).")
+        if self.info_file.exists():
+            if {"id", "synthaug"} <= set(self.info()):
+                return
+            raise SynthaugError(f"{self.info_file} is not the run.json synthaug writes (it is damaged, or another tool's), so "
+                                f"{self.path} may not be a synthaug run; restore it, or choose another run folder (--set run_dir=...).")
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name in RUN_ENTRIES)
+        if foreign:
+            raise SynthaugError(f"{self.path} is not a synthaug run folder (it holds {', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''} but no run.json), and training would overwrite "
+                                "what it holds; choose an empty or new folder (--set run_dir=...).")
 
     def weights_sha256(self) -> str:
         """sha256 over the EMA weight files, the identity of the weights a sample came from; checks
@@ -81,6 +113,8 @@ def find_runs(root: Path | None = None) -> list[Run]:
 def open_run(path: Path) -> Run:
     """A trained run at ``path``, or an error that says how to make one."""
     run = Run(Path(path))
+    if run.path.is_file():
+        raise SynthaugError(f"{run.path} is a file, not a run folder; pass --run a folder that synthaug train wrote.")
     if not run.path.is_dir():
         raise SynthaugError(f"Run folder {run.path} does not exist; train it with `synthaug train RECIPE` or pass --run.")
     if not run.trained:

@@ -42,6 +42,21 @@ def test_denoiser_shapes_and_null_conditions():
     assert ATTR_SCHEMA.null(1).tolist() == [[6, 6]]
 
 
+def test_changing_the_class_or_an_attribute_level_changes_the_output():
+    torch.manual_seed(0)
+    x, t = torch.randn(1, 1, 8, 8).expand(4, -1, -1, -1), torch.full((4,), 500)
+    d = build_denoiser(CLASS_SCHEMA, "tiny", base_channels=8).eval()
+    out = d(x, t, torch.tensor([0, 1, 2, 3]))  # three classes and the null
+    assert all(not torch.allclose(out[i], out[j]) for i in range(4) for j in range(i))
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8).expand(5, -1, -1, -1)
+    a = build_denoiser(ATTR_SCHEMA, "tiny", base_channels=8).eval()
+    # one attribute changed at a time, and each one's null level: every change reaches the U-Net
+    levels = torch.tensor([[2, 4], [3, 4], [2, 5], [6, 4], [2, 6]])
+    out = a(x, torch.full((5,), 500), levels)
+    assert all(not torch.allclose(out[0], out[k]) for k in range(1, 5))
+
+
 def test_class_unet_is_plain_diffusers_with_a_null_class(tmp_path):
     from diffusers import UNet2DModel
 
@@ -148,6 +163,77 @@ def test_batched_guidance_equals_two_separate_forwards(tiny_model):
     np.testing.assert_array_equal(fast, ref)
 
 
+class ExactDenoiser(torch.nn.Module):
+    """A backend that knows the answer: for every x_t it returns the exact epsilon or v of one image ``x0``."""
+
+    encode_once = False
+
+    def __init__(self, x0: torch.Tensor, scheduler_config: dict):
+        super().__init__()
+        self.x0 = torch.nn.Parameter(x0, requires_grad=False)
+        self.alphas_cumprod = training_scheduler(prediction="v").alphas_cumprod  # the cosine schedule of both
+        self.v = scheduler_config["prediction_type"] == "v_prediction"
+
+    sample_shape = property(lambda self: tuple(self.x0.shape[1:]))
+
+    def forward(self, x_t, t, condition):
+        a = self.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * self.x0 if self.v else eps
+
+    def encode(self, images):
+        return images.float() / 127.5 - 1
+
+    def decode(self, x, network_batch):
+        return x
+
+    def trainable_parameters(self):
+        return []
+
+    def save_pretrained(self, folder):
+        pass
+
+    def prompt(self, condition_value):
+        return None
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "unipc", "euler"])
+def test_every_sampler_recovers_the_image_an_exact_denoiser_predicts(prediction, sampler):
+    from synthaug.generator.backends import Backend
+
+    config = dict(training_scheduler(prediction=prediction).config)
+    x0 = torch.linspace(-0.9, 0.9, 64).reshape(1, 1, 8, 8)
+    oracle = ExactDenoiser(x0, config)
+    assert isinstance(oracle, Backend)
+    images = sample_images(oracle, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], config, sampler=sampler, steps=10,
+                           guidance=2.0, network_batch=4)
+    want = ((x0[0] + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    # a sampler that read the output as the wrong prediction type (v as epsilon) would land elsewhere
+    assert np.abs(images.astype(float) - want).max() <= 1, np.abs(images.astype(float) - want).max()
+
+
+def test_v_models_sample_with_trailing_spacing_and_epsilon_models_with_leading():
+    v = make_sampler("ddim", dict(training_scheduler(prediction="v").config))
+    eps = make_sampler("ddim", dict(training_scheduler().config))
+    v.set_timesteps(4)
+    eps.set_timesteps(4)
+    assert v.config.timestep_spacing == "trailing" and v.timesteps.tolist() == [999, 749, 499, 249]
+    assert eps.config.timestep_spacing == "leading" and eps.timesteps.tolist() == [750, 500, 250, 0]
+
+
+def test_a_v_prediction_generator_trains_and_samples(tmp_path):
+    run = train_generator(tiny_recipe(tmp_path / "v", "generator.prediction=v", "generator.duration_kimg=0.064"))
+    gen = Generator.load(run.path, device="cpu")
+    assert gen.scheduler_config["prediction_type"] == "v_prediction"
+    for sampler in ("ddim", "dpm++2m"):  # both through the trailing branch of make_sampler
+        sampling = gen.sampling.replace(sampler=sampler, steps=3)
+        conds = gen.resolve_classes(["3", "7"])
+        images = gen.sample_conditions(conds, [5, 5], sampling)
+        assert images.shape == (2, 8, 8, 1) and not np.array_equal(images[0], images[1])  # the class reaches the image
+        np.testing.assert_array_equal(images[1:], gen.sample_conditions(conds[1:], [5], sampling))
+
+
 def test_guidance_one_needs_no_null_branch(tiny_model, monkeypatch):
     cfg = dict(training_scheduler().config)
     calls = []
@@ -234,6 +320,10 @@ def test_attribute_generator_trains_and_samples(dialog_tree, tmp_path):
     gen = Generator.load(run.path, device="cpu")
     images, labels = gen.sample(attributes="smiling=5,bangs=0", n=3)
     assert images.shape == (3, 3, 8, 8) and labels.tolist() == [0, 0, 0]
+    # the same seed under other attribute levels draws another image: the levels reach the network
+    conds = [gen.attribute_condition(text) for text in ("smiling=5,bangs=0", "smiling=0,bangs=0", "smiling=5,bangs=5")]
+    drawn = gen.sample_conditions(conds, [11, 11, 11], gen.sampling)
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[0], drawn[2])
     assert gen.attribute_condition({"Smiling": 5}).key == "a-smiling5"
     with pytest.raises(SynthaugError, match="Level '9' for Smiling is out of range; use 0 to 5"):
         gen.attribute_condition("smiling=9")
@@ -248,6 +338,10 @@ def test_generator_sample_api(digits_run):
     assert labels.tolist() == [3, 7, 3, 7, 3]
     again, _ = gen.sample(["3", "7"], n=5, seed=1)
     assert torch.equal(images, again)
+    # one seed, two classes: two images (the class reaches the network)
+    three, seven = gen.resolve_classes(["3", "7"])
+    drawn = gen.sample_conditions([three, seven], [9, 9], gen.sampling)
+    assert not np.array_equal(drawn[0], drawn[1])
     with pytest.raises(SynthaugError, match="No class named 'eleven'"):
         gen.sample(["eleven"], n=1)
 

@@ -123,6 +123,73 @@ def test_recipe_checks_the_text_keys(sets, message):
         load_recipe(None, sets)
 
 
+DIGITS_3_7 = ConditionSchema("class", ("3", "7"), (3, 7), resolution=8, channels=1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # StableDiffusionPipeline on the tiny scheduler's config
+def test_sd_lora_encodes_prompts_as_stable_diffusion_does(parts):
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from synthaug.generator.backends import Backend
+    from synthaug.generator.lora import build_lora_denoiser
+
+    sd = parts["sd"]
+    model = build_lora_denoiser(load_recipe(None, sd_sets(parts, "unused")).generator, DIGITS_3_7, torch.device("cpu"))
+    assert isinstance(model, Backend) and model.prompt((0,)) == "a photo of a 3, a digit" and model.prompt((2,)) == ""
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(sd / "vae"), text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"), unet=UNet2DConditionModel.from_pretrained(sd / "unet"),
+        scheduler=DDPMScheduler.from_pretrained(sd / "scheduler"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    want, _ = pipe.encode_prompt("a photo of a 3, a digit", "cpu", 1, False)
+    ours, _ = model.prompts(torch.tensor([0]))
+    assert torch.allclose(ours, want, atol=1e-6)
+    # masking CLIP's padding (what synthaug did before) gives other embeddings: the test tells the two apart
+    tokens = pipe.tokenizer(["a photo of a 3, a digit"], padding="max_length", max_length=24, return_tensors="pt")
+    masked = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    assert not torch.allclose(masked, want, atol=1e-4)
+    # and the frozen U-Net (its LoRA aside) cross-attends to all of it, unmasked, as in StableDiffusionPipeline
+    torch.manual_seed(0)
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([10])
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, torch.tensor([0])), model.unet(x, t, encoder_hidden_states=want).sample, atol=1e-5)
+    # encode / decode: uint8 pixels <-> scaled latents, an image's latent independent of the others encoded with it
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    z = model.encode(images)
+    assert z.shape == (3, *model.sample_shape) == (3, 4, 4, 4)
+    assert torch.equal(model.encode(images[1:2]), z[1:2])
+    assert model.decode(z, network_batch=2).shape == (3, 1, 8, 8)
+
+
+def test_text_unet_masks_t5_padding_in_the_encoder_and_the_unet(parts):
+    import torch
+
+    from synthaug.generator.backends import Backend
+    from synthaug.generator.text import build_text_denoiser
+
+    torch.manual_seed(0)
+    model = build_text_denoiser(load_recipe(None, text_unet_sets(parts, "unused")).generator, DIGITS_3_7,
+                                torch.device("cpu")).eval()
+    assert isinstance(model, Backend) and model.prompts.mask_encoder
+    context, mask = model.prompts(torch.tensor([0]))
+    tokens = model.prompts.tokenizer(["a photo of a 3, a digit"], padding="max_length", max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        want = model.prompts.encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    assert torch.allclose(context, want) and torch.equal(mask, tokens.attention_mask)
+    assert 0 < int(mask.sum()) < mask.numel()  # a padded prompt
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([10])
+    emb, m = model.prompts.cache[(0,)]
+    with torch.no_grad():
+        before = model(x, t, torch.tensor([0]))
+        model.prompts.cache[(0,)] = (torch.where(m[:, None].bool(), emb, emb + 5.0), m)  # other padding embeddings
+        assert torch.allclose(model(x, t, torch.tensor([0])), before, atol=1e-5)  # the U-Net does not see them
+        model.prompts.cache[(0,)] = (emb + 5.0 * m[:, None], m)  # other token embeddings
+        assert not torch.allclose(model(x, t, torch.tensor([0])), before, atol=1e-4)  # it sees those
+    assert torch.equal(model.encode(torch.full((1, 1, 8, 8), 255, dtype=torch.uint8)), torch.ones(1, 1, 8, 8))
+
+
 def test_sd_lora_trains_saves_loads_and_generates_through_the_cli(parts, tmp_path):
     run_dir = tmp_path / "run"
     result = cli("train", *as_cli(sd_sets(parts, run_dir)))

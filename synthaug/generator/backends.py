@@ -1,11 +1,12 @@
-"""Which network a recipe's ``generator.backend`` trains and samples: the class/attribute U-Net
-(:mod:`~synthaug.generator.model`), the text-conditioned pixel U-Net (:mod:`~synthaug.generator.text`)
-or Stable Diffusion + LoRA (:mod:`~synthaug.generator.lora`). All take (x_t, t, integer condition).
+"""Which network a recipe's ``generator.backend`` trains and samples, and the one interface they share
+(:class:`Backend`): the class/attribute U-Net (:mod:`~synthaug.generator.model`), the text-conditioned
+pixel U-Net (:mod:`~synthaug.generator.text`) or Stable Diffusion + LoRA (:mod:`~synthaug.generator.lora`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -13,7 +14,52 @@ from synthaug.generator.conditions import ConditionSchema
 from synthaug.generator.sampling import training_scheduler
 
 
-def build_model(g_cfg, schema: ConditionSchema, device: torch.device):
+@runtime_checkable
+class Backend(Protocol):
+    """A denoiser as the training loop and the sampler see it, whatever it denoises (pixels or VAE latents).
+
+    Every backend is also a ``torch.nn.Module``: the loop hands it to accelerate, switches it between
+    ``train()`` and ``eval()``, and checkpoints the part of its ``state_dict`` that ``trainable_parameters``
+    covers. Frozen parts (a text encoder, a VAE) are plain attributes, never submodules, so they are
+    neither saved nor checkpointed; nothing copies a backend (EMA goes through ``train.ema_weights``).
+
+    >>> from synthaug.generator.model import build_denoiser
+    >>> s = ConditionSchema("class", ("a", "b"), (0, 1), resolution=8, channels=1)
+    >>> isinstance(build_denoiser(s, "tiny", base_channels=8), Backend)
+    True
+    """
+
+    #: True when ``encode`` is costly (a VAE): the loop then encodes the training set, and its mirror
+    #: images, once. False for pixels, which stay uint8 on the device and are scaled batch by batch.
+    encode_once: bool
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network denoises."""
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The network's output (epsilon or v) for noisy ``x_t`` (B, *sample_shape) at timesteps ``t`` (B,)
+        under integer conditions (B,) or (B, A)."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, C, H, W) -> what the network denoises (N, *sample_shape): pixels scaled to [-1, 1],
+        or scaled VAE latents; an image's encoding does not depend on which others share the call."""
+
+    def decode(self, x: torch.Tensor, network_batch: int) -> torch.Tensor:
+        """What the network denoised -> pixels in [-1, 1] (N, C, H, W), run ``network_batch`` rows at a time
+        (padded) so an image does not depend on which others were decoded with it."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer and the EMA update (everything, or only a LoRA)."""
+
+    def save_pretrained(self, folder: Path) -> None:
+        """Write the trained weights into ``folder`` in a diffusers layout (``unet/`` or ``lora/``, ...)."""
+
+    def prompt(self, condition_value: tuple[int, ...]) -> str | None:
+        """The text a condition is drawn from (recorded with each sample), or None for a non-text backend."""
+
+
+def build_model(g_cfg, schema: ConditionSchema, device: torch.device) -> tuple[Backend, object]:
     """A freshly initialised denoiser for ``schema`` on ``device`` and the noise schedule it trains with."""
     if g_cfg.backend == "sd-lora":
         from synthaug.generator.lora import base_scheduler, build_lora_denoiser
@@ -31,7 +77,7 @@ def build_model(g_cfg, schema: ConditionSchema, device: torch.device):
     return model, training_scheduler(g_cfg.schedule, g_cfg.num_timesteps, g_cfg.prediction)
 
 
-def load_model(folder: Path, g_cfg, schema: ConditionSchema, device: torch.device):
+def load_model(folder: Path, g_cfg, schema: ConditionSchema, device: torch.device) -> Backend:
     """The denoiser saved in ``folder`` (a run's ``ema/`` or ``model/``), with its frozen parts, on ``device``."""
     if g_cfg.backend == "sd-lora":
         from synthaug.generator.lora import load_lora_denoiser

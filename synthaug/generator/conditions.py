@@ -101,11 +101,24 @@ class ConditionSchema:
 
     @classmethod
     def load(cls, path: Path) -> ConditionSchema:
-        data = json.loads(Path(path).read_text())
-        for key in ("class_names", "class_ids", "attribute_names", "attribute_levels", "train_counts"):
-            data[key] = tuple(data.get(key, ()))
-        data["groups"] = tuple((g[0], g[1], tuple(g[2])) for g in data.get("groups", ()))
-        return cls(**data)
+        """The schema saved in a run's ``condition.json``; a damaged file is an error that names it."""
+        try:
+            data = json.loads(Path(path).read_text())
+            for key in ("class_names", "class_ids", "attribute_names", "attribute_levels", "train_counts"):
+                data[key] = tuple(data.get(key, ()))
+            data["groups"] = tuple((g[0], g[1], tuple(g[2])) for g in data.get("groups", ()))
+            return cls(**data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # not JSON, or not a schema's fields
+            raise SynthaugError(f"{path} is damaged (it is not the condition schema synthaug wrote); restore it, or run "
+                                "synthaug train for this run again to rewrite it.") from None
+
+
+def resolve_kind(kind: str, ds) -> str:
+    """What ``generator.condition`` means for a dataset: ``auto`` is attributes when the dataset has them and
+    a single class (CelebA-Dialog faces), else the class. The benchmark's classifiers predict the same."""
+    if kind == "auto":
+        return "attributes" if ds.attributes is not None and ds.num_classes == 1 else "class"
+    return kind
 
 
 def schema_from_dataset(ds, kind: str = "auto") -> ConditionSchema:
@@ -116,8 +129,7 @@ def schema_from_dataset(ds, kind: str = "auto") -> ConditionSchema:
     """
     if kind not in CONDITION_KINDS:
         raise SynthaugError(f"generator.condition {kind!r} is not known; use one of {', '.join(CONDITION_KINDS)}.")
-    if kind == "auto":
-        kind = "attributes" if ds.attributes is not None and ds.num_classes == 1 else "class"
+    kind = resolve_kind(kind, ds)
     if kind == "attributes" and ds.attributes is None:
         raise SynthaugError(f"{ds.config.spec} has no attributes; set generator.condition to class.")
     label_attribute = -1

@@ -15,6 +15,7 @@ from torch import nn
 
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema
+from synthaug.generator.model import scale_pixels
 from synthaug.generator.text import PromptEncoder, prompt_encoder, require, resolve_model_path, unreadable_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -22,63 +23,33 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what the base model's sha256 covers
 
 
-class Frozen:
-    """Frozen parts a denoiser uses but never trains or saves, shared (not copied) by its EMA copies."""
+class LatentCodec:
+    """The frozen VAE: uint8 pixels -> scaled latent means, and latents -> pixels in [-1, 1]. Not a module, so
+    it is neither saved with the generator nor part of its training state."""
 
-    def __init__(self, **parts):
-        self.__dict__.update(parts)
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-class LoraDenoiser(nn.Module):
-    """``forward(z_t, t, condition)`` on VAE latents, for a Stable Diffusion U-Net carrying a LoRA.
-
-    ``encode_images`` and ``decode_latents`` take uint8 pixels to scaled latents and latents back to
-    pixels in [-1, 1], so the training loop and the sampler see the same interface as a pixel denoiser.
-    """
-
-    def __init__(self, unet, vae, prompts: PromptEncoder, latent_size: int, channels: int):
-        super().__init__()
-        self.unet = unet
-        self.frozen = Frozen(vae=vae.eval().requires_grad_(False), prompts=prompts)
-        self.latent_size = latent_size
+    def __init__(self, vae, channels: int):
+        self.vae = vae.eval().requires_grad_(False)
         self.channels = channels  # of the data: grey images go through an RGB VAE as three equal channels
 
-    @property
-    def prompts(self) -> PromptEncoder:
-        return self.frozen.prompts
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return (self.unet.config.in_channels, self.latent_size, self.latent_size)
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        context = self.frozen.prompts(condition).to(sample.device, sample.dtype)
-        return self.unet(sample, timestep, encoder_hidden_states=context).sample
-
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, flip: bool, chunk: int = 16) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> the VAE latent means, scaled: (F, N, c, h, w), F = 2 with mirrored images."""
-        vae = self.frozen.vae
-        views = [False, True] if flip else [False]
+    def encode(self, images: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> (N, c, h, w), ``chunk`` images at a time (padded, so a latent does not
+        depend on which images shared its chunk)."""
+        vae = self.vae
         out = []
-        for mirrored in views:
-            latents = []
-            for start in range(0, len(images), chunk):
-                x = images[start : start + chunk].float() / 127.5 - 1
-                x = x.flip(3) if mirrored else x
-                x = x.expand(-1, vae.config.in_channels, -1, -1) if x.shape[1] == 1 else x
-                latents.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
-            out.append(torch.cat(latents))
-        return torch.stack(out)
+        for start in range(0, len(images), chunk):
+            x = scale_pixels(images[start : start + chunk])
+            x = x.expand(-1, vae.config.in_channels, -1, -1) if x.shape[1] == 1 else x
+            pad = chunk - len(x)
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+            out.append(vae.encode(x).latent_dist.mode()[: chunk - pad] * vae.config.scaling_factor)
+        return torch.cat(out)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, network_batch: int) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, network_batch: int) -> torch.Tensor:
         """Latents -> pixels in [-1, 1], in chunks of exactly ``network_batch`` rows (padded), so an
         image does not depend on which others were decoded with it."""
-        vae = self.frozen.vae
+        vae = self.vae
         out = []
         for start in range(0, len(latents), network_batch):
             z = latents[start : start + network_batch]
@@ -87,6 +58,44 @@ class LoraDenoiser(nn.Module):
             out.append(vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample[: network_batch - pad].float())
         x = torch.cat(out)
         return x.mean(dim=1, keepdim=True) if self.channels == 1 and x.shape[1] != 1 else x
+
+
+class LoraDenoiser(nn.Module):
+    """``forward(z_t, t, condition)`` on VAE latents, for a Stable Diffusion U-Net carrying a LoRA (a
+    :class:`~synthaug.generator.backends.Backend`): ``encode`` takes uint8 pixels to scaled latents and
+    ``decode`` latents back to pixels in [-1, 1], so the loop and the sampler treat it as a pixel denoiser.
+    """
+
+    encode_once = True  # a VAE forward per image: the loop encodes the training set once
+
+    def __init__(self, unet, vae, prompts: PromptEncoder, latent_size: int, channels: int):
+        super().__init__()
+        self.unet = unet
+        self.codec = LatentCodec(vae, channels)  # frozen, not a submodule
+        self.prompts = prompts  # frozen, not a submodule
+        self.latent_size = latent_size
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (self.unet.config.in_channels, self.latent_size, self.latent_size)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        # no encoder_attention_mask: the pretrained U-Net attends to every position of the padded CLIP
+        # embedding, as in Stable Diffusion's pre-training and in StableDiffusionPipeline
+        context, _ = self.prompts(condition)
+        return self.unet(sample, timestep, encoder_hidden_states=context.to(sample.device, sample.dtype)).sample
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(images)
+
+    def decode(self, x: torch.Tensor, network_batch: int) -> torch.Tensor:
+        return self.codec.decode(x, network_batch)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]  # the LoRA; the base U-Net is frozen
+
+    def prompt(self, condition_value: tuple[int, ...]) -> str | None:
+        return self.prompts.text(condition_value)
 
     def save_pretrained(self, folder: Path) -> None:
         """The LoRA weights only, in the file diffusers' ``save_lora_adapter`` writes (and ``load_lora_adapter``

@@ -101,13 +101,16 @@ class AttributeEmbedding(ModelMixin, ConfigMixin):
         return self.table(levels + self.offsets).sum(dim=1)
 
 
-class Denoiser(nn.Module):
-    """``forward(x_t, t, condition) -> model output`` for a class (B,) or attribute (B, A) condition."""
+def scale_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float pixels in [-1, 1]: what a pixel-space backend denoises."""
+    return images.float() / 127.5 - 1
 
-    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None):
-        super().__init__()
-        self.unet = unet
-        self.attributes = attributes
+
+class PixelSpace:
+    """The part of the :class:`~synthaug.generator.backends.Backend` interface every pixel-space backend
+    (a U-Net at ``self.unet``) shares: it denoises pixels, so encode scales them and decode is the identity."""
+
+    encode_once = False  # scaling pixels costs nothing: each batch is scaled from the uint8 images as drawn
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -115,9 +118,31 @@ class Denoiser(nn.Module):
         c = self.unet.config
         return (c.in_channels, c.sample_size, c.sample_size)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return scale_pixels(images)
+
+    def decode(self, x: torch.Tensor, network_batch: int) -> torch.Tensor:
+        return x  # already pixels
+
+
+class Denoiser(PixelSpace, nn.Module):
+    """``forward(x_t, t, condition) -> model output`` for a class (B,) or attribute (B, A) condition, in pixel
+    space (a :class:`~synthaug.generator.backends.Backend`)."""
+
+    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None):
+        super().__init__()
+        self.unet = unet
+        self.attributes = attributes
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         labels = condition if self.attributes is None else self.attributes(condition).to(sample.dtype)
         return self.unet(sample, timestep, class_labels=labels).sample
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def prompt(self, condition_value: tuple[int, ...]) -> str | None:
+        return None
 
     def save_pretrained(self, folder: Path) -> None:
         """diffusers layout: ``unet/`` (and ``attribute_embedding/``), safetensors weights."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +18,15 @@ import torch
 from synthaug.errors import SynthaugError
 from synthaug.device import default_device, inference_dtype
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.sampling import sample_images
+from synthaug.generator.sampling import check_steps, sample_images
 from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
+
+# How long load() waits for a training that is swapping ema/ (two renames; it takes milliseconds).
+LOAD_RETRIES, LOAD_RETRY_WAIT_S = 50, 0.1
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,45 @@ class Generator:
 
     def prompt(self, condition: Condition) -> str | None:
         """The text a text-conditioned generator draws ``condition`` from (None for the class/attribute U-Net)."""
-        prompts = getattr(self.denoiser, "prompts", None)
-        return None if prompts is None else prompts.prompts.text(condition.value)
+        return self.denoiser.prompt(condition.value)
+
+    def check_sampling(self, sampling: SamplingConfig) -> None:
+        """Refuse, with one sentence, sampler settings this run cannot draw with (an unknown sampler, more
+        steps than its noise schedule allows): call it before anything is written."""
+        check_steps(sampling.sampler, sampling.steps, self.scheduler_config)
 
     @classmethod
     def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
         """Load the EMA weights of a trained run folder onto ``device`` (default: a GPU if present).
 
-        On a GPU that supports it, the network runs under bf16 autocast.
+        On a GPU that supports it, the network runs under bf16 autocast. A training that is writing the
+        run replaces ``ema/`` by two renames (``ema`` -> ``ema.old``, new -> ``ema``); a load that meets
+        the swap, or sees ``ema/`` change under it, waits a moment and reads it again, so the weights,
+        their sha256 and the scheduler config always come from one complete ``ema/``.
         """
-        run = open_run(Path(run))
+        path = Path(run)
+        for attempt in range(LOAD_RETRIES + 1):
+            before = folder_identity(path / "ema")
+            try:
+                gen = cls._load_once(path, device)
+                if folder_identity(path / "ema") == before:
+                    return gen
+            except (SynthaugError, OSError, ValueError):
+                now = folder_identity(path / "ema")
+                swapping = now != before or (now is None and (path / "ema.old").exists())
+                if not swapping:
+                    raise  # a real problem (missing, damaged), not a swap in progress
+                if attempt == LOAD_RETRIES:
+                    raise SynthaugError(
+                        f"{path / 'ema'} is being replaced (a training of this run is writing it, or was killed while "
+                        "it did); wait for the training to finish, or run synthaug train for this run again."
+                    ) from None
+            time.sleep(LOAD_RETRY_WAIT_S)
+        raise SynthaugError(f"{path / 'ema'} kept changing while it was read; load it again once its training has finished.")
+
+    @classmethod
+    def _load_once(cls, path: Path, device) -> Generator:
+        run = open_run(path)
         weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
         from synthaug.generator.backends import load_model
 
@@ -155,6 +189,15 @@ class Generator:
         images = self.sample_conditions([s[0] for s in specs], [s[2] for s in specs], sampling)
         labels = torch.tensor([s[0].label for s in specs], dtype=torch.long)
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def folder_identity(path: Path) -> tuple[int, int, int] | None:
+    """Which folder is at ``path`` now (a swap puts a new folder there); None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

@@ -9,6 +9,7 @@ floating-point result depends on the batch shape but not on which other images s
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,8 +23,11 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from synthaug.errors import SynthaugError
-from synthaug.generator.model import Denoiser
 
+if TYPE_CHECKING:
+    from synthaug.generator.backends import Backend
+
+PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}  # generator.prediction -> diffusers' prediction_type
 SAMPLER_CLASSES = {
     "ddpm": (DDPMScheduler, {}),
     "ddim": (DDIMScheduler, {}),
@@ -35,11 +39,24 @@ SAMPLER_CLASSES = {
 
 def training_scheduler(schedule: str = "cosine", num_timesteps: int = 1000, prediction: str = "epsilon") -> DDPMScheduler:
     """The noise schedule a generator is trained with (saved in its run folder)."""
+    if prediction not in PREDICTION_TYPES:
+        raise SynthaugError(f"generator.prediction {prediction!r} is not known; use epsilon or v.")
     return DDPMScheduler(
         num_train_timesteps=num_timesteps,
         beta_schedule="squaredcos_cap_v2" if schedule == "cosine" else "linear",
-        prediction_type="v_prediction" if prediction == "v" else "epsilon",
+        prediction_type=PREDICTION_TYPES[prediction],
     )
+
+
+def loss_prediction(scheduler_config) -> str:
+    """What the loss must train (``epsilon`` or ``v``) for a scheduler config's ``prediction_type``: the one
+    place that ties the two, so the saved schedule and the loss cannot disagree."""
+    by_type = {v: k for k, v in PREDICTION_TYPES.items()}
+    kind = scheduler_config.get("prediction_type", "epsilon")
+    if kind not in by_type:
+        raise SynthaugError(f"The noise schedule predicts {kind!r}, which synthaug cannot train; use a model whose "
+                            "scheduler predicts epsilon or v_prediction.")
+    return by_type[kind]
 
 
 def make_sampler(name: str, scheduler_config: dict):
@@ -55,7 +72,54 @@ def make_sampler(name: str, scheduler_config: dict):
     return cls.from_config(dict(scheduler_config), timestep_spacing=spacing, **extra)
 
 
-def run_network(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null_row: torch.Tensor,
+def set_steps(scheduler, steps: int, device=None) -> bool:
+    """``scheduler.set_timesteps(steps)``; False when diffusers refuses the count or would visit a timestep
+    outside the schedule, or one twice."""
+    try:
+        scheduler.set_timesteps(steps, device=device)
+    except ValueError:  # DDPM and DDIM: more steps than the schedule has timesteps
+        return False
+    ts = scheduler.timesteps
+    return len(torch.unique(ts)) == len(ts) and 0 <= ts.min().item() and ts.max().item() < scheduler.config.num_train_timesteps
+
+
+def check_steps(sampler: str, steps: int, scheduler_config: dict) -> None:
+    """Refuse, with one sentence, a step count ``sampler`` cannot take on the run's noise schedule.
+
+    What diffusers 0.42 does past the schedule (1000 timesteps, measured): DDPM and DDIM raise a ValueError
+    above 1000 steps. With "leading" spacing (epsilon models) DPM-Solver++ and UniPC divide the schedule
+    into steps + 1 parts, so from 1000 steps on every timestep is 0: the network runs steps times (x2
+    with guidance) without denoising, which is why ``--steps 1001`` still ran after 300 s and would have
+    returned noise; Euler does the same from 1001 steps. With "trailing" spacing (v models) every sampler
+    repeats timesteps and visits timestep -1 above 1000 steps, and also at 64 counts below it (61, 103,
+    121, ...: ``np.arange`` with a fractional step overshoots by one). So the cap is not a number of our
+    choosing: a count is accepted when the sampler visits distinct timesteps within the schedule.
+
+    >>> config = dict(training_scheduler().config)
+    >>> check_steps("ddim", 1000, config)
+    >>> check_steps("dpm++2m", 1000, config)
+    Traceback (most recent call last):
+    ...
+    synthaug.errors.SynthaugError: The dpm++2m sampler can take at most 999 steps on this run's 1000-step noise schedule; use --steps 999 or fewer.
+    """
+    if steps < 1:
+        raise SynthaugError(f"The number of sampling steps must be positive, not {steps}; use e.g. --steps 20.")
+    if set_steps(make_sampler(sampler, scheduler_config), steps):
+        return
+    limit = int(scheduler_config["num_train_timesteps"])
+
+    def nearest(counts) -> int | None:
+        return next((n for n in counts if set_steps(make_sampler(sampler, scheduler_config), n)), None)
+
+    below, above = nearest(range(min(steps - 1, limit), 0, -1)), nearest(range(steps + 1, limit + 1))
+    if above is None:
+        raise SynthaugError(f"The {sampler} sampler can take at most {below} steps on this run's {limit}-step noise "
+                            f"schedule; use --steps {below} or fewer.")
+    raise SynthaugError(f"The {sampler} sampler cannot take {steps} steps on this run's {limit}-step noise schedule "
+                        f"(diffusers would visit a timestep outside it); use --steps {below} or {above}.")
+
+
+def run_network(denoiser: Backend, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null_row: torch.Tensor,
                 network_batch: int) -> torch.Tensor:
     """The denoiser on every row of ``x``, in chunks of exactly ``network_batch`` rows (padded)."""
     out = []
@@ -72,7 +136,7 @@ def run_network(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torc
 
 @torch.inference_mode()
 def sample_images(
-    denoiser: Denoiser,
+    denoiser: Backend,
     conditions: torch.Tensor,
     null: torch.Tensor,
     seeds: list[int],
@@ -101,7 +165,8 @@ def sample_images(
     shape = (len(seeds), *denoiser.sample_shape)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     scheduler = make_sampler(sampler, scheduler_config)
-    scheduler.set_timesteps(steps, device=device)
+    if not set_steps(scheduler, steps, device):
+        check_steps(sampler, steps, scheduler_config)  # raises the sentence
     conditions = conditions.to(device)
     null = null.to(device)
     guided = guidance != 1.0
@@ -123,7 +188,6 @@ def sample_images(
         # 4. one scheduler step (stochastic samplers draw fresh noise from each image's own generator)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     # 5. to uint8 pixels (a latent denoiser decodes its latents with its VAE first)
-    if hasattr(denoiser, "decode_latents"):
-        x = denoiser.decode_latents(x, network_batch)
+    x = denoiser.decode(x, network_batch)
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()

@@ -19,10 +19,12 @@ from torch import nn
 
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema
+from synthaug.generator.model import PixelSpace, unet_config
 
 MAX_PROMPT_TOKENS = 77  # CLIP's context; longer T5 prompts are cut here too
 LEVEL_WORDS = ("no", "slight", "some", "noticeable", "strong", "very strong")  # CelebA-Dialog style degrees
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+T5_TYPES = ("t5", "mt5", "umt5")  # model_type values of the T5 family
 
 
 def require(backend: str, *modules: str) -> None:
@@ -96,11 +98,16 @@ class Prompts:
 
 
 class PromptEncoder:
-    """Conditions (B,) or (B, A) -> frozen text embeddings (B, L, D), one prompt at a time and cached.
+    """Conditions (B,) or (B, A) -> frozen text embeddings (B, L, D) and their token mask (B, L), one prompt
+    at a time and cached.
 
     Each prompt is encoded alone (and once), so an embedding never depends on which other prompts
-    shared a batch. Not a module: its encoder is frozen, never saved with a generator, and shared by
-    the copies of a denoiser (EMA) rather than copied.
+    shared a batch. Not a module: its encoder is frozen and never saved with a generator.
+
+    The text encoder sees the padding mask as the pipelines built on it use it: T5 always (as Imagen and
+    DeepFloyd IF encode prompts); a CLIP text model only when its config sets ``use_attention_mask``,
+    exactly as ``StableDiffusionPipeline.encode_prompt`` does, because Stable Diffusion's U-Net was
+    trained on the unmasked CLIP embeddings of padded prompts, padding positions included.
     """
 
     def __init__(self, prompts: Prompts, tokenizer, text_encoder, device: torch.device):
@@ -108,28 +115,33 @@ class PromptEncoder:
         self.encoder = text_encoder.to(device).eval().requires_grad_(False)
         self.device = device
         self.max_length = min(int(getattr(tokenizer, "model_max_length", MAX_PROMPT_TOKENS)), MAX_PROMPT_TOKENS)
-        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+        config = self.encoder.config
+        self.mask_encoder = config.model_type in T5_TYPES or bool(getattr(config, "use_attention_mask", False))
+        self.cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def dim(self) -> int:
         config = self.encoder.config
         return getattr(config, "d_model", None) or config.hidden_size
 
-    @torch.no_grad()
-    def encode(self, text: str) -> torch.Tensor:  # (L, D)
-        tokens = self.tokenizer([text], padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
-        out = self.encoder(input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device))
-        return out.last_hidden_state[0].float()
+    def text(self, value: tuple[int, ...]) -> str:
+        """The prompt of one condition value."""
+        return self.prompts.text(value)
 
-    def __call__(self, condition: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt -> its embedding (L, D) and its token mask (L,) (1 for a token, 0 for padding)."""
+        tokens = self.tokenizer([text], padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device)
+        out = self.encoder(input_ids=tokens.input_ids.to(self.device), attention_mask=mask if self.mask_encoder else None)
+        return out.last_hidden_state[0].float(), mask[0]
+
+    def __call__(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys = [tuple(row) for row in condition.reshape(len(condition), -1).tolist()]
         for key in keys:
             if key not in self.cache:
-                self.cache[key] = self.encode(self.prompts.text(key))
-        return torch.stack([self.cache[k] for k in keys])
-
-    def __deepcopy__(self, memo):
-        return self
+                self.cache[key] = self.encode(self.text(key))
+        return torch.stack([self.cache[k][0] for k in keys]), torch.stack([self.cache[k][1] for k in keys])
 
 
 def load_text_encoder(source: str, key: str, backend: str, device: torch.device):
@@ -144,7 +156,7 @@ def load_text_encoder(source: str, key: str, backend: str, device: torch.device)
     tok_sub = "tokenizer" if (local / "tokenizer").is_dir() else ""
     try:
         config = AutoConfig.from_pretrained(source, subfolder=model_sub)
-        cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else CLIPTextModel
+        cls = T5EncoderModel if config.model_type in T5_TYPES else CLIPTextModel
         encoder = cls.from_pretrained(source, subfolder=model_sub)
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder=tok_sub)
     except (OSError, ValueError):
@@ -164,32 +176,38 @@ def prompt_encoder(g_cfg, schema: ConditionSchema, source: str, key: str, device
     return PromptEncoder(Prompts(schema, g_cfg.prompt_template), tokenizer, encoder, device)
 
 
-class TextDenoiser(nn.Module):
-    """``forward(x_t, t, condition)`` for a ``UNet2DConditionModel`` cross-attending to the prompt embedding."""
+class TextDenoiser(PixelSpace, nn.Module):
+    """``forward(x_t, t, condition)`` for a pixel ``UNet2DConditionModel`` cross-attending to the prompt embedding
+    (a :class:`~synthaug.generator.backends.Backend`)."""
 
     def __init__(self, unet, prompts: PromptEncoder):
         super().__init__()
         self.unet = unet
         self.prompts = prompts  # frozen, not a submodule
 
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        c = self.unet.config
-        return (c.in_channels, c.sample_size, c.sample_size)
-
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        context = self.prompts(condition).to(sample.device, sample.dtype)
-        return self.unet(sample, timestep, encoder_hidden_states=context).sample
+        context, mask = self.prompts(condition)
+        # The U-Net cross-attends to the prompt's tokens only: UNet2DConditionModel turns encoder_attention_mask
+        # (B, L) into a -10000 bias on the padding keys of every cross-attention (its forward, then each
+        # Transformer2DModel's attn2). This U-Net is trained from scratch, so no pre-training fixes what it
+        # must see, and with the mask its output does not depend on how much padding a prompt has (T5's
+        # padding embeddings are not zero). sd-lora's pretrained U-Net, by contrast, gets no mask.
+        return self.unet(sample, timestep, encoder_hidden_states=context.to(sample.device, sample.dtype),
+                         encoder_attention_mask=mask.to(sample.device)).sample
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.unet.parameters())
 
     def save_pretrained(self, folder: Path) -> None:
         self.unet.save_pretrained(Path(folder) / "unet")
+
+    def prompt(self, condition_value: tuple[int, ...]) -> str | None:
+        return self.prompts.text(condition_value)
 
 
 def text_unet_config(schema: ConditionSchema, g_cfg, context_dim: int, head_dim: int = 32) -> dict:
     """``UNet2DConditionModel`` arguments: the preset's shape (see :func:`~synthaug.generator.model.unet_config`)
     with cross-attention to the text where the class U-Net has self-attention."""
-    from synthaug.generator.model import unet_config
-
     base = unet_config(schema, g_cfg.preset, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
                        layers_per_block=g_cfg.layers_per_block, dropout=g_cfg.dropout)
     channels = base["block_out_channels"]

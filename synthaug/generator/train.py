@@ -30,14 +30,14 @@ from synthaug.files import (
     recover_folder,
     remove_stale_temporaries,
     sha256_file,
+    verify_checksums,
     write_checksums,
     write_text_atomic,
 )
-from synthaug.generator.backends import build_model, describe_backend
+from synthaug.generator.backends import Backend, build_model, describe_backend
 from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
 from synthaug.generator.loss import DiffusionLoss
-from synthaug.generator.model import Denoiser
-from synthaug.generator.sampling import sample_images
+from synthaug.generator.sampling import loss_prediction, sample_images
 from synthaug.grids import save_png, spread_classes, tile_images
 from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
 from synthaug.runs import Run
@@ -75,26 +75,44 @@ def drop_conditions(cond: torch.Tensor, null: torch.Tensor, p: float, g: torch.G
     return torch.where(whole[:, None] | each, null, cond)
 
 
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """What the optimizer and EMA see: every parameter, or only the LoRA of a frozen base model."""
-    return [p for p in model.parameters() if p.requires_grad]
+def frozen_names(model: Backend) -> set[str]:
+    """The parameters the backend does not train (a base model's), which its training state leaves out."""
+    trainable = {id(p) for p in model.trainable_parameters()}
+    return {name for name, p in model.named_parameters() if id(p) not in trainable}
 
 
-def frozen_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, p in model.named_parameters() if not p.requires_grad}
-
-
-def trainable_state(model: torch.nn.Module) -> dict:
+def trainable_state(model: Backend) -> dict:
     """The model's state without its frozen parameters (those are read again from the base model)."""
     frozen = frozen_names(model)
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
-def load_trainable_state(model: torch.nn.Module, state: dict) -> None:
+def load_trainable_state(model: Backend, state: dict) -> None:
     frozen = frozen_names(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - frozen:
         raise SynthaugError("The saved training state does not fit this generator; start over with --fresh.")
+
+
+class TrainingImages:
+    """The training set as the backend denoises it: ``take(rows, mirrored) -> x0`` (B, *sample_shape).
+
+    A backend whose ``encode`` is costly (a VAE) has every image, and its mirror image when flipping,
+    encoded here once; pixels stay uint8 on the device and each batch is scaled as it is drawn.
+    """
+
+    def __init__(self, model: Backend, images: torch.Tensor, flip: bool):
+        self.model, self.images = model, images  # (N, C, H, W) uint8
+        self.encoded = None
+        if model.encode_once:
+            views = (images, images.flip(3)) if flip else (images,)
+            self.encoded = torch.stack([model.encode(v) for v in views])  # (F, N, *sample_shape)
+
+    def take(self, rows: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        if self.encoded is not None:
+            return self.encoded[mirrored.long(), rows]
+        x = self.images[rows]
+        return self.model.encode(torch.where(mirrored[:, None, None, None], x.flip(3), x))
 
 
 def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 10) -> tuple[torch.Tensor, int]:
@@ -111,7 +129,7 @@ def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 1
     return torch.tensor(rows), width
 
 
-def save_grid(denoiser: Denoiser, schema: ConditionSchema, scheduler_config: dict, recipe: Recipe, path: Path, autocast) -> None:
+def save_grid(denoiser: Backend, schema: ConditionSchema, scheduler_config: dict, recipe: Recipe, path: Path, autocast) -> None:
     cond, per_row = grid_conditions(schema)
     s = recipe.sampling
     seeds = [derive_seed(s.seed, "grid column", i % per_row) for i in range(len(cond))]  # a column shares its noise
@@ -138,12 +156,36 @@ def load_state(run: Run) -> dict | None:
     meta_path, state_path = run.state_dir / "state.json", run.state_dir / "training_state.pt"
     if not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
-    if not state_path.exists() or sha256_file(state_path) != meta["sha256"]:
+    try:
+        meta = json.loads(meta_path.read_text())
+        digest = meta["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise SynthaugError(f"{meta_path} is damaged (it is not the state record synthaug wrote), so the training state "
+                            "cannot be checked; restore it, or start over with --fresh.") from None
+    if not state_path.exists() or sha256_file(state_path) != digest:
         raise SynthaugError(
             f"{state_path} is damaged (its sha256 does not match state.json); restore it, or start over with --fresh."
         )
     return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+def weights_intact(run: Run) -> bool:
+    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256."""
+    try:
+        return all(any(name.endswith(".safetensors") for name in verify_checksums(folder))
+                   for folder in (run.model_dir, run.ema_dir))
+    except SynthaugError:
+        return False
+
+
+def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg) -> None:
+    """A run may be trained longer, never shorter: recipe.toml would record a duration it did not train."""
+    if nimg > total_nimg:
+        raise SynthaugError(
+            f"{run.path} has already trained {nimg / 1000:g} kimg, more than generator.duration_kimg = "
+            f"{g_cfg.duration_kimg:g} asks for; set generator.duration_kimg to {nimg / 1000:g} or more to keep or continue "
+            "it, or start over with --fresh (or use another run folder, --set run_dir=...)."
+        )
 
 
 @contextlib.contextmanager
@@ -153,7 +195,7 @@ def ema_weights(model: torch.nn.Module, ema, use: bool = True):
     if not use:
         yield model
         return
-    params, training = trainable_parameters(model), model.training
+    params, training = model.trainable_parameters(), model.training
     ema.store(params)
     ema.copy_to(params)
     try:
@@ -177,13 +219,20 @@ def truncate_log(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool) -> None:
-    """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically."""
+def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
+    """The raw and the EMA weights (diffusers layout) with the noise schedule, each folder atomically."""
     for folder in (run.model_dir, run.ema_dir):
         with folder_atomic(folder) as tmp, ema_weights(model, ema, folder == run.ema_dir):
             model.save_pretrained(tmp)
             train_sched.save_pretrained(tmp / "scheduler")
             write_checksums(tmp)  # checked before the weights are used
+
+
+def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool,
+                  grid: str | None = None) -> None:
+    """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically; then
+    run.json (progress, and ``grid``: the latest sample grid, relative to the run folder)."""
+    save_weights(run, model, ema, train_sched)
     with folder_atomic(run.state_dir) as tmp:
         state = {
             "model": trainable_state(model),
@@ -198,7 +247,14 @@ def save_snapshot(run: Run, model: Denoiser, ema, optimizer, lr_sched, train_sch
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     info = run.info()
     info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished)
+    info.update({"grid": grid} if grid else {})
     write_text_atomic(run.info_file, json.dumps(info, indent=1))
+
+
+def dataset_label(spec: str) -> str:
+    """A dataset spec short enough for a progress bar: ``cub:/data/CUB_200_2011`` -> ``cub:CUB_200_2011``."""
+    kind, sep, path = spec.partition(":")
+    return f"{kind}:{Path(path).name or path}" if sep and path else spec
 
 
 def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
@@ -230,10 +286,22 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         raise SynthaugError(f"Each device's share of the batch ({per_device}) is not a multiple of generator.batch_per_device ({micro}).")
     accum = per_device // micro
 
+    run.check_trainable()  # a folder that is not a synthaug run is neither created into nor overwritten
     run.path.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(run.lock_file, f"the run folder {run.path}") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        # 1. the run folder: start over, resume, or begin
+        # 1. everything that can fail on the recipe, before anything in the run folder is touched (--fresh
+        #    included): the data, its conditions, the model (preset, resolution, base model) and its objective
+        dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
+        schema = schema_from_dataset(dataset, g_cfg.condition)
+        torch.manual_seed(g_cfg.seed)
+        model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
+        # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
+        loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
+        total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
+        total_nimg = total_steps * g_cfg.batch_size
+
+        # 2. the run folder: start over, resume, or begin
         if fresh and accelerator.is_main_process:
             for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -244,41 +312,46 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 recover_folder(folder)  # finish a swap a kill interrupted
         accelerator.wait_for_everyone()
         state = load_state(run)
-        if state is not None:
-            check_resumable(run, recipe)
-        if accelerator.is_main_process:  # steps logged after the state we start from will be run (and logged) again
-            truncate_log(run.log_file, state["step"] if state is not None else 0)
+        info = run.info()
+        trained_steps = state["step"] if state is not None else int(info.get("step", 0))
+        if trained_steps:
+            check_resumable(run, recipe)  # so the batch size, and images per step, are the run's
+            check_duration(run, trained_steps * g_cfg.batch_size, total_nimg, g_cfg)
+        # A run whose state/ is gone but which had snapshotted (run.json counts its steps) is refused rather
+        # than resumed from its weights: without the optimizer moments, the EMA's step count and the learning
+        # rate schedule it would silently become a different training than its recipe and log describe (a
+        # resumed run equals an uninterrupted one, everywhere else), and starting over would overwrite its
+        # weights and log. A finished run with intact weights needs no state: there is nothing left to train.
+        finished_without_state = state is None and trained_steps == total_steps and bool(info.get("finished"))
+        if state is None and trained_steps and not (finished_without_state and weights_intact(run)):
+            raise SynthaugError(
+                f"{run.state_dir} is missing, so {run.path} (trained {trained_steps} steps) cannot continue exactly nor "
+                "rewrite its weights; restore state/, or start over with --fresh, or train into another run folder "
+                "(--set run_dir=...)."
+            )
+        if accelerator.is_main_process and not finished_without_state:
+            # steps logged after the state we start from will be run (and logged) again
+            truncate_log(run.log_file, trained_steps if state is not None else 0)
 
-        # 2. data: the real training split (and low-data subset) only, as uint8 on the device
-        dataset = load_dataset(recipe.data).split("train")
-        schema = schema_from_dataset(dataset, g_cfg.condition)
+        # 3. data on the device (uint8), the run's description, noise schedule, optimizer, EMA
         images = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W) uint8
         conds = torch.from_numpy(encode_dataset(schema, dataset)).to(device)
         null = schema.null(1, device)[0]
         if accelerator.is_main_process:
-            schema.save(run.condition_file)
-            write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
-            if not run.info_file.exists():
+            if not run.info_file.exists():  # first, so a folder with our files in it always has our run.json
                 info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, "kimg": 0, "finished": False}
                 text = describe_backend(g_cfg, schema)  # base model / text encoder sha256 and prompts, once
                 info.update({"text": text} if text else {})
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
-
-        # 3. model, noise schedule, loss, optimizer, EMA
-        torch.manual_seed(g_cfg.seed)
-        model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
+            schema.save(run.condition_file)
+            write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        # a latent backend denoises the VAE latents of the images (and of their mirror images), encoded once
-        latents = model.encode_images(images, g_cfg.flip) if hasattr(model, "encode_images") else None  # (F, N, c, h, w)
         num_timesteps = train_sched.config.num_train_timesteps
         alphas_cumprod = train_sched.alphas_cumprod.to(device)
-        prediction = "v" if train_sched.config.prediction_type == "v_prediction" else "epsilon"
-        loss_fn = DiffusionLoss(prediction, g_cfg.loss, g_cfg.min_snr_gamma)
-        params = trainable_parameters(model)
+        params = model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=g_cfg.lr, weight_decay=g_cfg.weight_decay,
                                       fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
-        total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
         warmup_steps = int(g_cfg.warmup_kimg * 1000 / g_cfg.batch_size)
         lr_sched = get_scheduler("cosine" if g_cfg.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
                                  num_warmup_steps=warmup_steps, num_training_steps=total_steps)
@@ -286,6 +359,9 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
 
         # 4. resume
         step = nimg = 0
+        if finished_without_state:
+            step, nimg = total_steps, total_nimg
+            log.info("%s has finished training (its training state was removed); nothing to do.", run.path)
         if state is not None:
             load_trainable_state(model, state["model"])
             ema.load_state_dict(state["ema"])
@@ -294,19 +370,25 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             lr_sched.load_state_dict(state["lr_scheduler"])
             step, nimg = state["step"], state["nimg"]
             log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
+            if accelerator.is_main_process and not weights_intact(run):
+                # a damaged or missing model/ or ema/ (which generate refuses) is rewritten from the state
+                log.warning("Rewriting the weights in %s and %s from the training state.", run.model_dir, run.ema_dir)
+                save_weights(run, model, ema, train_sched)
         del state
+        # what the network denoises (a VAE backend encodes the images, and their mirror images, once here)
+        data = TrainingImages(model, images, g_cfg.flip) if nimg < total_nimg else None
         net = torch.compile(model) if g_cfg.compile else model
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
 
         # 5. the loop
-        total_nimg = total_steps * g_cfg.batch_size
         next_log = nimg + g_cfg.log_every_kimg * 1000
         next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
         next_grid = nimg + g_cfg.grid_every_kimg * 1000
+        grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
         loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
         tick_time, tick_nimg = time.perf_counter(), nimg
-        with progress.task(f"training {recipe.name}", total=total_nimg) as bar:
+        with progress.task(f"training on {dataset_label(recipe.data.spec)}", total=total_nimg) as bar:
             bar.advance(nimg)
             while nimg < total_nimg:
                 # (a) all randomness of this step, drawn for the global batch
@@ -319,11 +401,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 net.train()
                 for m in range(accum):
                     sl = slice(rank * per_device + m * micro, rank * per_device + (m + 1) * micro)
-                    if latents is None:
-                        x0 = images[rows[sl]].float() / 127.5 - 1
-                        x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
-                    else:
-                        x0 = latents[flip_all[sl].long(), rows[sl]]
+                    x0 = data.take(rows[sl], flip_all[sl])
                     t, noise = t_all[sl], noise_all[sl]
                     x_t = train_sched.add_noise(x0, noise, t)
                     if device.type == "cuda":
@@ -344,7 +422,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 nimg += g_cfg.batch_size
                 bar.advance(g_cfg.batch_size)
 
-                # (b) log, snapshot and grid on their schedules (the only host-device syncs)
+                # (b) log, grid and snapshot on their schedules (the only host-device syncs)
                 done = nimg >= total_nimg
                 log_now, snapshot_now = nimg >= next_log or done, nimg >= next_snapshot or done
                 if log_now or snapshot_now:
@@ -369,18 +447,19 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     loss_count = 0
                     tick_time, tick_nimg = now, nimg
                     next_log = nimg + g_cfg.log_every_kimg * 1000
+                if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
+                    # before the snapshot, so the snapshot's run.json names the grid of its own step
+                    if accelerator.is_main_process:
+                        grid = f"{run.grids_dir.name}/grid-{nimg // 1000:06d}kimg.png"
+                        with ema_weights(model, ema):
+                            save_grid(model.eval(), schema, dict(train_sched.config), recipe, run.path / grid, autocast)
+                    next_grid = nimg + g_cfg.grid_every_kimg * 1000
                 if snapshot_now:
                     if accelerator.is_main_process:
-                        save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done)
+                        save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid)
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
                     next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
-                if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
-                    if accelerator.is_main_process:
-                        with ema_weights(model, ema):
-                            save_grid(model.eval(), schema, dict(train_sched.config), recipe,
-                                      run.grids_dir / f"grid-{nimg // 1000:06d}kimg.png", autocast)
-                    next_grid = nimg + g_cfg.grid_every_kimg * 1000
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
