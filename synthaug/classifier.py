@@ -9,8 +9,10 @@ Every run is seeded; the same seed draws the same batches and augmentations.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from synthaug import progress
 from synthaug.errors import SynthaugError
 from synthaug.seeds import derive_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -178,21 +182,65 @@ def train_classifier(
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> torch.Tensor:
-    """(N, A) predicted level of each head for (N, C, R, R) uint8 images."""
+def head_probabilities(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> list[torch.Tensor]:
+    """Per head, the softmax probabilities (N, levels[a]) for (N, C, R, R) uint8 images."""
     from synthaug.weights.timm_imagenet import input_normalization
 
     device = images.device
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in levels]
     for chunk in images.split(batch_size):
-        logits = model(((chunk.float() / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last))
-        heads, start = [], 0
-        for n in levels:
-            heads.append(logits[:, start : start + n].argmax(dim=1))
+        logits = model(((chunk.float() / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)).float()
+        start = 0
+        for a, n in enumerate(levels):
+            out[a].append(logits[:, start : start + n].softmax(dim=1))
             start += n
-        out.append(torch.stack(heads, dim=1))
-    return torch.cat(out)
+    return [torch.cat(head) if head else torch.zeros(0, n, device=device) for head, n in zip(out, levels)]
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> torch.Tensor:
+    """(N, A) predicted level of each head for (N, C, R, R) uint8 images."""
+    return torch.stack([p.argmax(dim=1) for p in head_probabilities(model, images, levels, batch_size)], dim=1)
+
+
+def save_classifier(model: torch.nn.Module, folder: Path, info: dict) -> None:
+    """A trained classifier's weights (safetensors) and ``info.json`` (its config and what it was trained on),
+    written as one folder atomically, with checksums checked by :func:`load_classifier`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from synthaug.files import folder_atomic, write_checksums
+
+    with folder_atomic(folder) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "info.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
+        write_checksums(tmp)
+
+
+def load_classifier(folder: Path, config: ClassifierConfig, levels: list[int], in_chans: int,
+                    device: torch.device) -> tuple[torch.nn.Module, dict] | None:
+    """A classifier :func:`save_classifier` wrote, or None when there is none or it is damaged (then train again)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from synthaug.files import verify_checksums
+    from synthaug.weights.timm_imagenet import create_classifier
+
+    folder = Path(folder)
+    if not (folder / "info.json").is_file():
+        return None
+    try:
+        verify_checksums(folder)
+        info = json.loads((folder / "info.json").read_text())
+        # the same pretrained setting as in training: it sets the input normalization the weights expect
+        model = create_classifier(config.model, num_classes=sum(levels), in_chans=in_chans, pretrained=config.pretrained)
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+    except (SynthaugError, OSError, ValueError, RuntimeError) as e:
+        log.warning("The classifier in %s is damaged (%s); training it again.", folder, e)
+        return None
+    return model.to(device, memory_format=torch.channels_last).eval(), info
 
 
 def score(pred: np.ndarray, truth: np.ndarray, levels: list[int]) -> dict:

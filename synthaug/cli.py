@@ -150,9 +150,9 @@ def command(*args, **kwargs):
         @functools.wraps(fn)
         def wrapper(*a, **k):
             try:
-                # Bars only for a person at a terminal: in a log file or a pipe, rich leaves a blank line
-                # where each removed (transient) bar was.
-                with progress.enabled(err_console) if err_console.is_terminal else contextlib.nullcontext():
+                # Bars for a person at a terminal; plain lines at a steady interval in a log file or a pipe
+                # (where rich's live bars print nothing, or a blank line for each finished bar).
+                with progress.enabled(err_console) if err_console.is_terminal else progress.lines(sys.stderr):
                     return fn(*a, **k)
             except SynthaugError as e:
                 fail(str(e))
@@ -395,6 +395,14 @@ def generate_command(
     seed: Annotated[Optional[int], typer.Option(help=f"Base seed; each image's seed derives from it {FROM_RUN}.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images in flight; does not change any image {FROM_RUN}.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help=f"Images per shard {FROM_RUN}.")] = None,
+    from_real: Annotated[bool, typer.Option("--from-real", help="Real-guided variations (SDEdit) of the run's own real "
+                                            "training images, instead of images from pure noise.")] = False,
+    strength: Annotated[str, typer.Option(help="With --from-real: how far each real image is noised, in (0, 1]; a list "
+                                          "such as 0.3,0.6 draws a mix.")] = "0.5",
+    min_confidence: Annotated[float, typer.Option("--min-confidence", help="Keep an image only when a classifier trained "
+                                                  "on the run's real images gives its class at least this probability "
+                                                  "(0: keep all).")] = 0.0,
+    max_draws: Annotated[int, typer.Option("--max-draws", help="With --min-confidence: candidates drawn at most per image.")] = 8,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
 ) -> None:
     """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
@@ -405,8 +413,15 @@ def generate_command(
     from synthaug.runs import open_run
     from synthaug.synthesis import GenerateRequest, choose_run, generate_shards
 
+    try:
+        strengths = tuple(float(v) for v in strength.split(",") if v.strip())
+    except ValueError:
+        raise SynthaugError(f"--strength {strength!r} is not a number or a list of numbers; write e.g. 0.5 or 0.3,0.6.") from None
+    if (strength != "0.5") and not from_real:
+        raise SynthaugError("--strength only applies to real-guided variations; add --from-real.")
     request = GenerateRequest(classes=tuple(class_ or ()), species=(species,) if species else (),
-                              attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class)
+                              attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class,
+                              from_real=from_real, strengths=strengths, min_confidence=min_confidence, max_draws=max_draws)
     if run is None:
         run = choose_run(request)
         log.info("Using the run %s.", run)
@@ -419,9 +434,19 @@ def generate_command(
     table = Table()
     table.add_column("class")
     table.add_column("images", justify="right")
+    screened = (manifest.get("filter") or {}).get("per_class", {})
+    if screened:
+        table.add_column("drawn", justify="right")
+        table.add_column("rejected", justify="right")
     for name, n in manifest["per_class"].items():
-        table.add_row(escape(name), str(n))
+        extra = [str(screened[name]["drawn"]), str(screened[name]["rejected"])] if name in screened else []
+        table.add_row(escape(name), str(n), *extra)
     console.print(table)
+    short = {name: c for name, c in screened.items() if c["kept"] < c["planned"]}
+    if short:
+        shown = ", ".join(f"{name} {c['kept']} of {c['planned']}" for name, c in list(short.items())[:5])
+        console.print(f"[yellow]note:[/] {len(short)} class(es) kept fewer images than asked after {max_draws} draws per image "
+                      f"({escape(shown)}); lower --min-confidence or raise --max-draws to get more.", highlight=False, soft_wrap=True)
     console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
 
 
@@ -496,9 +521,13 @@ def benchmark_command(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe file or name (default: the embedded digits recipe).")] = None,
     set_: Sets = [],  # noqa: B006
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: <run folder>/benchmark).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over: forget finished stages and retrain the generators.")] = False,
     dry_run: DryRun = False,
 ) -> None:
-    """Train generators, generate, evaluate, train classifiers on real vs real + synthetic, and report."""
+    """Train generators, generate, evaluate, train classifiers on real vs real + synthetic, and report.
+
+    Finished stages (generators, synthetic sets, quality, every classifier run) are kept and reused when the
+    command runs again, so a changed setting redoes only what it affects."""
     resolved = resolve_recipe(recipe, set_)
     if not dry_run:
         check_output_path(resolved.run_path, "run_dir")
@@ -507,15 +536,23 @@ def benchmark_command(
     if dry_run:
         return
     from synthaug.benchmark import run_benchmark
-    from synthaug.report import ARM_HEADER, QUALITY_HEADER, arm_rows, quality_rows, sweep_verdict
+    from synthaug.report import ARM_HEADER, FACES_HEADER, QUALITY_HEADER, answer_lines, arm_rows, has_faces, quality_rows
 
-    report = run_benchmark(resolved, out=out)
+    report = run_benchmark(resolved, out=out, fresh=fresh)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     print_rows("Does synthetic data help? top-1 on the real test split", ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)])
-    header = QUALITY_HEADER + (["faces %", "MTCNN conf."] if any("faces" in s["quality"] for s in report["settings"]) else [])
-    print_rows("Generator quality (floor: real train vs real test at the same n)", header, quality_rows(report))
+    rows = quality_rows(report)
+    header = QUALITY_HEADER + (FACES_HEADER if has_faces(report) else [])
+    print_rows("Generator quality (floor: real train vs real test at the same n)", header, rows)
+    for line in answer_lines(report):
+        if line:
+            console.print(escape(line.replace("**", "")), highlight=False, soft_wrap=True)
     folder = out or resolved.run_path / "benchmark"
-    console.print(f"{sweep_verdict(report['guidance_sweep']).replace('**', '')}  "
-                  f"Report: {folder / 'report.md'} ({report['total_s']:.0f} s)", highlight=False, soft_wrap=True)
+    console.print(f"Report: {folder / 'report.md'} ({report['total_s']:.0f} s, "
+                  f"{count(report['classifiers_trained_this_run'], 'classifier')} trained in this run)", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

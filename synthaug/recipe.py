@@ -174,16 +174,22 @@ class BenchmarkConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    seeds: int = 3
+    seeds: int = 5
     shots_per_class: tuple[int, ...] = (10, 0)  # 0 = every training image
-    synthetic_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # synthetic images per real image
+    synthetic_ratios: tuple[float, ...] = (0.5, 1.0)  # synthetic images per real image
     mix_probability: float = 0.0  # > 0 adds an arm drawing each batch image from synthetic with this probability
     augment_flip: bool = False  # horizontal flips in the classic augmentation (not for digits)
-    guidance_sweep: tuple[float, ...] = (1.0, 2.0, 4.0)
-    sweep_ratio: float = 0.5  # the real + synthetic arm that ranks the guidance scales downstream
+    # Choices made on the validation split (data.val_fraction), never on the test split:
+    guidance_sweep: tuple[float, ...] = (1.5, 3.0)  # guidance scales tried
+    strengths: tuple[float, ...] = (0.4, 0.7)  # real-guided variation strengths tried (empty: no variation arms)
+    min_confidences: tuple[float, ...] = (0.9,)  # confidence-filter thresholds tried (empty: no filtered arm)
+    max_draws: int = 8  # a filtered image draws at most this many candidates
+    sweep_ratio: float = 0.5  # synthetic images per real image in the arms that compare the candidates
+    real_multiples: tuple[int, ...] = (2, 4)  # "worth N real images": real-only arms with this many times the shots
+    workers: int = 0  # single-threaded CPU processes that train classifiers side by side (0: one per core; 1 on a GPU)
     judge_steps: int = 300  # the conditioning-accuracy classifier, trained on every real training image
     low_shot_duration_kimg: float = 30.0  # generator training for shots_per_class > 0 (0: the recipe's)
-    fid_max_images: int = 150  # at most this many images per side of an FID/KID
+    fid_max_images: int = 100  # at most this many images per side of an FID/KID
     kid_subset_size: int = 1000  # clamped to the smaller set
     fid_weights: str = ""  # "": offline package or cache; a path; or "download" (torch-fidelity, needs internet)
 
@@ -200,6 +206,11 @@ class BenchmarkConfig:
         _check(self.sweep_ratio > 0 and self.fid_max_images > 1 and self.kid_subset_size > 1,
                "benchmark.sweep_ratio, fid_max_images and kid_subset_size must be positive.")
         _check(self.low_shot_duration_kimg >= 0, "benchmark.low_shot_duration_kimg must not be negative.")
+        _check(all(0 < v <= 1 for v in self.strengths), "benchmark.strengths must lie in (0, 1]; e.g. [0.3, 0.5, 0.7].")
+        _check(all(0 < v < 1 for v in self.min_confidences), "benchmark.min_confidences must lie in (0, 1); e.g. [0.5, 0.9].")
+        _check(self.max_draws >= 1, "benchmark.max_draws must be at least 1.")
+        _check(self.workers >= 0, "benchmark.workers must be 0 (one per CPU core) or positive.")
+        _check(all(m > 1 for m in self.real_multiples), "benchmark.real_multiples must be whole numbers above 1; e.g. [2, 4].")
 
 
 @dataclass(frozen=True)
@@ -208,7 +219,7 @@ class Recipe:
 
     name: str = "digits"
     run_dir: str = ""  # default: runs/<name>
-    data: DataConfig = field(default_factory=lambda: DataConfig(spec="digits", resolution=8))
+    data: DataConfig = field(default_factory=lambda: DataConfig(spec="digits", resolution=8, val_fraction=0.1))
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -223,6 +234,10 @@ class Recipe:
 
 
 SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": SamplingConfig, "benchmark": BenchmarkConfig}
+# Where a recipe's default differs from the library's: a recipe holds out 10% of each class's training images
+# as a validation split (the benchmark chooses guidance, strength and filter threshold there), while
+# load_dataset() keeps the dataset's own splits unless asked.
+RECIPE_DEFAULTS = {"data": {"val_fraction": 0.1}}
 
 
 def _coerce(value, hint, key: str):
@@ -288,7 +303,7 @@ def recipe_from_dict(data: dict) -> Recipe:
         values = data.get(name, {})
         if not isinstance(values, dict):
             raise SynthaugError(f"Recipe key {name!r} must be a [{name}] section.")
-        sections[name] = _build(cls, values, f"{name}.")
+        sections[name] = _build(cls, {**RECIPE_DEFAULTS.get(name, {}), **values}, f"{name}.")
     return dataclasses.replace(_build(Recipe, top, ""), **sections)
 
 

@@ -1,81 +1,141 @@
-"""Benchmark reports: ``report.json`` (every number with its settings), ``report.md`` (the tables a
-person reads first), and PNG plots (accuracy vs synthetic ratio, the guidance sweep, samples)."""
+"""Benchmark reports: ``report.json`` (every number with its settings), ``report.md`` (the answer first, then
+the tables), and PNG plots (accuracy vs synthetic ratio, the guidance sweep, samples, memorization pairs)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from synthaug.files import write_bytes_atomic, write_text_atomic
-from synthaug.grids import save_png, spread_classes, tile_images
+from synthaug.grids import label_rows, save_png, spread_classes, tile_images
 
 
 def pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
+def shots_text(setting: dict) -> str:
+    return str(setting["shots_per_class"] or "all")
+
+
+def interval(s: dict) -> str:
+    return f"{pct(s['mean'])} ± {pct(s['ci95'])}"
+
+
 def arm_rows(setting: dict) -> list[list[str]]:
-    """Rows of the headline table for one low-data setting: arm, top-1 +- CI, macro-F1, gain, p."""
+    """Rows of the test table for one low-data setting: arm, top-1 +- CI, macro-F1, gain over real only, p."""
     rows = []
     for name, arm in setting["arms"].items():
-        t, f = arm["top1"], arm["macro_f1"]
         gain = arm.get("gain_over_real")
         rows.append([
-            str(setting["shots_per_class"] or "all"),
+            shots_text(setting),
             name,
-            f"{pct(t['mean'])} ± {pct(t['ci95'])}",
-            f"{pct(f['mean'])}",
+            interval(arm["top1"]),
+            pct(arm["macro_f1"]["mean"]),
             "—" if gain is None else f"{100 * gain['mean']:+.1f} ± {pct(gain['ci95'])}",
             "—" if gain is None else f"{gain['p_value']:.3f}{' *' if gain['significant'] else ''}",
         ])
     return rows
 
 
+def validation_rows(setting: dict) -> list[list[str]]:
+    """The candidates compared on the validation split, the chosen ones marked."""
+    c = setting["choices"]
+    chosen = {c["baseline"], next((n for n in setting["validation"] if n.endswith(f" + {c['label']} x{c['ratio']:g}")), None)}
+    return [[shots_text(setting), name + (" **(chosen)**" if name in chosen else ""), interval(r["top1"])]
+            for name, r in setting["validation"].items()]
+
+
 def kid_text(q: dict) -> str:
-    """KID x1000 with its spread over subsets; with one subset of all n images there is no spread."""
+    """KID x1000 with its 95% interval (or, on subsets, its spread over subsets), and its floor."""
+    if "kid_ci95" in q:
+        low, high = q["kid_ci95"]
+        return f"{1000 * q['kid']:.1f} [{1000 * low:.1f}, {1000 * high:.1f}] (floor {1000 * q['floor_kid']:.1f})"
     spread = f" ± {1000 * q['kid_std']:.1f}" if q["kid_subset_size"] < q["n"] else ""
     return f"{1000 * q['kid']:.1f}{spread} (floor {1000 * q['floor_kid']:.1f})"
 
 
+def fid_text(q: dict) -> str:
+    ci = f" [{q['fid_ci95'][0]:.1f}, {q['fid_ci95'][1]:.1f}]" if "fid_ci95" in q else ""
+    return f"{q['fid']:.1f}{ci} (floor {q['floor_fid']:.1f})"
+
+
+def memorization_text(q: dict) -> str:
+    m = q.get("memorization")
+    if not m:
+        return "—"
+    return f"{pct(m['inception']['share'])} / {pct(m['pixels']['share'])}"
+
+
+def has_faces(report: dict) -> bool:
+    return any("faces" in (syn["quality"] or {}) for s in report["settings"] for syn in s["synthetic_sets"].values())
+
+
 def quality_rows(report: dict) -> list[list[str]]:
-    rows = []
+    """Per measured synthetic set: FID and KID with intervals and floors, n, conditioning accuracy, CAS, memorization
+    (and MTCNN faces next to real faces, for face datasets)."""
+    rows, faces = [], has_faces(report)
     for s in report["settings"]:
-        q = s["quality"]
-        cas = s["arms"]["synthetic only (CAS)"]["top1"]
-        rows.append([
-            str(s["shots_per_class"] or "all"),
-            f"{q['fid']:.1f} (floor {q['floor_fid']:.1f})",
-            kid_text(q),
-            str(q["n"]),
-            pct(q["conditioning"]["accuracy"]),
-            f"{pct(cas['mean'])} ± {pct(cas['ci95'])}",
-        ] + ([pct(q["faces"]["detection_rate"]), f"{q['faces']['mean_confidence']:.3f}"] if "faces" in q else []))
+        cas = next((a for a in s["arms"].values() if not a["arm"]["real"]), None)
+        for key, syn in s["synthetic_sets"].items():
+            q = syn["quality"]
+            if q is None:
+                continue
+            if q.get("fid") is None:  # too few images to measure
+                rows.append([shots_text(s), syn["label"], q.get("note", "n/a"), "—", str(q["n"]), "—", "—", "—"] + ["—", "—"] * faces)
+                continue
+            row = [shots_text(s), syn["label"], fid_text(q), kid_text(q), str(q["n"]), pct(q["conditioning"]["accuracy"]),
+                   interval(cas["top1"]) if cas is not None and cas.get("synthetic_set") == key else "—", memorization_text(q)]
+            if faces:
+                row += [f"{pct(q['faces']['detection_rate'])} ({pct(q['faces_real']['detection_rate'])})",
+                        f"{q['faces']['mean_confidence']:.3f} ({q['faces_real']['mean_confidence']:.3f})"] if "faces" in q else ["—", "—"]
+            rows.append(row)
     return rows
 
 
-def sweep_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for p in report["guidance_sweep"]["points"]:
-        q, d = p["quality"], p["downstream_top1"]
-        rows.append([f"{p['guidance']:g}", f"{q['fid']:.1f}", f"{1000 * q['kid']:.1f}", pct(q["conditioning"]["accuracy"]),
-                     f"{pct(d['mean'])} ± {pct(d['ci95'])}"])
-    return rows
+def sweep_points(setting: dict) -> list[dict]:
+    """The guidance candidates of one setting: guidance, quality and validation accuracy."""
+    points = []
+    for syn in setting["synthetic_sets"].values():
+        m = syn["method"]
+        name = next((n for n in setting["validation"] if n.endswith(f" + {syn['label']} x{setting['choices']['ratio']:g}")), None)
+        if not m["strengths"] and not m["min_confidence"] and (syn["quality"] or {}).get("fid") is not None and name:
+            points.append({"guidance": m["guidance"], "quality": syn["quality"], "val_top1": setting["validation"][name]["top1"]})
+    return sorted(points, key=lambda p: p["guidance"])
 
 
-def sweep_verdict(sweep: dict) -> str:
-    """One sentence on the guidance sweep: the best scale by mean, and whether its interval separates it."""
-    points = sweep["points"]
-    best = max(points, key=lambda p: p["downstream_top1"]["mean"])
+def sweep_rows(setting: dict) -> list[list[str]]:
+    return [[shots_text(setting), f"{p['guidance']:g}", f"{p['quality']['fid']:.1f}", f"{1000 * p['quality']['kid']:.1f}",
+             pct(p["quality"]["conditioning"]["accuracy"]), interval(p["val_top1"])] for p in sweep_points(setting)]
+
+
+def sweep_verdict(setting: dict) -> str:
+    """One sentence on the guidance scales: which one validation chose, and whether its interval separates it."""
+    points = sweep_points(setting)
+    if not points:
+        return "No guidance scale was compared."
+    chosen = setting["choices"]["guidance"]
     if len(points) == 1:
-        return f"Only one guidance scale ({best['guidance']:g}) was measured, so the sweep ranks nothing; list more in benchmark.guidance_sweep."
-    b = best["downstream_top1"]
-    overlap = any(p is not best and p["downstream_top1"]["mean"] + p["downstream_top1"]["ci95"] >= b["mean"] - b["ci95"]
+        return f"Only one guidance scale ({chosen:g}) was tried, so nothing was chosen; list more in benchmark.guidance_sweep."
+    best = next(p for p in points if p["guidance"] == chosen)["val_top1"]
+    overlap = any(p["guidance"] != chosen and p["val_top1"]["mean"] + p["val_top1"]["ci95"] >= best["mean"] - best["ci95"]
                   for p in points)
-    return (f"Best downstream guidance: **{best['guidance']:g}** (by mean; "
+    return (f"Guidance chosen on validation: **{chosen:g}** (highest mean; "
             + ("its 95% interval overlaps another scale's, so the difference is not established)." if overlap
                else "its 95% interval does not overlap the others')."))
+
+
+def worth_text(setting: dict) -> str:
+    w = setting["summary"]["worth_real"]
+    if w is None:
+        return ""
+    low, high = w["ci95"]
+    return (f"Worth real images: the headline arm scores like real + classic augmentation with {w['how']} "
+            f"{w['per_class']:.0f} real images per class (95% interval {low:.0f}-{high:.0f}), from {w['real_per_class']} real "
+            "ones (curve: " + ", ".join(f"{p['per_class']:.0f}/class {pct(p['top1'])}%" for p in w["curve"]) + ").")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -85,57 +145,97 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 ARM_HEADER = ["shots/class", "arm", "top-1 % (mean ± 95% CI)", "macro-F1 %", "gain vs real (pp)", "paired p"]
-QUALITY_HEADER = ["shots/class", "FID vs real test", "KID x1000", "n", "conditioning acc. %", "CAS top-1 %"]
-SWEEP_HEADER = ["guidance", "FID", "KID x1000", "conditioning acc. %", "downstream top-1 %"]
+VALIDATION_HEADER = ["shots/class", "candidate (validation split)", "top-1 % (mean ± 95% CI)"]
+QUALITY_HEADER = ["shots/class", "synthetic set", "FID [95% CI] (floor)", "KID x1000 [95% CI] (floor)", "n",
+                  "conditioning acc. %", "CAS top-1 %", "memorization % (Inception / pixels)"]
+FACES_HEADER = ["faces detected % (real)", "MTCNN confidence (real)"]
+SWEEP_HEADER = ["shots/class", "guidance", "FID", "KID x1000", "conditioning acc. %", "validation top-1 %"]
+
+
+def answer_lines(report: dict) -> list[str]:
+    """The plain answer, one paragraph per setting."""
+    lines = []
+    for s in report["settings"]:
+        summary, c = s["summary"], s["choices"]
+        g = summary["gain"]
+        lines += [f"**{shots_text(s)} real images per class.** {summary['verdict']}",
+                  "",
+                  f"- Chosen on the validation split (never on test): {c['label']}; baseline {summary['baseline_arm']}. "
+                  f"Gain {100 * g['mean']:+.1f} points (95% CI ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f}); "
+                  f"minimum detectable effect at 80% power: {pct(summary['min_detectable_effect'])} points.",
+                  f"- Highest test score among the synthetic arms: {summary['best_synthetic_arm_by_test']} "
+                  "(picked on test, so optimistic; shown for completeness)."]
+        if worth_text(s):
+            lines.append(f"- {worth_text(s)}")
+        headline_set = s["synthetic_sets"].get(s["arm_sets"].get(summary["headline_arm"], ""), {})
+        q = headline_set.get("quality") or {}
+        if q.get("memorization"):
+            lines.append(f"- Memorization ({headline_set['label']}): {q['memorization']['verdict']}")
+        lines.append("")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
     d, c = report["dataset"], report["classifier"]
-    quality_header = QUALITY_HEADER + (["faces detected %", "MTCNN confidence"] if any("faces" in s["quality"] for s in report["settings"]) else [])
-    sweep = report["guidance_sweep"]
+    faces = has_faces(report)
     parts = [
         f"# synthaug benchmark: {report['recipe']['name']}",
         "",
         f"Command: `{report['command']}`  ",
-        f"Dataset: `{d['spec']}` ({d['train_images']} training / {d['test_images']} test images, {d['classes']} classes, "
-        f"target: {d['target']}). Machine: {report['machine']}. Total time: {report['total_s']:.0f} s.",
+        f"Dataset: `{d['spec']}` ({d['train_images']} training / {d.get('val_images', 0)} validation / {d['test_images']} test "
+        f"images, {d['classes']} classes, target: {d['target']}). Machine: {report['machine']}"
+        f"{', ' + str(report['processes']) + ' processes' if report.get('processes', 1) > 1 else ''}. "
+        f"Total time: {report['total_s']:.0f} s.",
         "",
+        "## The answer",
+        "",
+        *answer_lines(report),
         "## Does synthetic data help? (real test split)",
         "",
         f"Classifier `{c['model']}` (weights: {c['pretrained']}), {c['steps']} steps of {c['batch_size']} images at "
-        f"{c['resolution']} px for every arm, seeds {c['seeds']}. Intervals are 95% t-intervals over seeds; the gain is "
-        "paired by seed, and * marks p < 0.05 (paired t-test).",
+        f"{c['resolution']} px for every arm, seeds {c['seeds']}. Intervals are 95% t-intervals over seeds; gains are "
+        "paired by seed (the same seed starts every arm from the same weights), and * marks p < 0.05 (paired t-test). "
+        "Every synthetic arm is on top of classic augmentation; `Nx real` arms have N times the real images.",
         "",
         markdown_table(ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)]),
         "",
-        "## Generator quality",
+        "## Choices made on the validation split",
         "",
-        "FID/KID compare n synthetic images with n real test images; the floor compares n real training images with the "
-        "same n real test images (KID's ± is its spread over subsets, shown when the subset is smaller than n). "
-        f"Inception weights sha256 `{(report['fid_weights']['sha256'] or 'unknown')[:16]}…` "
-        f"({report['fid_weights']['source']}), resize: {report['fid_resize']}. Conditioning accuracy: a judge trained on every "
-        f"real training image ({pct(report['judge']['test_score']['top1'])}% on the real test split) labels the synthetic images. "
-        "CAS: a classifier trained on synthetic images only, tested on real ones.",
+        "Guidance, variation strength, filter threshold and the baseline were chosen by validation accuracy "
+        f"(real + classic augmentation + synthetic at x{report['settings'][0]['choices']['ratio']:g}); the test split was "
+        "scored once per arm and seed, after.",
         "",
-        markdown_table(quality_header, quality_rows(report)),
+        markdown_table(VALIDATION_HEADER, [r for s in report["settings"] for r in validation_rows(s)]),
         "",
-        f"## Guidance sweep (shots/class {sweep['shots_per_class'] or 'all'}, real + synthetic x{sweep['ratio']:g})",
+        *[sweep_verdict(s) + f" ({shots_text(s)} shots/class)" for s in report["settings"]],
         "",
-        markdown_table(SWEEP_HEADER, sweep_rows(report)),
+        markdown_table(SWEEP_HEADER, [r for s in report["settings"] for r in sweep_rows(s)]),
         "",
-        sweep_verdict(sweep),
+        "## Generator quality and memorization",
+        "",
+        "FID/KID compare n synthetic images with n real test images, with 95% jackknife intervals; the floor compares n "
+        "real training images with the same test images. Inception weights sha256 "
+        f"`{(report['fid_weights']['sha256'] or 'unknown')[:16]}…` ({report['fid_weights']['source']}), resize: "
+        f"{report['fid_resize']}. Conditioning accuracy: a judge trained on every real training image "
+        f"({pct(report['judge']['test_score']['top1'])}% on the real test split) labels the synthetic images. CAS: a classifier "
+        "trained on synthetic images only, tested on real ones. Memorization: the share of synthetic images closer to one of "
+        "the generator's training images than 95% of real test images are (about 5% for images that are not copies; "
+        "real-guided variations start from a training image, so they sit closer by construction).",
+        "",
+        markdown_table(QUALITY_HEADER + (FACES_HEADER if faces else []), quality_rows(report)),
         "",
         "## Provenance",
         "",
     ]
     for s in report["settings"]:
         g = s["generator"]
-        parts.append(f"- shots/class {s['shots_per_class'] or 'all'}: generator `{g['run']}` trained on {g['train_images']} real "
-                     f"images (sources sha256 `{g['train_sources_sha256'][:16]}…`, the same subset as the classifier), "
-                     f"weights sha256 `{g['weights_sha256'][:16]}…`; synthetic set `{s['synthetic']['folder']}`.")
+        parts.append(f"- shots/class {shots_text(s)}: generator `{g['run']}` ({g.get('kimg')} kimg) trained on {g['train_images']} "
+                     f"real images (sources sha256 `{g['train_sources_sha256'][:16]}…`, the same subset as the classifiers), "
+                     f"weights sha256 `{g['weights_sha256'][:16]}…`.")
     parts += ["", "Timings (s): " + ", ".join(f"{k} {v:g}" for k, v in report["timings_s"].items()) + ".", "",
-              "Plots: `accuracy_vs_ratio.png`, `guidance_sweep.png`, `samples.png` (per class: real images left, "
-              "synthetic right). Every number: `report.json`.", ""]
+              "Plots: `accuracy_vs_ratio.png`, `guidance_sweep.png`, `samples.png` (per class: real images left, synthetic "
+              "right), `memorization-<shots>.png` (closest synthetic images, top, above their nearest training images). "
+              "Every number: `report.json`.", ""]
     return "\n".join(parts)
 
 
@@ -156,25 +256,27 @@ def plot_accuracy_vs_ratio(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for s in report["settings"]:
+    n = len(report["settings"])
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), dpi=110, squeeze=False)
+    for ax, s in zip(axes[0], report["settings"]):
         arms = s["arms"]
-        xs, ys, es = [0.0], [arms["real"]["top1"]["mean"]], [arms["real"]["top1"]["ci95"]]
-        for arm in arms.values():
+        curves: dict[str, list] = {}
+        for name, arm in arms.items():
             spec = arm["arm"]
-            if spec["real"] and spec["synthetic"] and spec["ratio"] is not None and not spec["augment"]:
-                xs.append(spec["ratio"])
-                ys.append(arm["top1"]["mean"])
-                es.append(arm["top1"]["ci95"])
-        label = f"{s['shots_per_class'] or 'all'} shots/class"
-        line = ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3, label=label)
-        aug = arms["real + classic aug"]["top1"]
-        ax.axhline(100 * aug["mean"], color=line[0].get_color(), linestyle=":", linewidth=1)
-    ax.plot([], [], "k:", linewidth=1, label="real + classic augmentation")
-    ax.set_xlabel("synthetic images per real image (0 = real only)")
-    ax.set_ylabel("top-1 accuracy on real test (%)")
-    ax.set_title(f"{report['recipe']['name']}: accuracy vs synthetic ratio (95% CI over seeds)")
-    ax.legend()
+            if spec["real"] and spec["synthetic"] and spec["ratio"] is not None:
+                label = s["synthetic_sets"][s["arm_sets"][name]]["label"]
+                curves.setdefault(label, []).append((spec["ratio"], arm["top1"]))
+        for label, points in curves.items():
+            points.sort(key=lambda p: p[0])
+            ax.errorbar([p[0] for p in points], [100 * p[1]["mean"] for p in points], yerr=[100 * p[1]["ci95"] for p in points],
+                        marker="o", capsize=3, label=label)
+        for name, style in (("real", "k--"), ("real + classic aug", "k:")):
+            ax.axhline(100 * arms[name]["top1"]["mean"], color="k", linestyle=style[1:], linewidth=1, label=name)
+        ax.set_xlabel("synthetic images per real image (on top of classic augmentation)")
+        ax.set_ylabel("top-1 on real test (%)")
+        ax.set_title(f"{shots_text(s)} real images per class")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{report['recipe']['name']}: accuracy vs synthetic ratio (95% CI over seeds)")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -185,27 +287,31 @@ def plot_guidance_sweep(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = report["guidance_sweep"]["points"]
-    g = [p["guidance"] for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(g, [p["quality"]["fid"] for p in points], "o-", color="tab:red", label="FID (lower is better)")
-    ax.plot(g, [p["quality"]["floor_fid"] for p in points], "--", color="tab:red", alpha=0.5, label="FID floor (real vs real)")
-    ax.set_xlabel("guidance scale")
-    ax.set_ylabel("FID")
-    ax2 = ax.twinx()
-    ax2.plot(g, [100 * (p["quality"]["conditioning"]["accuracy"] or 0) for p in points], "s-", color="tab:blue", label="conditioning accuracy")
-    ax2.errorbar(g, [100 * p["downstream_top1"]["mean"] for p in points], yerr=[100 * p["downstream_top1"]["ci95"] for p in points],
-                 fmt="^-", color="tab:green", capsize=3, label="downstream top-1")
-    ax2.set_ylabel("%")
-    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
-    ax.set_title("guidance: quality vs conditioning vs downstream accuracy")
+    n = len(report["settings"])
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), dpi=110, squeeze=False)
+    for ax, s in zip(axes[0], report["settings"]):
+        points = sweep_points(s)
+        g = [p["guidance"] for p in points]
+        ax.plot(g, [p["quality"]["fid"] for p in points], "o-", color="tab:red", label="FID (lower is better)")
+        ax.plot(g, [p["quality"]["floor_fid"] for p in points], "--", color="tab:red", alpha=0.5, label="FID floor")
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel("FID")
+        ax2 = ax.twinx()
+        ax2.plot(g, [100 * (p["quality"]["conditioning"]["accuracy"] or 0) for p in points], "s-", color="tab:blue",
+                 label="conditioning accuracy")
+        ax2.errorbar(g, [100 * p["val_top1"]["mean"] for p in points], yerr=[100 * p["val_top1"]["ci95"] for p in points],
+                     fmt="^-", color="tab:green", capsize=3, label="validation top-1")
+        ax2.set_ylabel("%")
+        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+        ax.set_title(f"{shots_text(s)} real images per class")
+    fig.suptitle("guidance: quality vs conditioning vs validation accuracy")
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def sample_grid(real, syn, per_side: int = 4, max_rows: int = 10) -> np.ndarray:
-    """Per class: ``per_side`` real images, a blank, then ``per_side`` synthetic ones."""
+    """Per class: ``per_side`` real images, a blank, then ``per_side`` synthetic ones; rows labelled by class."""
     from synthaug.shards import held_classes, map_labels
 
     rng = np.random.default_rng(0)
@@ -220,15 +326,24 @@ def sample_grid(real, syn, per_side: int = 4, max_rows: int = 10) -> np.ndarray:
             tiles += [pool[i] for i in pick] + [blank] * (per_side - len(pick))
             if pool is real.images:
                 tiles.append(blank)
-    return tile_images(np.stack(tiles), 2 * per_side + 1)
+    return tile_images(np.stack(tiles), 2 * per_side + 1), [real.class_names[c] for c in classes]
 
 
-def write_report(report: dict, out: Path, real, syn) -> None:
-    """report.json, report.md and the three plots in ``out``."""
+def write_report(report: dict, out: Path, real, settings) -> None:
+    """report.json, report.md and the plots in ``out``; ``settings`` are the benchmark's per-setting states
+    (their synthetic sets give the sample and memorization grids)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     write_text_atomic(out / "report.md", render_markdown(report))
     plot_accuracy_vs_ratio(report, out / "accuracy_vs_ratio.png")
     plot_guidance_sweep(report, out / "guidance_sweep.png")
-    save_png(sample_grid(real, syn), out / "samples.png", min_side=600)
+    top = max(settings, key=lambda s: len(s.train))
+    headline = report["settings"][settings.index(top)]
+    syn = top.sets[headline["arm_sets"][headline["summary"]["headline_arm"]]].syn
+    grid, names = sample_grid(real, syn)
+    save_png(label_rows(grid, names) if real.num_classes > 1 else grid, out / "samples.png", min_side=600)
+    for s, entry in zip(settings, report["settings"]):
+        chosen = s.sets[entry["arm_sets"][entry["summary"]["headline_arm"]]]
+        if chosen.grid.is_file():
+            shutil.copyfile(chosen.grid, out / f"memorization-{shots_text(entry)}.png")

@@ -80,6 +80,22 @@ class Run:
                                 f"{', ...' if len(foreign) > 3 else ''} but no run.json), and training would overwrite "
                                 "what it holds; choose an empty or new folder (--set run_dir=...).")
 
+    def training_images(self):
+        """The real images this run's generator was trained on, exactly: its recipe's training split, checked
+        against the sha256 of sources recorded in ``condition.json`` (the no-leakage guarantee of real-guided
+        variations and of the filter classifier)."""
+        from synthaug.data import load_dataset
+        from synthaug.generator.conditions import ConditionSchema, sources_sha256
+        from synthaug.recipe import load_recipe
+
+        schema = ConditionSchema.load(self.condition_file)
+        train = load_dataset(load_recipe(self.recipe_file).data).split("train")
+        if sources_sha256(train.sources) != schema.train_sources_sha256:
+            raise SynthaugError(f"The real training images of {schema.dataset} are no longer the ones {self.path} was trained on "
+                                "(files were added, removed or changed), so no real image can be used without leaking; "
+                                "restore the dataset, or train the run again.")
+        return train
+
     def weights_sha256(self) -> str:
         """sha256 over the EMA weight files, the identity of the weights a sample came from; checks
         every file of the EMA folder against its recorded sha256 first."""

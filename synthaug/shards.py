@@ -254,7 +254,8 @@ def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
         names, levels = schema["attribute_names"], schema["attribute_levels"]
         attributes = np.array([[(m["attributes"] or {}).get(n, levels[a]) for a, n in enumerate(names)] for m in metas],
                               dtype=np.int64).reshape(len(metas), len(names))
-    return SyntheticSet(np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8), np.array(labels, dtype=np.int64),
+    empty = np.zeros((0, schema["resolution"], schema["resolution"], schema["channels"]), np.uint8)  # e.g. a filter kept none
+    return SyntheticSet(np.stack(images) if images else empty, np.array(labels, dtype=np.int64),
                         attributes, list(schema["class_names"]), manifest, metas)
 
 
@@ -339,16 +340,21 @@ def verify_shards(folder: Path) -> dict:
             except (ValueError, KeyError, TypeError):
                 problems.append(f"{key} in {name} has unreadable metadata.")
     settings_path = folder / SETTINGS_FILE
-    expected = None
+    expected, filtered = None, False
     if settings_path.is_file():
         try:
             settings = json.loads(settings_path.read_text())
             expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
+            filtered = "filter" in settings
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             problems.append(f"{SETTINGS_FILE} is unreadable, so the samples cannot be checked against the plan.")
     if expected is not None:
         absent = sorted(expected - set(seen))
-        if absent:
+        kept = {name: c["kept"] for name, c in (manifest.get("filter") or {}).get("per_class", {}).items()}
+        if filtered and kept:  # a confidence filter rejects planned samples: the manifest says how many it kept
+            if kept != {name: per_class.get(name, 0) for name in kept}:
+                problems.append("The samples kept per class differ from what the manifest's filter counts say.")
+        elif absent:
             problems.append(f"{len(absent)} planned samples are missing (first: {absent[0]}).")
         unplanned = sorted(set(seen) - expected)
         if unplanned:

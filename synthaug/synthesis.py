@@ -2,14 +2,19 @@
 
 Three parts, used in this order by :func:`generate_shards`:
 
-- :func:`plan_generation`: every image to draw, in a fixed order (round-robin over conditions), each
-  with its own seed, cut into shards of ``images_per_shard``; and the settings that determine it.
+- :func:`plan_generation`: every image to draw (a :class:`Slot`), in a fixed order (round-robin over
+  conditions), each with its own seed (and, for real-guided variations, its real source image and
+  strength), cut into shards of ``images_per_shard``; and the settings that determine it.
 - :class:`OutputFolder`: the folder's lock, its ``generation.json``, which shards are already complete,
   and the manifest written last.
 - :class:`ShardWriter`: encodes, writes and fsyncs shard k on a thread while the network samples k+1.
 
 Under ``accelerate launch`` process r writes shards r, r + W, r + 2W, ... Re-running the same command
 skips finished shards and redoes a partial one, so no image is lost or written twice.
+
+With ``min_confidence`` a slot keeps the first of its candidates (seed, then further seeds derived from
+it) that the run's filter classifier (:mod:`synthaug.filtering`) is confident about, drawing at most
+``max_draws``; each slot is decided on its own, so shards stay independent, exact and resumable.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from synthaug import __version__, progress
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
 from synthaug.recipe import SamplingConfig, load_recipe, recipe_files
+from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import (
     MANIFEST,
     SETTINGS_FILE,
@@ -58,6 +66,10 @@ class GenerateRequest:
     num: int = 0
     per_class: int = 0
     counts: tuple[int, ...] = ()  # or one count per condition, in order (library use)
+    from_real: bool = False  # real-guided variations (SDEdit) of the run's own real training images
+    strengths: tuple[float, ...] = (0.5,)  # from_real: the share of the noise schedule each source is noised to
+    min_confidence: float = 0.0  # keep an image only when the filter classifier's probability is at least this
+    max_draws: int = 8  # with min_confidence: candidates drawn at most per image
 
     def __post_init__(self):
         asked = sum(bool(x) for x in (self.classes, self.species, self.attributes, self.all_classes))
@@ -67,6 +79,12 @@ class GenerateRequest:
             raise SynthaugError("--num and --per-class must be positive.")
         if sum(bool(x) for x in (self.num, self.per_class, self.counts)) != 1 or (self.counts and not any(self.counts)):
             raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
+        if not self.strengths or not all(0 < v <= 1 for v in self.strengths):
+            raise SynthaugError("--strength must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.")
+        if not 0 <= self.min_confidence < 1:
+            raise SynthaugError("--min-confidence must lie in [0, 1), e.g. 0.9.")
+        if self.max_draws < 1:
+            raise SynthaugError("--max-draws must be at least 1.")
 
     def counts_for(self, n_conditions: int) -> list[int]:
         if self.counts:
@@ -95,33 +113,76 @@ def run_identity(gen: Generator) -> dict:
 
 # -- 1. the plan -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Slot:
+    """One planned image: its condition, its index within the condition (its key), its seed, and for a
+    real-guided variation the row of its real source image and the strength."""
+
+    condition: Condition
+    index: int
+    seed: int
+    source: int = -1  # row in the run's real training split, or -1 (drawn from pure noise)
+    strength: float = 1.0  # 1: from pure noise
+
+    @property
+    def key(self) -> str:
+        return self.condition.sample_key(self.index)
+
+    def seed_of(self, draw: int) -> int:
+        """Candidate ``draw`` of this slot: its own seed first, then further seeds derived from it (filtering)."""
+        return self.seed if draw == 0 else derive_seed(self.seed, "draw", draw)
+
+
 @dataclass
 class GenerationPlan:
-    """Every image of a generation in its fixed order, as (condition, index, seed), cut into shards.
+    """Every image of a generation in its fixed order, cut into shards.
 
     ``settings`` is what determines the images (written to ``generation.json``: the same settings
-    resume, different ones are refused); ``common`` is the provenance every sample's JSON carries.
+    resume, different ones are refused); ``common`` is the provenance every sample's JSON carries;
+    ``sources`` the run's real training images when the images are variations of them.
     """
 
-    samples: list[tuple[Condition, int, int]]
+    slots: list[Slot]
     images_per_shard: int
     settings: dict
     common: dict
     identity: dict
+    request: GenerateRequest
+    sources: object = None  # ImageSet of the run's real training images (from_real)
 
     @property
     def num_shards(self) -> int:
-        return -(-len(self.samples) // self.images_per_shard)
+        return -(-len(self.slots) // self.images_per_shard)
 
-    def shard(self, k: int) -> list[tuple[Condition, int, int]]:
-        return self.samples[k * self.images_per_shard : (k + 1) * self.images_per_shard]
+    def shard(self, k: int) -> list[Slot]:
+        return self.slots[k * self.images_per_shard : (k + 1) * self.images_per_shard]
 
     def keys(self, k: int) -> list[str]:
-        return [cond.sample_key(index) for cond, index, _ in self.shard(k)]
+        return [slot.key for slot in self.shard(k)]
+
+
+def source_rows(gen: Generator, cond: Condition, sources) -> np.ndarray:
+    """The real training images a condition's variations start from: its class, or the images whose attributes
+    match every level the condition names."""
+    if gen.schema.kind == "class":
+        rows = np.flatnonzero(sources.labels == cond.value[0])
+    else:
+        named = np.array([v < n for v, n in zip(cond.value, gen.schema.attribute_levels)])
+        rows = np.flatnonzero((sources.attributes[:, named] == np.array(cond.value)[named]).all(axis=1))
+    if not len(rows):
+        raise SynthaugError(f"The run's real training images hold no image of {cond.class_name!r} to vary; "
+                            "ask for conditions it was trained on, or drop --from-real.")
+    return rows
 
 
 def plan_generation(gen: Generator, request: GenerateRequest, sampling: SamplingConfig) -> GenerationPlan:
-    """The plan of drawing ``request`` from ``gen`` with ``sampling``."""
+    """The plan of drawing ``request`` from ``gen`` with ``sampling``.
+
+    Variations (``from_real``) cycle through each condition's real images in a seeded order: image i uses
+    source ``order[i % k]`` and strength ``strengths[(i + i // k) % len(strengths)]``, so a first pass
+    varies every source once and later passes give each source the other strengths.
+    """
+    gen.check_sampling(sampling)
     conditions = resolve_conditions(gen, request)
     counts = request.counts_for(len(conditions))
     identity = run_identity(gen)
@@ -136,19 +197,77 @@ def plan_generation(gen: Generator, request: GenerateRequest, sampling: Sampling
               "weights_sha256": identity["weights_sha256"], "dataset": gen.schema.dataset, "synthaug": __version__}
     text = identity.get("text", {})
     common.update({k: text[k] for k in ("backend", "base_model_sha256", "text_encoder_sha256") if k in text})
-    return GenerationPlan(plan_conditions(conditions, counts, sampling.seed), sampling.images_per_shard, settings, common, identity)
+    plain = plan_conditions(conditions, counts, sampling.seed)
+    sources = None
+    if request.from_real:
+        sources = gen.run.training_images()  # exactly the real images the generator saw (checked)
+        orders = {c.key: numpy_rng(sampling.seed, "sources", c.key).permutation(source_rows(gen, c, sources))
+                  for c in conditions}
+        strengths = list(request.strengths)
+        slots = []
+        for cond, index, seed in plain:
+            order = orders[cond.key]
+            slots.append(Slot(cond, index, seed, int(order[index % len(order)]),
+                              strengths[(index + index // len(order)) % len(strengths)]))
+        settings["from_real"] = {"strengths": strengths, "train_sources_sha256": gen.schema.train_sources_sha256}
+    else:
+        slots = [Slot(cond, index, seed) for cond, index, seed in plain]
+    if request.min_confidence:
+        settings["filter"] = {"min_confidence": request.min_confidence, "max_draws": request.max_draws}
+    return GenerationPlan(slots, sampling.images_per_shard, settings, common, identity, request, sources)
 
 
-def encode_shard(gen: Generator, plan: GenerationPlan, k: int, images) -> list[dict]:
-    """The samples of shard ``k``: PNG, class label, and JSON metadata with the image's seed and provenance."""
+@dataclass
+class DrawnImage:
+    """What a slot became: its image, how many candidates it drew, and the filter's confidence (None: no filter)."""
+
+    slot: Slot
+    image: np.ndarray
+    draws: int = 1
+    confidence: float | None = None
+    steps_run: int = 0
+
+
+def draw_slots(gen: Generator, plan: GenerationPlan, slots: list[Slot], sampling: SamplingConfig, confidence=None) -> list[DrawnImage]:
+    """The images of ``slots``: each slot's first candidate the filter accepts (every first candidate without a
+    filter); slots whose ``max_draws`` candidates are all rejected are left out."""
+    request = plan.request
+    kept: dict[int, DrawnImage] = {}
+    pending = list(range(len(slots)))
+    for draw in range(request.max_draws if request.min_confidence else 1):
+        if not pending:
+            break
+        batch = [slots[i] for i in pending]
+        conditions, seeds = [s.condition for s in batch], [s.seed_of(draw) for s in batch]
+        if plan.sources is not None:
+            images, steps_run = gen.vary_conditions(plan.sources.images[[s.source for s in batch]], conditions,
+                                                    [s.strength for s in batch], seeds, sampling)
+        else:
+            images, steps_run = gen.sample_conditions(conditions, seeds, sampling), [sampling.steps] * len(batch)
+        scores = confidence(images, np.array([s.condition.value for s in batch])) if confidence else [None] * len(batch)
+        for i, image, score, steps in zip(pending, images, scores, steps_run):
+            if score is None or score >= request.min_confidence:
+                kept[i] = DrawnImage(slots[i], image, draw + 1, None if score is None else float(score), int(steps))
+        pending = [i for i in pending if i not in kept]
+    return [kept[i] for i in sorted(kept)]
+
+
+def encode_shard(gen: Generator, plan: GenerationPlan, drawn: list[DrawnImage]) -> list[dict]:
+    """The samples of one shard: PNG, class label, and JSON metadata with the image's seed and provenance."""
     samples = []
-    for (cond, index, seed), image in zip(plan.shard(k), images):
+    for d in drawn:
+        cond, slot = d.slot.condition, d.slot
         meta = {**plan.common, "class_name": cond.class_name, "class_id": cond.class_id, "label": cond.label,
-                "attributes": cond.attributes, "condition": cond.key, "index": index, "seed": seed}
+                "attributes": cond.attributes, "condition": cond.key, "index": slot.index, "seed": slot.seed_of(d.draws - 1)}
+        if plan.sources is not None:
+            meta.update(source=plan.sources.sources[slot.source], source_index=slot.source, strength=slot.strength,
+                        steps_run=d.steps_run)
+        if d.confidence is not None:
+            meta.update(confidence=d.confidence, draws=d.draws)
         prompt = gen.prompt(cond)
         if prompt is not None:
             meta["prompt"] = prompt
-        samples.append(encode_sample(cond.sample_key(index), encode_png(image), cond.label, meta))
+        samples.append(encode_sample(slot.key, encode_png(d.image), cond.label, meta))
     return samples
 
 
@@ -209,29 +328,60 @@ class OutputFolder:
     def unfinished(self, plan: GenerationPlan, shards: list[int]) -> list[int]:
         """The shards of ``shards`` that still have to be written."""
         known = self.previous_checksums()
-        return [k for k in shards if not shard_is_complete(self.path / shard_name(k), plan.keys(k), known.get(shard_name(k)))]
+        filtered = bool(plan.request.min_confidence)
+        return [k for k in shards
+                if not shard_is_complete(self.path / shard_name(k), plan.keys(k), known.get(shard_name(k)), filtered)]
 
-    def finish(self, plan: GenerationPlan, written: dict[int, dict], rewrite, data: dict, schema: dict) -> dict:
+    def finish(self, plan: GenerationPlan, written: dict[int, dict], rewrite, data: dict, schema: dict,
+               filter_info: dict | None = None) -> dict:
         """Check every planned shard (rewriting with ``rewrite(k)`` any that is missing or wrong), then write
         the manifest: the set is complete from this moment."""
         shards = []
+        filtered = bool(plan.request.min_confidence)
         for k in range(plan.num_shards):
             path = self.path / shard_name(k)
             info = written.get(k) if path.exists() else None
             if info is None and path.exists():  # written by another process or an earlier run
                 info = describe_shard(path)
-            if info is None or info["keys"] != plan.keys(k):
+            if info is None or not planned_keys_held(info["keys"], plan.keys(k), filtered):
                 log.warning("Shard %s is missing or does not hold its planned samples; writing it again.", shard_name(k))
                 path.unlink(missing_ok=True)
                 info = rewrite(k)
             shards.append(info)
         extra = {"synthaug": __version__, "run": plan.identity, "data": data, "schema": schema, "shard_pattern": SHARD_PATTERN}
+        if filter_info is not None:
+            extra["filter"] = {**filter_info, "per_class": self.filter_counts(plan)}
         return write_manifest(self.path, shards, plan.settings, extra)
 
+    def filter_counts(self, plan: GenerationPlan) -> dict[str, dict]:
+        """Per class: images planned, kept, candidates drawn and rejected (a slot that kept none drew ``max_draws``)."""
+        counts: dict[str, dict] = {}
+        for slot in plan.slots:
+            c = counts.setdefault(slot.condition.class_name, {"planned": 0, "kept": 0, "drawn": 0, "rejected": 0})
+            c["planned"] += 1
+        for k in range(plan.num_shards):
+            for sample in read_shard(self.path / shard_name(k)):
+                meta = json.loads(sample["json"])
+                c = counts[meta["class_name"]]
+                c["kept"] += 1
+                c["drawn"] += meta["draws"]
+        for c in counts.values():
+            c["drawn"] += (c["planned"] - c["kept"]) * plan.request.max_draws
+            c["rejected"] = c["drawn"] - c["kept"]
+        return counts
 
-def shard_is_complete(path: Path, keys: list[str], sha256: str | None) -> bool:
+
+def planned_keys_held(keys: list[str], planned: list[str], filtered: bool) -> bool:
+    """A shard holds exactly its planned samples, in order (a filtered one: those of them it kept, in order)."""
+    if not filtered:
+        return keys == planned
+    held = set(keys)
+    return [k for k in planned if k in held] == keys
+
+
+def shard_is_complete(path: Path, keys: list[str], sha256: str | None, filtered: bool = False) -> bool:
     """A finished shard can be kept: it matches the manifest's sha256, or (no manifest yet) it holds
-    exactly its planned samples and every PNG decodes."""
+    exactly its planned samples (filtered: a subset of them) and every PNG decodes."""
     if not path.is_file():
         return False
     if sha256 is not None:
@@ -243,7 +393,7 @@ def shard_is_complete(path: Path, keys: list[str], sha256: str | None) -> bool:
         for sample in samples:
             with Image.open(io.BytesIO(sample["png"])) as im:
                 im.load()
-        return [x["__key__"] for x in samples] == keys
+        return planned_keys_held([x["__key__"] for x in samples], keys, filtered)
     except Exception:  # any damage means the shard is written again
         return False
 
@@ -257,7 +407,7 @@ class ShardWriter:
     queued when the writer closes. ``written`` describes every shard this process wrote."""
 
     folder: Path
-    encode: object  # (k, images) -> samples
+    encode: object  # drawn images -> samples
     bar: progress.Task
     written: dict[int, dict] = field(default_factory=dict)
 
@@ -265,15 +415,15 @@ class ShardWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthaug-shards")
         self._pending: tuple[int, int, Future] | None = None
 
-    def write(self, k: int, images) -> dict:
+    def write(self, k: int, drawn: list[DrawnImage]) -> dict:
         """Encode and write shard ``k`` now, on this thread."""
-        samples = self.encode(k, images)
-        self.written[k] = write_shard(self.folder, k, samples, [json.loads(s["json"])["class_name"] for s in samples])
+        samples = self.encode(drawn)
+        self.written[k] = write_shard(self.folder, k, samples, [d.slot.condition.class_name for d in drawn])
         return self.written[k]
 
-    def submit(self, k: int, images) -> None:
+    def submit(self, k: int, drawn: list[DrawnImage], planned: int) -> None:
         self._wait()
-        self._pending = (k, len(images), self._pool.submit(self.write, k, images))
+        self._pending = (k, planned, self._pool.submit(self.write, k, drawn))
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -300,52 +450,75 @@ def generate_shards(
     sampling: SamplingConfig | None = None,
     overwrite: bool = False,
     device: str | None = None,
+    filter_config=None,
 ) -> dict:
     """Draw the requested images from a trained run and write them as shards with a manifest.
 
     Args:
         run: a trained run folder, or a loaded :class:`~synthaug.generator.Generator`.
-        request: what to draw and how many.
+        request: what to draw and how many (and how: plain, real-guided variations, confidence-filtered).
         out: the output folder (created); re-running the same call resumes it.
         sampling: sampler settings (default: the run's recipe's [sampling] section).
         overwrite: replace a different generation already in ``out``.
         device: torch device (default: a GPU when there is one).
+        filter_config: the :class:`~synthaug.classifier.ClassifierConfig` of the filter classifier
+            (default: the run's recipe's [benchmark] classifier, trained for ``judge_steps``).
 
     Returns:
-        The manifest, as written to ``out/manifest.json``.
+        The manifest, as written to ``out/manifest.json``. With a filter it lists per class how many images
+        were planned, kept, drawn and rejected.
     """
     from accelerate import PartialState
 
     state = PartialState()
     gen = run if isinstance(run, Generator) else Generator.load(run, device=device or state.device)
-    plan = plan_generation(gen, request, sampling or gen.sampling)
+    sampling = sampling or gen.sampling
+    plan = plan_generation(gen, request, sampling)
     folder = OutputFolder(out)
+    if request.min_confidence:
+        from synthaug.filtering import default_filter_config, filter_key, load_filter
 
-    def sample(k: int):
-        part = plan.shard(k)
-        return gen.sample_conditions([c for c, _, _ in part], [s for _, _, s in part], sampling or gen.sampling)
+        filter_config = filter_config or default_filter_config(gen.run)
+        plan.settings["filter"]["classifier_key"] = filter_key(gen.run, filter_config)  # which filter judges is a setting
 
     with folder.lock(state.is_main_process):
         if state.is_main_process:
             folder.prepare(plan, overwrite)
         state.wait_for_everyone()
+        confidence, filter_info = None, None
+        if request.min_confidence:  # the main process trains the run's filter classifier once; the others read it
+            if not state.is_main_process:
+                state.wait_for_everyone()
+            screen = load_filter(gen.run, filter_config, gen.device)
+            if state.is_main_process:
+                state.wait_for_everyone()
+            confidence, filter_info = screen.confidence, {**plan.settings["filter"], "classifier": screen.info}
         mine = [k for k in range(plan.num_shards) if k % state.num_processes == state.process_index]
         todo = folder.unfinished(plan, mine)
         if len(todo) < len(mine):
             log.info("Resuming: %d of %d shards are already complete.", len(mine) - len(todo), len(mine))
-        with progress.task(f"generating {len(plan.samples)} images", total=len(plan.samples)) as bar:
-            bar.advance(sum(len(plan.shard(k)) for k in mine if k not in todo))
-            with ShardWriter(folder.path, lambda k, images: encode_shard(gen, plan, k, images), bar) as writer:
+
+        def draw(k: int) -> list[DrawnImage]:
+            return draw_slots(gen, plan, plan.shard(k), sampling, confidence)
+
+        with progress.task(f"generating {count(len(plan.slots), 'image')}", total=len(plan.slots)) as bar:
+            bar.resume(sum(len(plan.shard(k)) for k in mine if k not in todo))
+            with ShardWriter(folder.path, lambda drawn: encode_shard(gen, plan, drawn), bar) as writer:
                 for k in todo:
-                    writer.submit(k, sample(k))
+                    writer.submit(k, draw(k), len(plan.shard(k)))
         state.wait_for_everyone()
         manifest = None
         if state.is_main_process:
             data = dataclasses.asdict(load_recipe(gen.run.recipe_file).data)
-            manifest = folder.finish(plan, writer.written, lambda k: writer.write(k, sample(k)), data,
-                                     dataclasses.asdict(gen.schema))
+            manifest = folder.finish(plan, writer.written, lambda k: writer.write(k, draw(k)), data,
+                                     dataclasses.asdict(gen.schema), filter_info)
         state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((folder.path / MANIFEST).read_text())
+
+
+def count(n: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def write_shards(
@@ -362,6 +535,10 @@ def write_shards(
     steps: int | None = None,
     seed: int | None = None,
     images_per_shard: int | None = None,
+    from_real: bool = False,
+    strength: float | Sequence[float] = 0.5,
+    min_confidence: float = 0.0,
+    max_draws: int = 8,
     overwrite: bool = False,
 ) -> dict:
     """Draw images into WebDataset shards with a manifest: the library form of `synthaug generate`.
@@ -373,6 +550,10 @@ def write_shards(
             or ``attributes`` ("bangs=3,smiling=5" strings, one condition each).
         num, per_class: images in all (split evenly) or per condition; exactly one is given.
         guidance, sampler, steps, seed, images_per_shard: override the run's [sampling] settings.
+        from_real: draw real-guided variations of the run's own real training images (SDEdit) at
+            ``strength`` (one value, or several for a mix), instead of drawing from pure noise.
+        min_confidence: keep only images the run's filter classifier is at least this sure of (0: all),
+            drawing at most ``max_draws`` candidates per image.
         overwrite: replace a different generation already in ``out``.
 
     Returns:
@@ -381,9 +562,11 @@ def write_shards(
     >>> write_shards(Generator.load("runs/digits"), "synthetic/digits", per_class=100)   # doctest: +SKIP
     """
     gen = generator if isinstance(generator, Generator) else Generator.load(generator)
+    strengths = (strength,) if isinstance(strength, (int, float)) else tuple(strength)
     request = GenerateRequest(classes=tuple(classes or ()), species=(species,) if species else (),
                               attributes=tuple(attributes or ()),
-                              all_classes=not (classes or species or attributes), num=num, per_class=per_class)
+                              all_classes=not (classes or species or attributes), num=num, per_class=per_class,
+                              from_real=from_real, strengths=strengths, min_confidence=min_confidence, max_draws=max_draws)
     sampling = gen.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, images_per_shard=images_per_shard)
     return generate_shards(gen, request, out, sampling, overwrite=overwrite)
 

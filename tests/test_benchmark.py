@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,6 +23,7 @@ TINY_BENCH = [
     "benchmark.classifier=test_resnet", "benchmark.classifier_resolution=8", "benchmark.steps=3",
     "benchmark.judge_steps=3", "benchmark.batch_size=8", "benchmark.seeds=2", "benchmark.shots_per_class=[3, 0]",
     "benchmark.synthetic_ratios=[0.5, 1.0]", "benchmark.mix_probability=0.5", "benchmark.guidance_sweep=[1.0, 2.0]",
+    "benchmark.strengths=[0.5]", "benchmark.min_confidences=[0.5]", "benchmark.max_draws=2",
     "benchmark.low_shot_duration_kimg=0.016", "benchmark.fid_max_images=6", "benchmark.kid_subset_size=4",
 ]
 
@@ -53,18 +55,18 @@ def test_take_ratio_is_per_class_and_nested():
 
 
 def test_leakage_check_catches_a_generator_that_saw_more(digits_run):
-    subset = load_dataset("digits", shots_per_class=10).split("train")
-    with pytest.raises(SynthaugError, match="trained on 1438 real images that are not the 100"):
+    subset = load_dataset("digits", shots_per_class=10, val_fraction=0.1).split("train")
+    with pytest.raises(SynthaugError, match="trained on 1295 real images that are not the 100"):
         check_no_leakage(digits_run, subset)
-    everything = load_dataset("digits").split("train")
-    assert check_no_leakage(digits_run, everything)["train_images"] == 1438
+    everything = load_dataset("digits", val_fraction=0.1).split("train")  # a recipe holds 10% out for validation
+    assert check_no_leakage(digits_run, everything)["train_images"] == 1295
+    with pytest.raises(SynthaugError, match="trained on 1295 real images that are not the 1438"):
+        check_no_leakage(digits_run, load_dataset("digits").split("train"))  # the validation images too: more than it saw
 
 
-@pytest.fixture
-def bars_tree(tmp_path):
+def write_bars(root):
     """Two classes of 16 images each: vertical vs horizontal bars."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "bars"
     for c, name in enumerate(["vertical", "horizontal"]):
         for k in range(16):
             a = rng.integers(0, 40, (8, 8, 3)).astype(np.uint8)
@@ -78,28 +80,57 @@ def bars_tree(tmp_path):
     return root
 
 
-def test_benchmark_end_to_end_on_a_tiny_configuration(bars_tree, tmp_path, fid_weights):
-    recipe = tiny_recipe(tmp_path / "run", f"data.spec=imagefolder:{bars_tree}", "data.resolution=8",
-                         "generator.batch_size=8", "generator.duration_kimg=0.016", *TINY_BENCH)
-    out = tmp_path / "report"
-    report = run_benchmark(recipe, out=out, command="synthaug benchmark tiny")
-    for name in ("report.json", "report.md", "accuracy_vs_ratio.png", "guidance_sweep.png", "samples.png"):
+@pytest.fixture
+def bars_tree(tmp_path):
+    return write_bars(tmp_path / "bars")
+
+
+def bars_recipe(root, run_dir, *extra):
+    return tiny_recipe(run_dir, f"data.spec=imagefolder:{root}", "data.resolution=8", "generator.batch_size=8",
+                       "generator.duration_kimg=0.016", *TINY_BENCH, *extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory):
+    """One tiny benchmark on the bars (shots 3 and all), shared by the tests below; they may re-run it."""
+    from synthaug.weights.fid_inception import fid_weights_path
+
+    try:
+        fid_weights_path()
+    except SynthaugError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("bench")
+    write_bars(root / "bars")
+    recipe = bars_recipe(root / "bars", root / "run")
+    report = run_benchmark(recipe, out=root / "report", command="synthaug benchmark tiny")
+    return recipe, root / "report", report
+
+
+def stage_files(out, kind):
+    return {p.stem: json.loads(p.read_text()) for p in (out / "stages" / kind).glob("*.json")}
+
+
+def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
+    recipe, out, report = tiny_benchmark
+    for name in ("report.json", "report.md", "accuracy_vs_ratio.png", "guidance_sweep.png", "samples.png",
+                 "memorization-3.png", "memorization-all.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     saved = json.loads((out / "report.json").read_text())
     assert saved["settings"][0]["arms"]["real"]["top1"] == report["settings"][0]["arms"]["real"]["top1"]
     assert saved["command"] == "synthaug benchmark tiny" and saved["versions"]["torch"]
     for key in ("recipe", "machine", "dataset", "classifier", "judge", "fid_weights", "fid_resize", "settings",
-                "guidance_sweep", "timings_s", "total_s", "synthaug"):
+                "timings_s", "total_s", "synthaug"):
         assert key in saved, key
     assert len(saved["fid_weights"]["sha256"]) == 64
     assert [s["shots_per_class"] for s in saved["settings"]] == [3, 0]
-    expected_arms = {"real", "real + classic aug", "real + synthetic x0.5", "real + synthetic x1",
-                     "real + synthetic p=0.5", "synthetic only (CAS)"}
-    test_images = saved["dataset"]["test_images"]
+    d = saved["dataset"]
+    assert (d["train_images"], d["val_images"], d["test_images"]) == (24, 2, 6)  # 16 per class: 3 test, 1 val, 12 train
+    test_images = d["test_images"]
     for s in saved["settings"]:
-        assert set(s["arms"]) == expected_arms
         per_class = s["train_images"] // 2  # two balanced classes
         real_top1 = s["arms"]["real"]["top1"]["mean"]
+        tested = [m["strengths"] or m["min_confidence"] for m in s["choices"]["tested"]]
+        assert len(tested) == 3 and not tested[0] and tested[1] == [0.5] and tested[2] == 0.5  # plain, variations, filtered
         for name, arm in s["arms"].items():
             runs = [r["top1"] for r in arm["runs"]]
             assert len(runs) == 2 and arm["top1"]["mean"] == pytest.approx(np.mean(runs))
@@ -108,31 +139,119 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(bars_tree, tmp_path, fid_w
             if name != "real":
                 assert arm["gain_over_real"]["mean"] == pytest.approx(arm["top1"]["mean"] - real_top1)
             spec, used = arm["arm"], arm["training_images"]
-            assert used["real"] == (s["train_images"] if spec["real"] else 0)
-            if spec["ratio"] is not None:  # x0.5 and x1 of every class: round(ratio * per class) each
+            if spec["real"] and "x real" not in name:
+                assert used["real"] == s["train_images"]
+            if spec["ratio"] is not None and "filtered" not in name:  # x0.5 and x1 of every class: round(ratio * per class) each
                 assert used["synthetic"] == 2 * round(spec["ratio"] * per_class)
-        assert s["arms"]["synthetic only (CAS)"]["training_images"]["synthetic"] == s["synthetic"]["images"] == 2 * per_class
-        q = s["quality"]
-        assert q["n"] == min(s["synthetic"]["images"], s["train_images"], test_images, 6) and q["kid_subset_size"] == min(4, q["n"])
-        per_level = q["conditioning"]["per_level"][0]
-        assert set(per_level) == {"horizontal", "vertical"}  # balanced: overall accuracy is the mean of the two
-        assert q["conditioning"]["accuracy"] == pytest.approx(np.mean(list(per_level.values())))
+            if spec["synthetic"]:
+                assert spec["augment"] or not spec["real"]  # every synthetic arm is on top of classic augmentation
+        names = set(s["arms"])
+        assert {"real", "real + classic aug", "synthetic only (CAS)", "real + classic aug + synthetic (guidance 1) p=0.5"} <= names \
+            or {"real", "real + classic aug", "synthetic only (CAS)", "real + classic aug + synthetic (guidance 2) p=0.5"} <= names
+        assert sum("variations (strength 0.5" in n for n in names) == 2 and sum("filtered p>=0.5" in n for n in names) == 2
+        if s["shots_per_class"]:
+            assert {"real + classic aug, 2x real (6/class)", "real + classic aug, 4x real (12/class)"} <= names
+            assert s["summary"]["worth_real"]["real_per_class"] == 3
+        cas = s["arms"]["synthetic only (CAS)"]
+        assert cas["training_images"]["synthetic"] == 2 * per_class  # the set for the largest ratio, x1
+        for key, syn in s["synthetic_sets"].items():
+            q = syn["quality"]
+            if q is None:
+                continue
+            assert q["n"] == min(syn["images"], s["train_images"], test_images, 6) and q["kid_subset_size"] == min(4, q["n"])
+            assert q["fid_ci95"][0] <= q["fid"] <= q["fid_ci95"][1]
+            per_level = q["conditioning"]["per_level"][0]
+            if not syn["method"]["min_confidence"]:  # balanced classes: the overall accuracy is the mean of the two
+                assert q["conditioning"]["accuracy"] == pytest.approx(np.mean(list(per_level.values())))
+            m = q["memorization"]
+            assert m["n_train"] == s["train_images"] and m["n_synthetic"] == q["n"] and len(m["inception"]["closest"]) == q["n"]
     # no leakage: the 3-shot generator saw exactly the 3-shot subset (6 images), the full one every training image
     low, full = saved["settings"]
     assert low["generator"]["train_images"] == 6 == low["train_images"]
     assert full["generator"]["train_images"] == full["train_images"] == saved["dataset"]["train_images"]
     assert low["generator"]["run"].endswith("shots-3")
-    sweep = saved["guidance_sweep"]
-    assert [p["guidance"] for p in sweep["points"]] == [1.0, 2.0] and sweep["best_downstream_guidance"] in (1.0, 2.0)
     md = (out / "report.md").read_text()
     assert "Does synthetic data help?" in md and "floor" in md and "synthaug benchmark tiny" in md
     for s in saved["settings"]:  # every arm row of the report shows report.json's numbers
         for row in arm_rows(s):
             assert "| " + " | ".join(row) + " |" in md
-    assert "{" not in md and saved["fid_weights"]["sha256"][:16] in md  # every placeholder was filled
-    # a second run reuses the finished generators and shards
+        assert s["summary"]["verdict"] in md
+
+
+def test_choices_are_made_on_the_validation_split(tiny_benchmark):
+    _, out, report = tiny_benchmark
+    splits = {}
+    for stage in stage_files(out, "classifiers").values():
+        splits.setdefault(stage["arm"]["name"], set()).add(stage["split"])
+    for s in report["settings"]:
+        for name in s["validation"]:
+            assert "val" in splits[name]
+        for name in s["arms"]:
+            assert "test" in splits[name]
+        c = s["choices"]
+        plain = {n: r["top1"]["mean"] for n, r in s["validation"].items() if "synthetic (guidance" in n and "filtered" not in n}
+        best = max(plain, key=plain.get)  # the first of equals, as the benchmark takes it
+        assert f"guidance {c['guidance']:g})" in best
+        assert c["baseline"] == max(["real", "real + classic aug"], key=lambda n: s["validation"][n]["top1"]["mean"])
+        headline = s["summary"]["headline_arm"]
+        assert headline.endswith(f"{c['label']} x0.5") and headline in s["arms"]  # the arm chosen on validation
+
+
+def test_a_rerun_reuses_every_stage_and_new_ratios_train_only_their_arms(tiny_benchmark):
+    recipe, out, report = tiny_benchmark
     again = run_benchmark(recipe, out=out, command="again")
-    assert again["settings"][0]["generator"]["weights_sha256"] == low["generator"]["weights_sha256"]
+    assert again["classifiers_trained_this_run"] == 0
+    assert [s["arms"] for s in again["settings"]] == [s["arms"] for s in report["settings"]]
+    more = dataclasses.replace(recipe, benchmark=dataclasses.replace(recipe.benchmark, synthetic_ratios=(0.5, 1.0, 1.5)))
+    grown = run_benchmark(more, out=out, command="more ratios")
+    new_arms = [n for s in grown["settings"] for n in s["arms"] if n.endswith(" x1.5")]
+    assert len(new_arms) == 2 * 3  # per setting: plain, variations and filtered at x1.5
+    # what may train again: the new arms; CAS and the mixing arm, which use the whole (now larger) set; and filtered
+    # arms, which fill a rejected image from further in a larger set
+    whole = [n for s in grown["settings"] for n in s["arms"] if n == "synthetic only (CAS)" or " p=" in n or "filtered" in n]
+    assert len(new_arms) * 2 <= grown["classifiers_trained_this_run"] <= len(set(new_arms) | set(whole)) * 2 * 2
+    for old, new in zip(report["settings"], grown["settings"]):
+        for name, arm in old["arms"].items():  # every other arm that was there is the same classifiers, not retrained
+            if name not in whole:
+                assert new["arms"][name]["runs"] == arm["runs"], name
+
+
+def test_training_a_generator_longer_regenerates_its_sets(tiny_benchmark):
+    recipe, out, report = tiny_benchmark
+    longer = dataclasses.replace(recipe, benchmark=dataclasses.replace(recipe.benchmark, low_shot_duration_kimg=0.032))
+    result = run_benchmark(longer, out=out, command="longer")
+    low, full = result["settings"]
+    assert low["generator"]["weights_sha256"] != report["settings"][0]["generator"]["weights_sha256"]
+    assert set(low["synthetic_sets"]).isdisjoint(report["settings"][0]["synthetic_sets"])  # drawn again
+    assert full["synthetic_sets"].keys() == report["settings"][1]["synthetic_sets"].keys()  # the full run did not change
+
+
+def test_fresh_starts_over_and_gives_the_same_numbers(tiny_benchmark):
+    recipe, out, report = tiny_benchmark
+    fresh = run_benchmark(recipe, out=out, command="fresh", fresh=True)
+    n_jobs = sum(len(s["arms"]) + len(s["validation"]) for s in fresh["settings"]) * recipe.benchmark.seeds
+    assert fresh["classifiers_trained_this_run"] == n_jobs
+    for a, b in zip(report["settings"], fresh["settings"]):  # everything recomputed, the same numbers
+        assert a["generator"]["weights_sha256"] == b["generator"]["weights_sha256"]
+        assert a["arms"] == b["arms"] and a["validation"] == b["validation"]
+        assert {k: v["quality"] for k, v in a["synthetic_sets"].items()} == {k: v["quality"] for k, v in b["synthetic_sets"].items()}
+
+
+def test_a_synthetic_set_holding_real_test_images_is_refused(bars_tree, tmp_path, monkeypatch, fid_weights):
+    import synthaug.benchmark.run as bench_run
+
+    recipe = bars_recipe(bars_tree, tmp_path / "run", "benchmark.shots_per_class=[0]")
+    test = load_dataset(dataclasses.replace(recipe.data, shots_per_class=0)).split("test")
+    real_load = bench_run.load_shard_set
+
+    def leaky(folder):  # a "generator" that returns a real test image among its own
+        syn = real_load(folder)
+        syn.images[0] = test.images[0]
+        return syn
+
+    monkeypatch.setattr(bench_run, "load_shard_set", leaky)
+    with pytest.raises(SynthaugError, match="holds 1 real validation or test images"):
+        run_benchmark(recipe, out=tmp_path / "report")
 
 
 def test_evaluate_a_shard_set(digits_run, tmp_path, fid_weights):
@@ -179,15 +298,17 @@ def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, f
         "benchmark.classifier_resolution=16", "benchmark.steps=3", "benchmark.judge_steps=3", "benchmark.batch_size=16",
         "benchmark.seeds=2", "benchmark.shots_per_class=[5, 0]", "benchmark.synthetic_ratios=[0.5]",
         "benchmark.guidance_sweep=[3.0]", "benchmark.sweep_ratio=0.5", "benchmark.low_shot_duration_kimg=0.064",
-        "benchmark.fid_max_images=8", "benchmark.kid_subset_size=4",
+        "benchmark.fid_max_images=8", "benchmark.kid_subset_size=4", "benchmark.strengths=[0.5]",
+        "benchmark.min_confidences=[0.5]", "benchmark.max_draws=2", "benchmark.real_multiples=[2]",
     ]
     result = CliRunner().invoke(app, ["benchmark", "recipes/cub.toml", *sum((["--set", o] for o in overrides), [])],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cub" / "benchmark" / "report.json").read_text())
-    assert report["dataset"]["classes"] == 100 and report["dataset"]["train_images"] == 2903
+    d = report["dataset"]
+    assert d["classes"] == 100 and d["train_images"] + d["val_images"] == 2903 and d["val_images"] == 293  # 10% per class
     assert report["classifier"]["weights"]["pretrained"] == "offline" and len(report["classifier"]["weights"]["sha256"]) == 64
-    assert [s["train_images"] for s in report["settings"]] == [500, 2903]
+    assert [s["train_images"] for s in report["settings"]] == [500, 2610]
     assert "Does synthetic data help?" in result.output
 
 
@@ -200,7 +321,11 @@ def test_attribute_benchmark_end_to_end_with_faces(dialog_tree, tmp_path, fid_we
     report = run_benchmark(recipe, out=tmp_path / "report", command="faces")
     assert report["dataset"]["target"] == "attributes" and report["dataset"]["levels"] == [6] * 5
     s = report["settings"][0]
-    assert s["quality"]["faces"]["n"] == s["synthetic"]["images"]  # MTCNN looked at every synthetic face
-    assert len(s["quality"]["conditioning"]["per_head"]) == 5
+    measured = [syn for syn in s["synthetic_sets"].values() if (syn["quality"] or {}).get("fid") is not None]
+    assert measured
+    for syn in measured:
+        q = syn["quality"]
+        assert q["faces"]["n"] == syn["images"] and q["faces_real"]["n"] == q["n"]  # every synthetic face, n real ones
+        assert len(q["conditioning"]["per_head"]) == 5
     assert set(s["arms"]) >= {"real", "synthetic only (CAS)"}
-    assert (tmp_path / "report" / "report.md").read_text().count("faces detected %") == 1
+    assert (tmp_path / "report" / "report.md").read_text().count("faces detected % (real)") == 1

@@ -39,3 +39,32 @@ def test_two_processes_train_and_generate_like_one(tmp_path):
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["num_samples"] == 7 and len(two["shards"]) == 4
     assert two["shards"] == one["shards"]  # byte-identical shards, whichever process wrote them
+
+
+@pytest.mark.slow
+def test_two_processes_benchmark_like_one(tmp_path, fid_weights):
+    """`accelerate launch --num_processes 2 -m synthaug benchmark`: the processes share generation and split the
+    classifier runs; one writes the report, which equals the single-process one. Both run single-threaded
+    (OMP_NUM_THREADS=1), so that every number can be compared exactly; the generators are trained once, by the
+    first run (several processes train a generator to float tolerance, not to the bit: see the test above)."""
+    from test_benchmark import TINY_BENCH, write_bars
+
+    bars = write_bars(tmp_path / "bars")
+    sets = [a for item in [*TINY, f"data.spec=imagefolder:{bars}", "data.resolution=8", "generator.batch_size=8",
+                           "generator.duration_kimg=0.016", *TINY_BENCH, "benchmark.workers=1", "run_dir=runs/bars"]
+            for a in ("--set", item)]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+    def run(cmd):
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads((tmp_path / cmd[-1] / "report.json").read_text())
+
+    one = run([sys.executable, "-m", "synthaug", "benchmark", *sets, "--out", "one"])
+    two = run([*LAUNCH, "benchmark", *sets, "--out", "two"])
+    assert two["processes"] == 2 and one["processes"] == 1
+    for a, b in zip(one["settings"], two["settings"]):
+        assert a["arms"] == b["arms"] and a["validation"] == b["validation"] and a["choices"] == b["choices"]
+        assert [s["quality"] for s in a["synthetic_sets"].values()] == [s["quality"] for s in b["synthetic_sets"].values()]
+        assert a["summary"] == b["summary"]
+    assert two["classifiers_trained_this_run"] < one["classifiers_trained_this_run"]  # the first process's share only

@@ -4,58 +4,70 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from synthaug.benchmark.arms import Arm
-from synthaug.benchmark.stats import paired_gain, summarize
-from synthaug.report import arm_rows, kid_text, markdown_table, quality_rows, render_markdown, sweep_verdict, write_report
+from synthaug.benchmark.run import Method, verdict, worth_real
+from synthaug.benchmark.stats import min_detectable_effect, paired_gain, summarize
+from synthaug.report import arm_rows, kid_text, markdown_table, quality_rows, render_markdown, sweep_verdict, validation_rows
+
+REAL = [0.80, 0.82, 0.84]
 
 
-def arm(spec: Arm, values: list[float], base: list[float] | None = None) -> dict:
-    out = {"arm": spec.describe(), "runs": [{"top1": v} for v in values], "top1": summarize(values),
-           "macro_f1": summarize([v - 0.01 for v in values])}
+def arm(spec: Arm, values: list[float], base: list[float] | None = None, synthetic_set: str | None = None) -> dict:
+    out = {"arm": spec.describe(), "runs": [{"top1": v, "macro_f1": v - 0.01} for v in values], "top1": summarize(values),
+           "macro_f1": summarize([v - 0.01 for v in values]), "synthetic_set": synthetic_set}
     if base is not None:
         out["gain_over_real"] = paired_gain(values, base)
     return out
 
 
 def quality(fid: float) -> dict:
-    return {"n": 50, "fid": fid, "floor_fid": 20.0, "kid": 0.012, "kid_std": 0.002, "floor_kid": 0.001,
-            "floor_kid_std": 0.0, "kid_subset_size": 25, "conditioning": {"accuracy": 0.875}}
+    return {"n": 50, "fid": fid, "fid_ci95": [fid - 5, fid + 5], "floor_fid": 20.0, "kid": 0.012, "kid_std": 0.0,
+            "kid_ci95": [0.010, 0.014], "floor_kid": 0.001, "kid_subset_size": 50, "conditioning": {"accuracy": 0.875},
+            "memorization": {"inception": {"share": 0.04}, "pixels": {"share": 0.06}, "verdict": "no sign of copying."}}
 
 
 def setting(shots: int) -> dict:
-    real = [0.80, 0.82, 0.84]
-    return {"shots_per_class": shots, "train_images": 100, "quality": quality(40.0),
-            "generator": {"run": "runs/x", "train_images": 100, "train_sources_sha256": "a" * 64, "weights_sha256": "b" * 64},
-            "synthetic": {"folder": "s", "images": 200, "guidance": 2.0},
-            "arms": {"real": arm(Arm("real"), real),
-                     "real + classic aug": arm(Arm("real + classic aug", augment=True), [0.81, 0.84, 0.85], real),
-                     "real + synthetic x0.5": arm(Arm("real + synthetic x0.5", synthetic="main", ratio=0.5), [0.85, 0.87, 0.88], real),
-                     "real + synthetic x2": arm(Arm("real + synthetic x2", synthetic="main", ratio=2.0), [0.83, 0.86, 0.86], real),
-                     "synthetic only (CAS)": arm(Arm("synthetic only (CAS)", real=False, synthetic="main"), [0.6, 0.62, 0.64], real)}}
+    g1, g2 = Method(1.0), Method(2.0)
+    sets = {"k1": {"label": g1.label, "method": {"guidance": 1.0, "strengths": [], "min_confidence": 0.0}, "quality": quality(41.0)},
+            "k2": {"label": g2.label, "method": {"guidance": 2.0, "strengths": [], "min_confidence": 0.0}, "quality": quality(40.0)},
+            "k3": {"label": g2.label, "method": {"guidance": 2.0, "strengths": [], "min_confidence": 0.0}, "quality": None}}
+    aug = "real + classic aug"
+    arms = {"real": arm(Arm("real"), REAL),
+            aug: arm(Arm(aug, augment=True), [0.81, 0.84, 0.85], REAL),
+            f"{aug} + {g2.label} x0.5": arm(Arm("x", augment=True, synthetic="main", ratio=0.5), [0.85, 0.87, 0.88], REAL, "k2"),
+            f"{aug} + {g2.label} x2": arm(Arm("y", augment=True, synthetic="main", ratio=2.0), [0.83, 0.86, 0.86], REAL, "k2"),
+            "synthetic only (CAS)": arm(Arm("c", real=False, synthetic="main"), [0.6, 0.62, 0.64], REAL, "k2")}
+    validation = {"real": arm(Arm("real"), [0.7, 0.71, 0.72]), aug: arm(Arm(aug, augment=True), [0.72, 0.73, 0.74]),
+                  f"{aug} + {g1.label} x0.5": arm(Arm("a"), [0.73, 0.74, 0.75]),
+                  f"{aug} + {g2.label} x0.5": arm(Arm("b"), [0.75, 0.76, 0.77])}
+    headline = f"{aug} + {g2.label} x0.5"
+    gain = paired_gain(arms[headline]["top1"]["values"], arms[aug]["top1"]["values"])
+    return {"shots_per_class": shots, "train_images": 100, "synthetic_sets": sets, "arms": arms, "validation": validation,
+            "arm_sets": {n: "k2" for n in arms if n not in ("real", aug)},
+            "choices": {"guidance": 2.0, "method": {"guidance": 2.0, "strengths": (), "min_confidence": 0.0}, "label": g2.label,
+                        "baseline": aug, "ratio": 0.5},
+            "generator": {"run": "runs/x", "kimg": 30, "train_images": 100, "train_sources_sha256": "a" * 64, "weights_sha256": "b" * 64},
+            "summary": {"headline_arm": headline, "baseline_arm": aug, "gain": gain, "min_detectable_effect": 0.05,
+                        "best_synthetic_arm_by_test": headline, "worth_real": None, "verdict": verdict(headline, aug, gain, 0.05)}}
 
 
-def fake_report(points=(1.0, 2.0)) -> dict:
+def fake_report() -> dict:
     return {
-        "recipe": {"name": "tiny"}, "command": "synthaug benchmark tiny", "machine": "test machine", "total_s": 12.0,
-        "dataset": {"spec": "digits", "train_images": 100, "test_images": 40, "classes": 10, "target": "class"},
+        "recipe": {"name": "tiny"}, "command": "synthaug benchmark tiny", "machine": "test machine", "total_s": 12.0, "processes": 1,
+        "dataset": {"spec": "digits", "train_images": 100, "val_images": 10, "test_images": 40, "classes": 10, "target": "class"},
         "classifier": {"model": "test_resnet", "pretrained": "none", "steps": 5, "batch_size": 8, "resolution": 8, "seeds": [0, 1, 2]},
         "judge": {"test_score": {"top1": 0.9}}, "fid_weights": {"sha256": "c" * 64, "source": "test"}, "fid_resize": "bilinear",
-        "settings": [setting(10), setting(0)],
-        "guidance_sweep": {"shots_per_class": 0, "ratio": 0.5, "best_downstream_guidance": points[0],
-                           "points": [{"guidance": g, "quality": quality(30 + g), "downstream_top1": summarize([0.8 + g / 100] * 2 + [0.81])}
-                                      for g in points]},
-        "timings_s": {"all": 12.0},
+        "settings": [setting(10), setting(0)], "timings_s": {"all": 12.0},
     }
 
 
 def test_arm_rows_show_the_report_numbers():
     rows = arm_rows(setting(10))
-    assert [r[1] for r in rows] == ["real", "real + classic aug", "real + synthetic x0.5", "real + synthetic x2", "synthetic only (CAS)"]
+    assert [r[1] for r in rows][:2] == ["real", "real + classic aug"] and len(rows) == 5
     real, aug = rows[0], rows[1]
     assert real[0] == "10" and real[2] == "82.0 ± 5.0" and real[4] == "—" and real[5] == "—"
-    gain = paired_gain([0.81, 0.84, 0.85], [0.80, 0.82, 0.84])
+    gain = paired_gain([0.81, 0.84, 0.85], REAL)
     assert aug[4] == f"{100 * gain['mean']:+.1f} ± {100 * gain['ci95']:.1f}" and aug[5] == f"{gain['p_value']:.3f}"
     assert arm_rows(setting(0))[0][0] == "all"
 
@@ -64,49 +76,77 @@ def test_markdown_rows_match_the_json():
     report = fake_report()
     md = render_markdown(report)
     for s in report["settings"]:
-        for row in arm_rows(s):
+        for row in arm_rows(s) + validation_rows(s):
             assert "| " + " | ".join(row) + " |" in md
     for row in quality_rows(report):
         assert "| " + " | ".join(row) + " |" in md
     assert "{" not in md and "synthaug benchmark tiny" in md
+    assert md.count(setting(10)["summary"]["verdict"]) == 2  # the answer comes first, for both settings
 
 
-def test_one_guidance_scale_is_not_called_best():
-    assert "Only one guidance scale (2) was measured" in sweep_verdict(fake_report(points=(2.0,))["guidance_sweep"])
-    two = sweep_verdict(fake_report()["guidance_sweep"])
-    assert two.startswith("Best downstream guidance: **") and "overlaps" in two  # identical spreads overlap
+def test_validation_rows_mark_the_choices():
+    rows = validation_rows(setting(10))
+    chosen = [r[1] for r in rows if "(chosen)" in r[1]]
+    assert chosen == ["real + classic aug **(chosen)**", "real + classic aug + synthetic (guidance 2) x0.5 **(chosen)**"]
 
 
-def test_kid_text_shows_a_spread_only_for_subsets():
+def test_quality_rows_skip_unmeasured_sets_and_show_intervals():
+    report = fake_report()
+    rows = quality_rows(report)
+    assert len(rows) == 4  # two measured sets per setting; the candidate-only one is left out
+    assert rows[1][:6] == ["10", "synthetic (guidance 2)", "40.0 [35.0, 45.0] (floor 20.0)", "12.0 [10.0, 14.0] (floor 1.0)", "50", "87.5"]
+    assert rows[1][6] == "62.0 ± 5.0" and rows[0][6] == "—"  # CAS belongs to the set it was trained on
+    assert rows[1][7] == "4.0 / 6.0"
+
+
+def test_one_guidance_scale_is_not_called_chosen():
+    s = setting(10)
+    assert sweep_verdict(s).startswith("Guidance chosen on validation: **2**")
+    s["validation"] = {k: v for k, v in s["validation"].items() if "guidance 1" not in k}
+    assert "Only one guidance scale (2) was tried" in sweep_verdict(s)
+
+
+def test_kid_text():
     q = quality(1.0)
-    assert kid_text(q) == "12.0 ± 2.0 (floor 1.0)"
-    assert kid_text({**q, "kid_subset_size": 50}) == "12.0 (floor 1.0)"
+    assert kid_text(q) == "12.0 [10.0, 14.0] (floor 1.0)"
+    old = {k: v for k, v in q.items() if k != "kid_ci95"}
+    assert kid_text({**old, "kid_std": 0.002, "kid_subset_size": 25}) == "12.0 ± 2.0 (floor 1.0)"
 
 
 def test_markdown_table():
     assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
 
 
-def test_write_report_writes_every_file(tmp_path):
+def test_verdicts_say_what_to_do():
+    win = paired_gain([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
+    assert verdict("A", "B", win, 0.02).startswith("Worth running: A beats B by +10.7 points")
+    lose = paired_gain([0.7, 0.71, 0.7], [0.8, 0.8, 0.81])
+    assert verdict("A", "B", lose, 0.02).startswith("Not worth running: A is worse than B")
+    null = paired_gain([0.8, 0.82, 0.8], [0.81, 0.8, 0.81])
+    assert "only a gain of about 2.0 points would be detected" in verdict("A", "B", null, 0.02)
+
+
+def test_min_detectable_effect_known_answer():
+    from scipy import stats
+
+    base = [0.5, 0.6, 0.7, 0.8]
+    arm_ = [0.52, 0.61, 0.73, 0.80]
+    sd = np.std(np.array(arm_) - np.array(base), ddof=1)
+    expected = (stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * sd / 2
+    assert min_detectable_effect([arm_], base) == pytest.approx(expected)
+
+
+def test_worth_real_interpolates_on_the_real_curve():
     from types import SimpleNamespace
 
-    rng = np.random.default_rng(0)
-    real = SimpleNamespace(num_classes=10, class_names=[str(c) for c in range(10)], images=rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8),
-                           labels=np.arange(40) % 10)
-    syn = SimpleNamespace(class_names=[str(c) for c in range(10)], images=rng.integers(0, 255, (30, 8, 8, 1), dtype=np.uint8),
-                          labels=np.arange(30) % 10)
-    write_report(fake_report(), tmp_path, real, syn)
-    for name in ("report.json", "report.md", "accuracy_vs_ratio.png", "guidance_sweep.png", "samples.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    with Image.open(tmp_path / "samples.png") as im:
-        # 10 class rows of 4 real + a blank + 4 synthetic 8-px tiles with 2-px gaps, upscaled x6 to reach 600 px
-        assert im.size == (6 * (9 * 10 + 2), 6 * (10 * 10 + 2))
+    def top1(mean, ci=0.01):
+        return {"top1": {"mean": mean, "ci95": ci}}
 
-
-@pytest.mark.parametrize("shots", [5, 0])
-def test_quality_rows(shots):
-    report = fake_report()
-    report["settings"] = [setting(shots)]
-    row = quality_rows(report)[0]
-    assert row[:5] == [str(shots or "all"), "40.0 (floor 20.0)", "12.0 ± 2.0 (floor 1.0)", "50", "87.5"]
-    assert row[5] == "62.0 ± 5.0"
+    arms = {"real + classic aug": top1(0.60), "real + classic aug, 2x real (20/class)": top1(0.70),
+            "real + classic aug, 4x real (40/class)": top1(0.80), "syn": top1(0.75)}
+    s = SimpleNamespace(arms=arms, train=list(range(100)), shots=10, more_real={2: list(range(200)), 4: list(range(400))})
+    w = worth_real(s, "syn")
+    assert w["how"] == "about" and w["per_class"] == pytest.approx(20 * np.sqrt(2), rel=1e-6)  # half way in log images
+    assert worth_real(SimpleNamespace(arms={**arms, "syn": top1(0.9)}, train=s.train, shots=10, more_real=s.more_real),
+                      "syn")["how"] == "at least"
+    assert worth_real(SimpleNamespace(arms=arms, train=s.train, shots=0, more_real={}), "syn") is None

@@ -293,6 +293,7 @@ def test_benchmark_accepts_a_text_recipe(parts, tmp_path, fid_weights):
     report = run_benchmark(recipe, out=tmp_path / "report", command="synthaug benchmark sd-lora")
     low, full = report["settings"]
     assert low["generator"]["run"].endswith("shots-3") and low["generator"]["train_images"] == 6
-    assert full["synthetic"]["images"] > 0 and "real + synthetic x1" in full["arms"]
+    assert all(syn["images"] > 0 for syn in full["synthetic_sets"].values())
+    assert "real + classic aug + synthetic (guidance 2) x1" in full["arms"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["text"]["prompts"] == [
         "a photo of horizontal bars", "a photo of vertical bars"]

@@ -84,6 +84,15 @@ def mean_per_level(runs: list[dict]) -> list[list[float | None]]:
     return out
 
 
+def train_and_score(arm: Arm, images: Images, mixed: Images | None, evaluation: Images, levels: list[int],
+                    config: ClassifierConfig, seed: int, flip: bool = False) -> dict:
+    """One classifier of ``arm`` (its data from :func:`train_data`), trained with ``seed``, scored on ``evaluation``."""
+    model = train_classifier(images.x, images.y, levels, config, seed, augment_images=arm.augment, flip=flip,
+                             synthetic=None if mixed is None else (mixed.x, mixed.y),
+                             mix_probability=arm.mix_probability or None, description=f"{arm.name}, seed {seed}")
+    return score(predict(model, evaluation.x, levels).cpu().numpy(), evaluation.y.cpu().numpy(), levels)
+
+
 def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[int], evaluation: Images, *,
             real: Images | None = None, pools: dict[str, SyntheticPool] | None = None, flip: bool = False,
             bar: progress.Task | None = None) -> dict:
@@ -98,13 +107,9 @@ def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[i
         "per_level": accuracy per class (or attribute level) averaged over seeds}.
     """
     images, mixed = train_data(arm, real, pools or {})
-    truth = evaluation.y.cpu().numpy()
     runs = []
     for seed in seeds:
-        model = train_classifier(images.x, images.y, levels, config, seed, augment_images=arm.augment, flip=flip,
-                                 synthetic=None if mixed is None else (mixed.x, mixed.y),
-                                 mix_probability=arm.mix_probability or None, description=f"{arm.name}, seed {seed}")
-        runs.append(score(predict(model, evaluation.x, levels).cpu().numpy(), truth, levels))
+        runs.append(train_and_score(arm, images, mixed, evaluation, levels, config, seed, flip))
         if bar is not None:
             bar.advance()
     n_real = len(real) if arm.real and real is not None else 0

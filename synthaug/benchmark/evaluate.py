@@ -1,5 +1,6 @@
 """Judging synthetic images against their real dataset: what classifiers predict (:class:`Targets`), the
-judge trained on every real training image, FID/KID with floors, conditioning accuracy, CAS and faces.
+judge trained on every real training image, FID/KID with floors and jackknife intervals, conditioning
+accuracy, MTCNN faces, and the memorization audit.
 
 ``evaluate_synthetic`` is `synthaug evaluate`: a finished shard set -> ``evaluation.json``.
 """
@@ -16,12 +17,12 @@ import torch
 
 from synthaug import __version__
 from synthaug.benchmark.arms import Arm, Images, SyntheticPool, run_arm
-from synthaug.classifier import ClassifierConfig, predict, score, train_classifier
+from synthaug.classifier import ClassifierConfig, load_classifier, predict, save_classifier, score, train_classifier
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
-from synthaug.quality import conditioning_accuracy, face_detection, fid_kid_with_floor
-from synthaug.seeds import derive_seed
+from synthaug.quality import conditioning_accuracy, face_detection, features
+from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import SyntheticSet, held_classes, load_shard_set, map_labels
 
 FACE_FORMATS = ("celeba", "celeba-dialog")
@@ -57,28 +58,126 @@ class Targets:
         return np.bincount(self.of(ds)[:, 0], minlength=self.levels[0]) if self.kind == "class" else np.array([len(ds)])
 
 
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """FID of two feature sets, exactly, without forming the D x D covariances.
+
+    With centred features A (n1, D) and B (n2, D), Tr S1 = |A|^2 / (n1 - 1), and the eigenvalues of
+    S1 S2 = A'A B'B / c are the squared singular values of A B' / sqrt(c), c = (n1 - 1)(n2 - 1), so
+    Tr sqrt(S1 S2) is the nuclear norm of A B' / sqrt(c): an (n1, n2) SVD instead of a (D, D) square root.
+    Cheap enough at n of a few hundred to repeat n times (the jackknife), and finite for singular covariances.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    c = (len(a) - 1) * (len(b) - 1)
+    nuclear = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
+    mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
+    return max(0.0, mean_term + (ca * ca).sum() / (len(a) - 1) + (cb * cb).sum() / (len(b) - 1) - 2 * nuclear / np.sqrt(c))
+
+
+def _fid_leave_one_out(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """FID of ``a`` without row i against all of ``b``, for every i, from one (n1, n2) cross product: the means,
+    traces and centred cross product of each reduced set follow from it by rank-one corrections."""
+    n, m = len(a), len(b)
+    g = a @ b.T  # (n, m)
+    sa, mb = a.sum(0), b.mean(0)
+    a_mb = a @ mb  # (n,)
+    sq = (a * a).sum(1)
+    cb = b - mb
+    tr_b = (cb * cb).sum() / (m - 1)
+    col, total_sq, sa_sa, sa_mb = g.sum(0), sq.sum(), sa @ sa, sa @ mb  # col[k] = sum_j a_j . b_k
+    out = np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        mu_sq = (sa_sa - 2 * sa @ a[i] + sq[i]) / (n - 1) ** 2  # |mean of the reduced set|^2
+        mu_b = (sa_mb - a_mb[i]) / (n - 1)  # its mean . mean of b
+        cross = g[keep] - a_mb[keep][:, None] - ((col - g[i]) / (n - 1))[None, :] + mu_b  # (a_j - mu')(b_k - mu_b)
+        tr_a = (total_sq - sq[i] - (n - 1) * mu_sq) / (n - 2)
+        nuclear = np.linalg.svd(cross, compute_uv=False).sum()
+        mean_term = mu_sq - 2 * mu_b + mb @ mb
+        out[i] = mean_term + tr_a + tr_b - 2 * nuclear / np.sqrt((n - 2) * (m - 1))
+    return np.maximum(out, 0.0)
+def _kid_leave_one_out(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The unbiased MMD^2 with KID's kernel ((x.y / d + 1)^3) of all of ``a`` and ``b``, and its values without
+    each row of ``a`` and without each row of ``b`` (from the kernel matrices' row sums)."""
+    d = a.shape[1]
+    kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+    n, m = len(a), len(b)
+    rx, ry = kxx.sum(1) - np.diag(kxx), kyy.sum(1) - np.diag(kyy)  # off-diagonal row sums
+    sxx, syy, sxy = rx.sum(), ry.sum(), kxy.sum()
+
+    def mmd(sxx, n, syy, m, sxy):
+        return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / (n * m)
+
+    full = float(mmd(sxx, n, syy, m, sxy))
+    without_a = mmd(sxx - 2 * rx, n - 1, syy, m, sxy - kxy.sum(1))
+    without_b = mmd(sxx, n, syy - 2 * ry, m - 1, sxy - kxy.sum(0))
+    return full, without_a, without_b
+
+
+def _jackknife(estimate: float, *leave_one_out: np.ndarray) -> list[float]:
+    """A 95% interval (normal approximation) from the two-sample jackknife variance."""
+    var = sum((len(v) - 1) / len(v) * ((v - v.mean()) ** 2).sum() for v in leave_one_out)
+    half = 1.959964 * float(np.sqrt(var))
+    return [estimate - half, estimate + half]
+
+
+def fid_kid(a: np.ndarray, b: np.ndarray, kid_subset: int, seed: int) -> dict:
+    """FID and KID of feature sets ``a`` (reference) and ``b``, each with a 95% jackknife interval.
+
+    Why not the bootstrap: resampling with replacement puts duplicates into a set, which makes FID and KID
+    larger than the estimate itself (measured: a bootstrap interval of [4751, 4831] around an FID of 4515),
+    so its percentile interval misses the estimate. Leaving one image out at a time keeps every set free of
+    duplicates; the interval is the estimate +- 1.96 jackknife standard errors (both sets' contributions).
+    """
+    from synthaug.weights.fid_inception import kid_from_features
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    fid = frechet_distance(a, b)
+    full, without_a, without_b = _kid_leave_one_out(a, b)
+    # KID on subsets (torchmetrics' way) only where the subset is smaller than the sets; else it is the full MMD
+    kid, kid_std = kid_from_features(a, b, subset_size=kid_subset, seed=seed) if kid_subset < min(len(a), len(b)) else (full, 0.0)
+    kid_ci = _jackknife(full, without_a, without_b)
+    shift = float(kid) - full  # KID on subsets of the sets (when kid_subset < n) centres the interval on itself
+    return {"fid": fid, "fid_ci95": _jackknife(fid, _fid_leave_one_out(a, b), _fid_leave_one_out(b, a)),
+            "kid": float(kid), "kid_std": float(kid_std), "kid_ci95": [kid_ci[0] + shift, kid_ci[1] + shift]}
+
+
 class Evaluator:
     """Judges synthetic images against one real dataset: its test split, and a judge classifier trained on
-    every real training image (its own test accuracy is reported next to what it says of synthetic images)."""
+    every real training image (its own test accuracy is reported next to what it says of synthetic images).
 
-    def __init__(self, real: ImageSet, kind: str, b, device: torch.device):
+    ``judge_folder``: where the judge is kept between runs (trained there once); None trains it in memory.
+    """
+
+    def __init__(self, real: ImageSet, kind: str, b, device: torch.device, judge_folder: Path | None = None,
+                 train_judge: bool = True):
         from synthaug.weights.fid_inception import fid_weights_path
 
         self.real, self.kind, self.b, self.device = real, kind, b, device
         self.config = ClassifierConfig.from_benchmark(b)
         self.targets = Targets.of_dataset(real, kind)
         self.fid_weights = fid_weights_path(b.fid_weights or None)
-        self.train, self.test = real.split("train"), real.split("test")
+        self.train, self.val, self.test = real.split("train"), real.split("val"), real.split("test")
         if not len(self.test) or not len(self.train):
             raise SynthaugError(f"{real.config.spec} needs training and test images; set data.split to stratified.")
         self.test_images = self.images(self.test)
+        self.val_images = self.images(self.val) if len(self.val) else None
         judge_config = dataclasses.replace(self.config, steps=b.judge_steps)
-        train = self.images(self.train)
-        self.judge = train_classifier(train.x, train.y, self.targets.levels, judge_config, seed=derive_seed("judge"),
-                                      description="judge (every real training image)")
-        self.judge_info = {"model": judge_config.model, "steps": judge_config.steps, "trained_on": "every real training image",
-                           "test_score": score(predict(self.judge, self.test_images.x, self.targets.levels).cpu().numpy(),
-                                               self.test_images.y.cpu().numpy(), self.targets.levels)}
+        loaded = load_classifier(judge_folder, judge_config, self.targets.levels, real.channels, device) if judge_folder else None
+        if loaded is None:
+            if not train_judge:
+                raise SynthaugError(f"The judge in {judge_folder} is missing; run the benchmark again.")
+            train = self.images(self.train)
+            judge = train_classifier(train.x, train.y, self.targets.levels, judge_config, seed=derive_seed("judge"),
+                                     description="judge (every real training image)")
+            pred = predict(judge, self.test_images.x, self.targets.levels).cpu().numpy()
+            info = {"model": judge_config.model, "steps": judge_config.steps, "trained_on": "every real training image",
+                    "train_images": len(self.train),
+                    "test_score": score(pred, self.test_images.y.cpu().numpy(), self.targets.levels)}
+            if judge_folder:
+                save_classifier(judge, judge_folder, info)
+            loaded = judge, info
+        self.judge, self.judge_info = loaded
 
     def images(self, ds: ImageSet) -> Images:
         """A real split as classifier inputs."""
@@ -89,18 +188,47 @@ class Evaluator:
         intended = self.targets.of_synthetic(syn, self.real.class_names, self.real.config.spec)
         return Images.of(syn.images, intended, self.config.resolution, self.device), intended
 
-    def quality(self, syn: SyntheticSet, train: ImageSet) -> dict:
-        """FID/KID vs the real test split with the floor of ``train`` (the generator's real images),
-        conditioning accuracy as the judge sees it, and MTCNN faces for face datasets."""
+    def quality(self, syn: SyntheticSet, train: ImageSet, seed: int = 0) -> tuple[dict, np.ndarray]:
+        """How good one synthetic set is, against the real test split, and whether it copies ``train`` (the
+        generator's real images). Returns the numbers and a grid of the closest synthetic/training pairs.
+
+        - FID and KID vs n real test images, with 95% jackknife intervals, next to their floors (n real
+          training images vs the same test images), n = min(synthetic, train, test, fid_max_images);
+        - conditioning accuracy as the judge sees it;
+        - MTCNN face detection for face datasets, for the synthetic images and for n real test images;
+        - the memorization audit (:mod:`synthaug.memorization`) in Inception space and in pixels.
+        """
+        from synthaug.memorization import audit, pairs_grid
+
         b = self.b
-        q = fid_kid_with_floor(syn.images, train.images, self.test.images, self.fid_weights, self.device,
-                               b.fid_max_images, b.kid_subset_size)
+        n = int(min(len(syn.images), len(train), len(self.test), b.fid_max_images))
+        if n < 2:  # e.g. a filter kept (almost) nothing: nothing to measure, said plainly in the report
+            return {"n": n, "fid": None, "kid": None, "conditioning": {"accuracy": None},
+                    "note": f"only {len(syn.images)} synthetic image(s): too few to measure"}, np.full((2, 2, 3), 255, np.uint8)
+        pick = {name: np.sort(numpy_rng("quality", seed, name).permutation(size)[:n])
+                for name, size in (("synthetic", len(syn.images)), ("train", len(train)), ("test", len(self.test)))}
+        syn_px, test_px = syn.images[pick["synthetic"]], self.test.images[pick["test"]]
+        f_syn = features(syn_px, self.fid_weights, self.device)
+        f_test = features(test_px, self.fid_weights, self.device, cache=True)
+        f_train_all = features(train.images, self.fid_weights, self.device, cache=True)  # every image the generator saw
+        f_floor = f_train_all[pick["train"]]
+        subset = min(b.kid_subset_size, n)
+        main, floor = fid_kid(f_test, f_syn, subset, seed), fid_kid(f_test, f_floor, subset, seed)
+        q = {"n": n, **main, **{f"floor_{k}": v for k, v in floor.items()}, "kid_subset_size": subset}
         images, intended = self.synthetic(syn)
         pred = predict(self.judge, images.x, self.targets.levels)
         q["conditioning"] = conditioning_accuracy(pred.cpu().numpy(), intended, self.targets.levels, self.targets.names)
         if self.real.config.spec.split(":")[0] in FACE_FORMATS:
             q["faces"] = face_detection(syn.images, self.device)
-        return q
+            q["faces_real"] = face_detection(test_px, self.device)
+        keys = [m.get("key") or f"{m['condition']}-{m['index']:06d}" for m in syn.metas]
+        syn_ids = [keys[i] for i in pick["synthetic"]]
+        flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+        q["memorization"] = audit({"synthetic": f_syn, "train": f_train_all, "test": f_test},
+                                  {"synthetic": flat(syn_px), "train": flat(train.images), "test": flat(test_px)},
+                                  list(train.sources), syn_ids)
+        grid = pairs_grid(syn_px, train.images, q["memorization"]["inception"]["closest"], {k: i for i, k in enumerate(syn_ids)})
+        return q, grid
 
 
 CAS = Arm("synthetic only (CAS)", real=False, synthetic="main")
@@ -108,6 +236,9 @@ CAS = Arm("synthetic only (CAS)", real=False, synthetic="main")
 
 def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=None, device: str | None = None) -> dict:
     """Every quality measure of a finished shard set against its real dataset; writes ``evaluation.json``.
+
+    The memorization audit compares the synthetic images with the real training images of the generator
+    (the subset its run folder records, when that run is still there; else every real training image).
 
     Args:
         folder: a folder written by ``synthaug generate`` (its manifest names the real dataset).
@@ -117,6 +248,7 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     """
     from synthaug.data import DataConfig
     from synthaug.files import write_text_atomic
+    from synthaug.grids import save_png
     from synthaug.recipe import BenchmarkConfig
     from synthaug.weights.fid_inception import RESIZE_MODE, describe_fid_weights
 
@@ -130,15 +262,20 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     config = dataclasses.replace(config, resolution=schema["resolution"])
     real = load_dataset(config)
     ev = Evaluator(real, schema["kind"], b, dev)
+    generator_train = ev.train
+    if not data and "data" in syn.manifest:  # the generator's own real subset (e.g. 10 shots per class)
+        generator_train = load_dataset(dataclasses.replace(DataConfig(**syn.manifest["data"]), resolution=schema["resolution"])).split("train")
     images, intended = ev.synthetic(syn)
     usable = (intended < np.array(ev.targets.levels)[None, :]).all(axis=1)  # fully specified conditions can train a classifier
     cas = None
     if usable.any():
         pools = {"main": SyntheticPool(images.take(np.flatnonzero(usable)), {})}
         cas = run_arm(CAS, ev.targets.levels, ev.config, list(range(b.seeds)), ev.test_images, pools=pools)["top1"]
+    quality, grid = ev.quality(syn, generator_train)
+    save_png(grid, Path(folder) / "memorization.png", min_side=256)
     result = {
         "folder": str(folder), "dataset": config.spec, "synthetic_images": len(syn.images), "real_train_images": len(ev.train),
-        "real_test_images": len(ev.test), "quality": ev.quality(syn, ev.train), "cas_top1": cas,
+        "generator_train_images": len(generator_train), "real_test_images": len(ev.test), "quality": quality, "cas_top1": cas,
         "judge": ev.judge_info, "fid_weights": describe_fid_weights(ev.fid_weights), "fid_resize": RESIZE_MODE,
         "classifier": dataclasses.asdict(ev.config), "synthaug": __version__,
     }

@@ -1,15 +1,23 @@
-"""The benchmark: does synthetic data make a classifier better, and how good is the generator?
+"""The benchmark: does synthetic data make a classifier better than what a practitioner already does
+(classic augmentation), by how much, and how good and how original is the generator?
 
-Recipe -> stages, each reading the files of the one before:
+Recipe -> stages, each kept on disk under a key of everything that determines it (:mod:`.store`):
 
-1. the real dataset: its test split, its targets, and a judge trained on every real training image;
-2. per low-data setting (``benchmark.shots_per_class``): a generator trained on exactly that real subset,
-   a synthetic set, its quality (FID/KID with floors, conditioning accuracy, faces), and timm classifiers
-   trained on each arm with several seeds, scored on the real test split;
-3. a guidance sweep on the setting with the most real data;
-4. the report (``report.json``, ``report.md``, plots).
+1. the real dataset: train / validation / test splits, targets, and a judge trained on every real
+   training image;
+2. per low-data setting (``benchmark.shots_per_class``): a generator trained on exactly that real subset
+   (no leakage: checked by the sha256 of its sources);
+3. choices on the validation split, never on the test split: the guidance scale, the strength of
+   real-guided variations, and the confidence-filter threshold, each by the validation accuracy of
+   real + classic augmentation + synthetic classifiers; and which real-only arm is the baseline;
+4. the arms on the test split: real, real + classic augmentation (also with 2x and 4x the real images,
+   for "worth N real images"), and every synthetic arm on top of classic augmentation; synthetic only (CAS);
+5. the report: the headline arm (chosen on validation) against the best real-only arm, paired over seeds,
+   with the minimum detectable effect, what the synthetic data is worth in real images, FID/KID with
+   floors and intervals, conditioning accuracy and the memorization audit.
 
-A re-run reuses finished generators and synthetic sets.
+Re-running reuses every stage whose inputs are unchanged. Under ``accelerate launch`` the processes
+share the generator training and generation, and split the classifier runs; one process writes the report.
 """
 
 from __future__ import annotations
@@ -23,21 +31,24 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from synthaug import __version__, progress
-from synthaug.benchmark.arms import Arm, Images, SyntheticPool, compare, run_arm
+from synthaug.benchmark.arms import Arm, Images, SyntheticPool, compare, mean_per_level, train_and_score, train_data
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
+from synthaug.benchmark.stats import min_detectable_effect, paired_gain, summarize
+from synthaug.benchmark.store import StageStore, stage_key
 from synthaug.classifier import ClassifierConfig
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema, resolve_kind, sources_sha256
 from synthaug.generator.train import train_generator
-from synthaug.recipe import Recipe, SamplingConfig, recipe_to_dict
+from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.runs import Run
 from synthaug.shards import SyntheticSet, load_shard_set
 from synthaug.synthesis import GenerateRequest, generate_shards
@@ -67,48 +78,58 @@ def check_no_leakage(run: Run, train: ImageSet) -> dict:
     if schema.train_sources_sha256 != expected or schema.num_train_images != len(train):
         raise SynthaugError(
             f"The generator in {run.path} was trained on {schema.num_train_images} real images that are not the "
-            f"{len(train)} this arm's classifier sees; delete that run folder so the benchmark retrains it."
+            f"{len(train)} this arm's classifier sees; delete that run folder (or pass --fresh) so the benchmark retrains it."
         )
     return {"run": str(run.path), "train_images": schema.num_train_images, "train_sources_sha256": expected,
-            "weights_sha256": run.weights_sha256()}
+            "weights_sha256": run.weights_sha256(), "kimg": run.info().get("kimg")}
 
 
-def synthetic_request(train: ImageSet, targets: Targets, ratio: float) -> GenerateRequest:
+@dataclass(frozen=True)
+class Method:
+    """How a synthetic set is drawn: plain generation, or real-guided variations of the setting's real images
+    at some strengths; optionally kept only where a filter classifier is confident."""
+
+    guidance: float
+    strengths: tuple[float, ...] = ()  # (): from pure noise; else SDEdit from the real training images
+    min_confidence: float = 0.0  # 0: no filter
+
+    @property
+    def label(self) -> str:
+        what = (f"variations (strength {', '.join(f'{s:g}' for s in self.strengths)}, guidance {self.guidance:g})"
+                if self.strengths else f"synthetic (guidance {self.guidance:g})")
+        return what + (f", filtered p>={self.min_confidence:g}" if self.min_confidence else "")
+
+
+def synthetic_request(train: ImageSet, targets: Targets, ratio: float, method: Method | None = None,
+                      max_draws: int = 8) -> GenerateRequest:
     """Enough synthetic images for ``ratio`` per real image: per class, or per real attribute vector."""
+    method = method or Method(guidance=1.0)
+    extra = dict(from_real=bool(method.strengths), strengths=method.strengths or (1.0,),
+                 min_confidence=method.min_confidence, max_draws=max_draws if method.min_confidence else 1)
     if targets.kind == "class":
         counts = tuple(math.ceil(ratio * n) for n in train.class_counts())
-        return GenerateRequest(all_classes=True, counts=counts)
+        return GenerateRequest(all_classes=True, counts=counts, **extra)
     vectors, multiplicity = np.unique(train.attributes, axis=0, return_counts=True)
     names = train.attribute_names
     conds = tuple(",".join(f"{n}={v}" for n, v in zip(names, row)) for row in vectors)
-    return GenerateRequest(attributes=conds, counts=tuple(math.ceil(ratio * m) for m in multiplicity))
+    return GenerateRequest(attributes=conds, counts=tuple(math.ceil(ratio * m) for m in multiplicity), **extra)
 
 
 def take_ratio(syn_targets: np.ndarray, syn_metas: list[dict], train_counts: np.ndarray, ratio: float,
                kind: str) -> np.ndarray:
-    """Rows of the synthetic set for ``ratio`` synthetic images per real image (nested in ratio)."""
+    """Rows of the synthetic set for ``ratio`` synthetic images per real image: per class, the images with the
+    lowest indices (so x0.5 lies inside x1, and a filtered set that kept fewer gives what it has)."""
     index = np.array([m["index"] for m in syn_metas])
     if kind == "class":
-        keep = index < np.ceil(ratio * train_counts[syn_targets[:, 0]]) - 1e-9
-        per_class_cap = np.round(ratio * train_counts).astype(int)
+        caps = np.round(ratio * train_counts).astype(int)
         rows = []
-        for c, cap in enumerate(per_class_cap):
-            mine = np.flatnonzero(keep & (syn_targets[:, 0] == c))
+        for c, cap in enumerate(caps):
+            mine = np.flatnonzero(syn_targets[:, 0] == c)
             rows.extend(mine[np.argsort(index[mine], kind="stable")][:cap].tolist())
         return np.sort(np.array(rows, dtype=np.int64))
     total = int(round(ratio * int(train_counts.sum())))
     order = np.lexsort((np.arange(len(index)), index))  # round-robin order: index 0 of every condition first
     return np.sort(order[:total])
-
-
-def arms_of(b) -> list[Arm]:
-    """The arms every setting trains: real only, real + classic augmentation, real + synthetic at each ratio,
-    optionally a per-batch mixing probability, and synthetic only (CAS)."""
-    arms = [Arm("real"), Arm("real + classic aug", augment=True)]
-    arms += [Arm(f"real + synthetic x{r:g}", synthetic="main", ratio=r) for r in b.synthetic_ratios]
-    if b.mix_probability:
-        arms.append(Arm(f"real + synthetic p={b.mix_probability:g}", synthetic="main", mix_probability=b.mix_probability))
-    return [*arms, CAS]
 
 
 # -- the state of one setting ------------------------------------------------------------------
@@ -117,47 +138,81 @@ def arms_of(b) -> list[Arm]:
 class SyntheticSetResult:
     """A synthetic set drawn for the benchmark, as classifier inputs, with its quality."""
 
+    key: str
+    images: str  # the key of what determines each image, whatever the set's size
+    method: Method
     folder: Path
     syn: SyntheticSet
     pool: SyntheticPool
-    quality: dict
-    sampling: SamplingConfig
+    quality: dict | None  # None: not measured (a candidate only compared on validation)
+    grid: Path  # the closest synthetic / training pairs of the memorization audit
+
+    def describe(self) -> dict:
+        manifest = self.syn.manifest
+        return {"key": self.key, "method": dataclasses.asdict(self.method), "label": self.method.label,
+                "folder": str(self.folder), "images": len(self.syn.images), "quality": self.quality,
+                "filter": manifest.get("filter"), "memorization_grid": str(self.grid)}
 
 
 @dataclass
 class ShotsSetting:
     """One low-data setting: its real training subset, the generator trained on exactly that subset, the
-    synthetic set drawn from it, and the classifier arms' results."""
+    synthetic sets drawn from it, the choices made on validation, and the arms' results on test."""
 
     shots: int  # real training images per class (0: all)
     train: ImageSet
     real: Images
     run: Run
     generator: dict  # provenance: which run, on which real images, which weights
-    synthetic: SyntheticSetResult
-    arms: dict = field(default_factory=dict)
+    more_real: dict[int, ImageSet] = field(default_factory=dict)  # multiple of the shots -> a larger real subset
+    sets: dict[str, SyntheticSetResult] = field(default_factory=dict)  # by set key
+    validation: dict = field(default_factory=dict)  # arm name -> result on the validation split
+    choices: dict = field(default_factory=dict)
+    arms: dict = field(default_factory=dict)  # arm name -> result on the test split
+    arm_sets: dict = field(default_factory=dict)  # arm name -> the key of the synthetic set it used
 
     @property
     def label(self) -> str:
         return f"shots {self.shots or 'all'}"
 
-    def to_report(self) -> dict:
-        s = self.synthetic
-        return {"shots_per_class": self.shots, "train_images": len(self.train), "generator": self.generator,
-                "synthetic": {"folder": str(s.folder), "images": len(s.syn.images), "guidance": s.sampling.guidance},
-                "quality": s.quality, "arms": self.arms}
+
+@dataclass(frozen=True)
+class Job:
+    """One classifier: an arm, a seed, and the split it is scored on."""
+
+    key: str
+    arm: Arm
+    seed: int
+    split: str
+    real: Images | None
+    pools: dict
 
 
 # -- the stages --------------------------------------------------------------------------------
 
 class Benchmark:
-    """The stages of one benchmark run, sharing the recipe, the device, the judge and the timings."""
+    """The stages of one benchmark run, sharing the recipe, the device, the judge, the store and the timings."""
 
-    def __init__(self, recipe: Recipe, out: Path, device: torch.device):
-        self.recipe, self.b, self.out, self.device = recipe, recipe.benchmark, out, device
+    def __init__(self, recipe: Recipe, out: Path, device: torch.device, fresh: bool = False):
+        from accelerate import PartialState
+
+        # a long barrier timeout: one process may train the judge or measure quality while the others wait
+        self.state = PartialState(timeout=timedelta(hours=24))
+        self.recipe, self.b, self.out, self.device, self.fresh = recipe, recipe.benchmark, out, device, fresh
         self.config = ClassifierConfig.from_benchmark(self.b)
         self.seeds = list(range(self.b.seeds))
+        self.store = StageStore(out)
         self.timings: dict[str, float] = {}
+        self.trained_classifiers = 0
+        self.workers = resolve_workers(self.b.workers, device, self.state.num_processes)
+        self._pool = None
+
+    @property
+    def main(self) -> bool:
+        return self.state.is_main_process
+
+    def barrier(self) -> None:
+        self.state.wait_for_everyone()
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -165,71 +220,246 @@ class Benchmark:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    # 1.
+    @contextlib.contextmanager
+    def lock(self):
+        """One benchmark at a time per output folder (the first process holds the lock for all)."""
+        from synthaug.files import exclusive_lock
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.fresh and self.main:
+            with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}"):
+                self.store.clear()
+        self.barrier()
+        with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}") if self.main else contextlib.nullcontext():
+            yield
+
+    # 1. the real data and the judge
     def load_real(self) -> Evaluator:
-        """The full real dataset, its test split and targets, and the judge."""
         with self.timed("real data and judge"):
             full = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=0))
-            return Evaluator(full, resolve_kind(self.recipe.generator.condition, full), self.b, self.device)
+            if not np.any(full.splits == "val"):
+                raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
+                                    "none; set data.val_fraction (e.g. 0.1).")
+            kind = resolve_kind(self.recipe.generator.condition, full)
+            train = full.split("train")
+            judge = self.store.folder("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,
+                                                         dataclasses.asdict(self.config), self.b.judge_steps, kind))
+            ev = Evaluator(full, kind, self.b, self.device, judge) if self.main else None
+            self.barrier()
+            return ev or Evaluator(full, kind, self.b, self.device, judge, train_judge=False)
 
-    # 2.
-    def synthesize(self, ev: Evaluator, run: Run, train: ImageSet, sampling: SamplingConfig, folder: Path,
-                   ratios: set[float]) -> SyntheticSetResult:
-        """Enough synthetic images for the largest ratio, drawn into ``folder`` (resumed if there), and measured."""
-        generate_shards(run.path, synthetic_request(train, ev.targets, max(ratios)), folder, sampling, device=str(self.device))
-        syn = load_shard_set(folder)
-        images, intended = ev.synthetic(syn)
-        counts = ev.targets.counts(train)
-        pool = SyntheticPool(images, {r: take_ratio(intended, syn.metas, counts, r, ev.targets.kind) for r in ratios})
-        return SyntheticSetResult(folder, syn, pool, ev.quality(syn, train), sampling)
-
-    def run_setting(self, ev: Evaluator, shots: int) -> ShotsSetting:
-        """Generator, synthetic set, quality and every arm of one low-data setting."""
+    # 2. a generator per setting
+    def prepare_setting(self, ev: Evaluator, shots: int) -> ShotsSetting:
         label = f"shots {shots or 'all'}"
         with self.timed(f"generator ({label})"):
             g_recipe = generator_for_shots(self.recipe, shots)
             train = load_dataset(g_recipe.data).split("train")
-            run = train_generator(g_recipe)
-        provenance = check_no_leakage(run, train)
-        with self.timed(f"generate and quality ({label})"):
-            ratios = {*self.b.synthetic_ratios, self.b.sweep_ratio}
-            synthetic = self.synthesize(ev, run, train, self.recipe.sampling, run.path / "benchmark-synthetic", ratios)
-        setting = ShotsSetting(shots, train, ev.images(train), run, provenance, synthetic)
-        with self.timed(f"classifiers ({label})"):
-            arms = arms_of(self.b)
-            bar = progress.Task(f"classifiers, shots/class {shots or 'all'}", total=len(arms) * len(self.seeds))
-            for arm in arms:
-                setting.arms[arm.name] = run_arm(arm, ev.targets.levels, self.config, self.seeds, ev.test_images,
-                                                 real=setting.real, pools={"main": synthetic.pool},
-                                                 flip=self.b.augment_flip, bar=bar)
-            bar.close()
-            compare(setting.arms, "real")
+            run = train_generator(g_recipe, fresh=self.fresh)
+        setting = ShotsSetting(shots, train, ev.images(train), run, check_no_leakage(run, train))
+        for m in self.b.real_multiples if shots else ():
+            larger = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=shots * m)).split("train")
+            if len(larger) > len(setting.more_real.get(max(setting.more_real, default=0), train)):  # only when it grows
+                setting.more_real[m] = larger
         return setting
 
-    # 3.
-    def guidance_sweep(self, ev: Evaluator, setting: ShotsSetting) -> dict:
-        """Quality and downstream accuracy (real + synthetic at ``sweep_ratio``) for each guidance scale."""
-        b = self.b
-        arm = Arm(f"real + synthetic x{b.sweep_ratio:g}", synthetic="main", ratio=b.sweep_ratio)
-        points = []
-        with self.timed("guidance sweep"):
-            for guidance in b.guidance_sweep:
-                if guidance == self.recipe.sampling.guidance and arm.name in setting.arms:  # the main set measured it
-                    points.append({"guidance": guidance, "quality": setting.synthetic.quality,
-                                   "downstream_top1": setting.arms[arm.name]["top1"]})
-                    continue
-                sampling = dataclasses.replace(self.recipe.sampling, guidance=guidance)
-                synthetic = self.synthesize(ev, setting.run, setting.train, sampling,
-                                            setting.run.path / f"benchmark-sweep-g{guidance:g}", {b.sweep_ratio})
-                result = run_arm(dataclasses.replace(arm, name=f"{arm.name}, guidance {guidance:g}"), ev.targets.levels,
-                                 self.config, self.seeds, ev.test_images, real=setting.real, pools={"main": synthetic.pool})
-                points.append({"guidance": guidance, "quality": synthetic.quality, "downstream_top1": result["top1"]})
-        best = max(points, key=lambda p: p["downstream_top1"]["mean"])
-        return {"shots_per_class": setting.shots, "ratio": b.sweep_ratio, "points": points,
-                "best_downstream_guidance": best["guidance"]}
+    # synthetic sets, each drawn once into the store and measured
+    def synthetic_set(self, ev: Evaluator, setting: ShotsSetting, method: Method, ratio: float,
+                      measure: bool = True) -> SyntheticSetResult:
+        """The set of ``method`` with enough images for ``ratio``, drawn into the store once; with ``measure``, its
+        quality too (FID/KID, conditioning, faces, memorization), measured once."""
+        from synthaug.grids import save_png
 
-    # 4.
-    def report(self, ev: Evaluator, settings: list[ShotsSetting], sweep: dict, command: str, started: float) -> dict:
+        sampling = self.recipe.sampling.replace(guidance=method.guidance)
+        request = synthetic_request(setting.train, ev.targets, ratio, method, self.b.max_draws)
+        # What determines each image (not how many there are): image i of a condition is the same in a larger set
+        identity = stage_key("images", setting.generator["weights_sha256"], dataclasses.asdict(sampling) | {"batch_size": 0},
+                           dataclasses.asdict(method), self.b.max_draws if method.min_confidence else None,
+                           dataclasses.asdict(self.config) if method.min_confidence else None)
+        key = stage_key("synthetic", identity, dataclasses.asdict(request))
+        if key in setting.sets and (setting.sets[key].quality is not None or not measure):
+            return setting.sets[key]
+        folder = self.store.folder("synthetic", key)
+        with self.timed(f"generate ({setting.label})"):
+            generate_shards(setting.run.path, request, folder, sampling, device=str(self.device),
+                            filter_config=self.config if method.min_confidence else None)
+        syn = load_shard_set(folder)
+        check_held_out(syn, ev, folder)
+        images, intended = ev.synthetic(syn)
+        counts = ev.targets.counts(setting.train)
+        ratios = {*self.b.synthetic_ratios, self.b.sweep_ratio}
+        pool = SyntheticPool(images, {r: take_ratio(intended, syn.metas, counts, r, ev.targets.kind) for r in ratios if r <= ratio})
+        q_key = stage_key("quality", key, sources_sha256(setting.train.sources), sources_sha256(ev.test.sources),
+                          self.b.fid_max_images, self.b.kid_subset_size, self.b.fid_weights, ev.judge_info)
+        grid = self.store.root / "quality" / f"{q_key}.png"
+        if measure:
+            with self.timed(f"quality ({setting.label})"):
+                if self.main and self.store.load("quality", q_key) is None:
+                    quality, pairs = ev.quality(syn, setting.train)
+                    save_png(pairs, grid, min_side=256)
+                    self.store.save("quality", q_key, quality)
+                self.barrier()
+        result = SyntheticSetResult(key, identity, method, folder, syn, pool, self.store.load("quality", q_key) if measure else None, grid)
+        setting.sets[key] = result
+        return result
+
+    # classifier runs: each (arm, seed) once, split over the processes, kept as files
+    def job(self, ev: Evaluator, setting: ShotsSetting, arm: Arm, seed: int, split: str, sets: dict[str, SyntheticSetResult],
+            real: ImageSet | None = None) -> Job:
+        real = setting.train if real is None else real
+        evaluation = ev.val if split == "val" else ev.test
+        used = {}
+        for name, s in sets.items():
+            rows = s.pool.rows_by_ratio.get(arm.ratio) if arm.ratio is not None else np.arange(len(s.syn.metas))
+            used[name] = [s.images, sources_sha256([f"{m['condition']}-{m['index']}" for m in (s.syn.metas[i] for i in rows)])]
+        key = stage_key("classifier", arm.describe(), seed, split, sources_sha256(evaluation.sources),
+                        sources_sha256(real.sources) if arm.real else None, used, dataclasses.asdict(self.config),
+                        ev.targets.levels, self.b.augment_flip)
+        images = setting.real if real is setting.train else ev.images(real)
+        return Job(key, arm, seed, split, images if arm.real else None, {n: s.pool for n, s in sets.items()})
+
+    def run_jobs(self, ev: Evaluator, jobs: list[Job], description: str) -> list[dict]:
+        """Every job's result: read from the store, else trained by the process whose turn it is, on its pool of
+        single-threaded CPU workers (on 2 cores, two one-thread classifiers train 1.9x as fast as one two-thread one,
+        and a classifier's numbers do not depend on how many workers there are)."""
+        done = [self.store.load("classifiers", j.key) is not None for j in jobs]
+        mine = [j for i, j in enumerate(jobs) if i % self.state.num_processes == self.state.process_index and not done[i]]
+        bar = progress.Task(description, total=len(mine))
+
+        def save(j: Job, images: Images, mixed: Images | None, score: dict) -> None:
+            n_real = len(j.real) if j.arm.real and j.real is not None else 0
+            used = {"real": n_real, "synthetic": len(images) - n_real + (len(mixed) if mixed is not None else 0)}
+            self.store.save("classifiers", j.key, {"arm": j.arm.describe(), "seed": j.seed, "split": j.split,
+                                                   "training_images": used, "score": score})
+            self.trained_classifiers += 1
+            bar.advance()
+
+        work = []
+        for j in mine:
+            images, mixed = train_data(j.arm, j.real, j.pools)
+            evaluation = ev.val_images if j.split == "val" else ev.test_images
+            work.append((j, images, mixed, (j.arm, images, mixed, evaluation, ev.targets.levels, self.config, j.seed,
+                                            self.b.augment_flip)))
+        pool = self.worker_pool() if len(work) > 1 else None
+        if pool is None:
+            for j, images, mixed, args in work:
+                with one_thread(self.device):
+                    save(j, images, mixed, train_and_score(*args))
+        else:
+            futures = [(j, images, mixed, pool.submit(train_and_score, *args)) for j, images, mixed, args in work]
+            for j, images, mixed, future in futures:
+                save(j, images, mixed, future.result())
+        bar.close()
+        self.barrier()
+        return [self.store.load("classifiers", j.key) for j in jobs]
+
+    def worker_pool(self):
+        """The CPU worker processes classifier runs are spread over (None: run them here), started once."""
+        if self.device.type != "cpu" or self.workers < 2:
+            return None
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            import torch.multiprocessing  # noqa: F401 - tensors travel to the workers through shared memory
+
+            # fork (as DataLoader workers do) where there is one: spawn would run a user's script again in every
+            # worker unless it guards its top level with `if __name__ == "__main__"`
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
+                                             initializer=torch.set_num_threads, initargs=(1,))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def run_arms(self, ev: Evaluator, setting: ShotsSetting, arms: list[tuple[Arm, dict, ImageSet | None]], split: str) -> dict:
+        """Each arm with every seed on ``split``: mean, interval and per-class accuracy over seeds."""
+        jobs = [self.job(ev, setting, arm, seed, split, sets, real) for arm, sets, real in arms for seed in self.seeds]
+        results = self.run_jobs(ev, jobs, f"classifiers, {setting.label}, {'validation' if split == 'val' else 'test'}")
+        out = {}
+        for k, (arm, sets, _) in enumerate(arms):
+            mine = results[k * len(self.seeds) : (k + 1) * len(self.seeds)]
+            runs = [r["score"] for r in mine]
+            out[arm.name] = {"arm": arm.describe(), "training_images": mine[0]["training_images"],
+                             "synthetic_set": next(iter(sets.values())).key if sets else None, "runs": runs,
+                             "top1": summarize([r["top1"] for r in runs]), "macro_f1": summarize([r["macro_f1"] for r in runs]),
+                             "per_level": mean_per_level(runs)}
+        return out
+
+    # 3. choices on the validation split
+    def choose(self, ev: Evaluator, setting: ShotsSetting) -> None:
+        b, ratio = self.b, self.b.sweep_ratio
+        aug = Arm("real + classic aug", augment=True)
+        candidates = [(Arm("real"), {}, None), (aug, {}, None)]
+        plain = {g: self.synthetic_set(ev, setting, Method(g), ratio) for g in b.guidance_sweep}
+        candidates += [(self.synthetic_arm(s, ratio), {"main": s}, None) for s in plain.values()]
+        with self.timed(f"choices on validation ({setting.label})"):
+            results = self.run_arms(ev, setting, candidates, "val")
+            setting.validation.update(results)
+            best = lambda sets: max(sets, key=lambda s: results[self.synthetic_arm(s, ratio).name]["top1"]["mean"])  # noqa: E731
+            chosen = best(list(plain.values()))
+            guidance = chosen.method.guidance
+            methods = [chosen.method]  # the best of each kind, each scored on test
+            if b.strengths:
+                varied = [self.synthetic_set(ev, setting, Method(guidance, (s,)), ratio, measure=False) for s in b.strengths]
+                results.update(self.run_arms(ev, setting, [(self.synthetic_arm(s, ratio), {"main": s}, None) for s in varied], "val"))
+                methods.append(best(varied).method)
+                chosen = best([chosen, best(varied)])
+            if b.min_confidences:
+                filtered = [self.synthetic_set(ev, setting, dataclasses.replace(chosen.method, min_confidence=p), ratio,
+                                               measure=False) for p in b.min_confidences]
+                results.update(self.run_arms(ev, setting, [(self.synthetic_arm(s, ratio), {"main": s}, None) for s in filtered], "val"))
+                methods.append(best(filtered).method)
+                chosen = best([chosen, best(filtered)])
+            setting.validation.update(results)
+            baseline = max(["real", aug.name], key=lambda n: results[n]["top1"]["mean"])
+        setting.choices = {"guidance": guidance, "method": dataclasses.asdict(chosen.method), "label": chosen.method.label,
+                           "baseline": baseline, "ratio": ratio, "tested": [dataclasses.asdict(m) for m in methods]}
+
+    def synthetic_arm(self, s: SyntheticSetResult, ratio: float, augment: bool = True) -> Arm:
+        return Arm(f"real{' + classic aug' if augment else ''} + {s.method.label} x{ratio:g}", augment=augment,
+                   synthetic="main", ratio=ratio)
+
+    # 4. the arms on the test split
+    def score(self, ev: Evaluator, setting: ShotsSetting) -> None:
+        b = self.b
+        methods = [Method(**{**m, "strengths": tuple(m["strengths"])}) for m in setting.choices["tested"]]
+        arms: list[tuple[Arm, dict, ImageSet | None]] = [(Arm("real"), {}, None), (Arm("real + classic aug", augment=True), {}, None)]
+        for m, larger in setting.more_real.items():
+            per_class = len(larger) / max(1, ev.targets.levels[0] if ev.targets.kind == "class" else 1)
+            arms.append((Arm(f"real + classic aug, {m}x real ({per_class:.0f}/class)", augment=True), {}, larger))
+        top = max([*b.synthetic_ratios, b.sweep_ratio])
+        for method in methods:
+            s = self.synthetic_set(ev, setting, method, top)
+            arms += [(self.synthetic_arm(s, r), {"main": s}, None) for r in sorted({*b.synthetic_ratios, b.sweep_ratio})]
+            if method == methods[0]:
+                if b.mix_probability:
+                    arms.append((Arm(f"real + classic aug + {method.label} p={b.mix_probability:g}", augment=True,
+                                     synthetic="main", mix_probability=b.mix_probability), {"main": s}, None))
+                arms.append((CAS, {"main": s}, None))
+        with self.timed(f"classifiers ({setting.label})"):
+            setting.arms = self.run_arms(ev, setting, arms, "test")
+        setting.arm_sets = {arm.name: sets["main"].key for arm, sets, _ in arms if sets}
+        compare(setting.arms, "real")
+
+    # 5. the report
+    def summary(self, setting: ShotsSetting) -> dict:
+        """The headline of one setting: the arm chosen on validation against the best real-only arm."""
+        arms, c = setting.arms, setting.choices
+        chosen = Method(**{**c["method"], "strengths": tuple(c["method"]["strengths"])})
+        headline = next(name for name in arms if name.endswith(f" + {chosen.label} x{c['ratio']:g}") and "classic aug" in name)
+        base = c["baseline"]
+        gain = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[base]["runs"]])
+        synthetic = [n for n, a in arms.items() if a["arm"]["synthetic"] and a["arm"]["real"]]
+        mde = min_detectable_effect([[r["top1"] for r in arms[n]["runs"]] for n in synthetic], [r["top1"] for r in arms[base]["runs"]])
+        best_by_test = max(synthetic, key=lambda n: arms[n]["top1"]["mean"])
+        return {"headline_arm": headline, "baseline_arm": base, "gain": gain, "min_detectable_effect": mde,
+                "best_synthetic_arm_by_test": best_by_test, "worth_real": worth_real(setting, headline),
+                "verdict": verdict(headline, base, gain, mde)}
+
+    def report(self, ev: Evaluator, settings: list[ShotsSetting], command: str, started: float) -> dict:
         from synthaug.report import write_report
         from synthaug.weights.fid_inception import RESIZE_MODE, describe_fid_weights
 
@@ -240,43 +470,136 @@ class Benchmark:
             "recipe": recipe_to_dict(self.recipe),
             "device": str(self.device),
             "machine": machine_description(self.device),
+            "processes": self.state.num_processes,
             "versions": library_versions(),
             "dataset": {"spec": self.recipe.data.spec, "name": full.name, "train_images": len(ev.train),
-                        "test_images": len(ev.test), "classes": full.num_classes, "target": targets.kind,
-                        "levels": targets.levels, "names": targets.names},
+                        "val_images": len(ev.val), "test_images": len(ev.test), "classes": full.num_classes,
+                        "target": targets.kind, "levels": targets.levels, "names": targets.names},
             "classifier": {**dataclasses.asdict(self.config), "seeds": self.seeds, "weights": classifier_weights(self.config)},
             "judge": ev.judge_info,
             "fid_weights": describe_fid_weights(ev.fid_weights),
             "fid_resize": RESIZE_MODE,
-            "settings": [s.to_report() for s in settings],
-            "guidance_sweep": sweep,
+            "settings": [{"shots_per_class": s.shots, "train_images": len(s.train), "generator": s.generator,
+                          "choices": s.choices, "validation": s.validation, "arms": s.arms, "arm_sets": s.arm_sets,
+                          "synthetic_sets": {k: v.describe() for k, v in s.sets.items()}, "summary": self.summary(s)}
+                         for s in settings],
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "classifiers_trained_this_run": self.trained_classifiers,
             "total_s": round(time.time() - started, 1),
         }
-        top = max(settings, key=lambda s: len(s.train))
-        write_report(report, self.out, full, top.synthetic.syn)
+        if self.main:
+            write_report(report, self.out, full, settings)
+        self.barrier()
         return report
 
 
-def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | None = None, command: str | None = None) -> dict:
+def resolve_workers(workers: int, device: torch.device, processes: int) -> int:
+    """How many single-threaded classifier workers one process runs: ``benchmark.workers``, or (0) one per CPU core
+    this process has (its share when several processes run), and 1 on a GPU."""
+    import os
+
+    if workers:
+        return workers
+    return 1 if device.type != "cpu" else max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Train a CPU classifier on one thread, as the workers do, so its numbers do not depend on the worker count."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_held_out(syn: SyntheticSet, ev: Evaluator, folder: Path) -> None:
+    """The leakage guard: a synthetic set must not hold a real validation or test image (which would put the
+    images the classifiers are scored on into their training data)."""
+    import hashlib
+
+    def digest(image: np.ndarray) -> str:
+        return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+    held_out = {digest(im) for split in (ev.val, ev.test) for im in split.images}
+    leaked = sum(digest(im) in held_out for im in syn.images)
+    if leaked:
+        raise SynthaugError(f"The synthetic set in {folder} holds {leaked} real validation or test images, which would leak "
+                            "the images classifiers are scored on into their training data; delete that folder and check "
+                            "what wrote it.")
+
+
+def worth_real(setting: ShotsSetting, arm_name: str) -> dict | None:
+    """How many real images per class an arm is worth: its test accuracy placed on the curve of real + classic
+    augmentation at 1x, 2x and 4x the real images per class (interpolated in log images), with the interval
+    from the arm's 95% interval. None when the setting has no larger real subsets (e.g. all real images)."""
+    arms = setting.arms
+    points = [(len(setting.train), arms["real + classic aug"]["top1"]["mean"])]
+    for m, larger in sorted(setting.more_real.items()):
+        name = next(n for n in arms if n.startswith(f"real + classic aug, {m}x real"))
+        points.append((len(larger), arms[name]["top1"]["mean"]))
+    if len(points) < 2:
+        return None
+    classes = max(1, len(setting.train) // max(1, setting.shots))
+    xs = np.log([n / classes for n, _ in points])
+    ys = np.array([acc for _, acc in points])
+    order = np.argsort(ys, kind="stable")  # interpolate on the accuracy axis; the curve is read where it rises
+
+    def place(acc: float) -> tuple[float, str]:
+        if acc <= ys.min():
+            return float(np.exp(xs[np.argmin(ys)])), "at most"
+        if acc >= ys.max():
+            return float(np.exp(xs[np.argmax(ys)])), "at least"
+        return float(np.exp(np.interp(acc, ys[order], xs[order]))), "about"
+
+    t = arms[arm_name]["top1"]
+    value, how = place(t["mean"])
+    low, high = place(t["mean"] - t["ci95"])[0], place(t["mean"] + t["ci95"])[0]
+    return {"per_class": value, "how": how, "ci95": [low, high], "real_per_class": setting.shots,
+            "curve": [{"per_class": n / classes, "top1": acc} for n, acc in points]}
+
+
+def verdict(headline: str, base: str, gain: dict, mde: float) -> str:
+    """The plain answer for one setting."""
+    points = 100 * gain["mean"]
+    if gain["significant"] and points > 0:
+        return (f"Worth running: {headline} beats {base} by {points:+.1f} points (95% CI ±{100 * gain['ci95']:.1f}, "
+                f"paired p = {gain['p_value']:.3f}).")
+    if gain["significant"]:
+        return f"Not worth running: {headline} is worse than {base} by {points:.1f} points (paired p = {gain['p_value']:.3f})."
+    return (f"Not shown to help: {headline} vs {base} is {points:+.1f} points (95% CI ±{100 * gain['ci95']:.1f}, paired "
+            f"p = {gain['p_value']:.3f}); with these seeds only a gain of about {100 * mde:.1f} points would be detected "
+            "reliably (80% power).")
+
+
+def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | None = None, command: str | None = None,
+                  fresh: bool = False) -> dict:
     """Run the whole benchmark of ``recipe`` and write its report into ``out``.
 
     Args:
         recipe: the resolved recipe (its ``[benchmark]`` section says what to measure).
-        out: the report folder (default: ``<run folder>/benchmark``).
+        out: the report folder (default: ``<run folder>/benchmark``); its ``stages/`` keep every finished stage.
         device: torch device (default: a GPU when there is one).
         command: the command line to print in the report (default: this process's).
+        fresh: forget the finished stages and retrain the generators.
 
     Returns:
         The report (also written to ``out/report.json``, with ``report.md`` and plots).
     """
     started = time.time()
-    bench = Benchmark(recipe, Path(out or recipe.run_path / "benchmark"), default_device(device))
-    ev = bench.load_real()                                                           # 1. real data, judge
-    settings = [bench.run_setting(ev, shots) for shots in recipe.benchmark.shots_per_class]  # 2. per setting
-    sweep = bench.guidance_sweep(ev, max(settings, key=lambda s: len(s.train)))      # 3. guidance sweep
+    bench = Benchmark(recipe, Path(out or recipe.run_path / "benchmark"), default_device(device), fresh)
     command = command or " ".join(shlex.quote(a) for a in ["synthaug", *sys.argv[1:]])
-    return bench.report(ev, settings, sweep, command, started)                       # 4. report
+    with bench.lock(), contextlib.closing(bench):
+        ev = bench.load_real()                                                                 # 1. real data, judge
+        settings = [bench.prepare_setting(ev, shots) for shots in recipe.benchmark.shots_per_class]  # 2. generators
+        for setting in settings:
+            bench.choose(ev, setting)                                                          # 3. choices on validation
+            bench.score(ev, setting)                                                           # 4. arms on test
+        return bench.report(ev, settings, command, started)                                    # 5. report
 
 
 def classifier_weights(config: ClassifierConfig) -> dict:

@@ -29,3 +29,17 @@ def paired_gain(arm: list[float], base: list[float]) -> dict:
         p = float(stats.ttest_rel(arm, base).pvalue)
     out.update(p_value=p, significant=bool(p < 0.05))
     return out
+
+
+def min_detectable_effect(arms: list[list[float]], base: list[float], power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest gain over ``base`` a two-sided paired t-test over these seeds detects with probability
+    ``power``: (t_{1-alpha/2} + t_{power}) * sd / sqrt(n), with sd the standard deviation of the per-seed
+    differences, pooled over ``arms`` (each a list of per-seed scores, paired with ``base``)."""
+    from scipy import stats
+
+    n = len(base)
+    if n < 2 or not arms:
+        return float("nan")
+    variances = [np.var(np.asarray(a) - np.asarray(base), ddof=1) for a in arms]
+    sd = math.sqrt(float(np.mean(variances)))
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))

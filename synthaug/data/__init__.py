@@ -18,7 +18,7 @@ from synthaug.data.cache import decode_catalog
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.config import DataConfig
 from synthaug.data.lookup import Match, resolve_name
-from synthaug.data.splits import assign_splits, select_shots
+from synthaug.data.splits import assign_splits, hold_out_validation, select_shots
 from synthaug.errors import SynthaugError
 
 
@@ -223,6 +223,9 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
 
     splits, note = assign_splits(labels, catalog.splits[kept], len(present), config.split, config.test_fraction, config.seed,
                                  [catalog.class_names[c] for c in present])
+    if note:
+        notes.append(note)
+    splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed)
     if note:
         notes.append(note)
     name = fmt.name if catalog.root is None else f"{fmt.name}-{catalog.root.name}"

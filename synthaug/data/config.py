@@ -47,6 +47,9 @@ class DataConfig:
         crop: crop to the bounding box where the format has one (else the centre square).
         split: ``auto``, ``official`` or ``stratified``.
         test_fraction: share of each class held out by the stratified split.
+        val_fraction: share of each class's training images held out as a validation split, which no
+            generator or classifier trains on and the benchmark makes its choices on (0: none, or the
+            dataset's own validation split when it has one).
         shots_per_class: keep this many training images per class (0 keeps all).
         seed: seeds the stratified split and the low-data subset.
         strict: unreadable files and empty classes are errors instead of being skipped.
@@ -59,6 +62,7 @@ class DataConfig:
     crop: bool = True
     split: Split = "auto"
     test_fraction: float = 0.2
+    val_fraction: float = 0.0
     shots_per_class: int = 0
     seed: int = 0
     strict: bool = False
@@ -71,3 +75,5 @@ class DataConfig:
             raise SynthaugError(f"shots_per_class must be 0 (all) or positive, not {self.shots_per_class}.")
         if not 0 < self.test_fraction < 1:
             raise SynthaugError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}; use e.g. 0.2.")
+        if not 0 <= self.val_fraction < 1:
+            raise SynthaugError(f"data.val_fraction must lie in [0, 1), not {self.val_fraction}; use e.g. 0.1, or 0 for no validation split.")

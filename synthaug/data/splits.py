@@ -77,6 +77,22 @@ def assign_splits(
     return stratified_split(labels, test_fraction, seed), note
 
 
+def hold_out_validation(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, str | None]:
+    """Move a seeded ``val_fraction`` of each class's training images to a "val" split (at least one, while the
+    class keeps one for training), unless the dataset has its own validation split. Returns (splits, note)."""
+    if not val_fraction or np.any(splits == "val"):
+        return splits, None
+    splits = splits.copy()
+    for c in np.unique(labels):
+        rows = np.flatnonzero((labels == c) & (splits == "train"))
+        if len(rows) < 2:
+            continue
+        n_val = min(max(int(round(len(rows) * val_fraction)), 1), len(rows) - 1)
+        splits[numpy_rng("val", seed, int(c)).permutation(rows)[:n_val]] = "val"
+    return splits, (f"{val_fraction:.0%} of each class's training images are held out as a validation split "
+                    f"(seed {seed}): no generator or classifier trains on them.")
+
+
 def select_shots(labels: np.ndarray, splits: np.ndarray, shots_per_class: int, seed: int) -> np.ndarray:
     """Boolean mask keeping ``shots_per_class`` training images per class (all of them for 0) and every
     non-training image. The draw is seeded per class and nested: the 5-shot subset lies inside the 10-shot one.

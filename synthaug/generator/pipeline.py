@@ -18,7 +18,7 @@ import torch
 from synthaug.errors import SynthaugError
 from synthaug.device import default_device, inference_dtype
 from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.sampling import check_steps, sample_images
+from synthaug.generator.sampling import check_steps, sample_images, steps_run
 from synthaug.recipe import SamplingConfig, load_recipe
 from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed
@@ -165,6 +165,65 @@ class Generator:
                 network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
             ))
         return np.concatenate(out) if out else np.zeros((0, self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
+
+    def vary_conditions(self, sources: np.ndarray, conditions: list[Condition], strengths: list[float], seeds: list[int],
+                        sampling: SamplingConfig) -> tuple[np.ndarray, list[int]]:
+        """Real-guided variations: uint8 (B, H, W, C) images, each of its source (B, H, W, C uint8) redrawn toward its
+        condition at its strength with its seed; and the sampler steps each ran. Images of one strength are drawn
+        ``sampling.batch_size`` at a time; an image does not depend on which others share its batch."""
+        out = np.zeros((len(seeds), self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
+        for strength in sorted(set(strengths)):
+            rows = [i for i, v in enumerate(strengths) if v == strength]
+            for start in range(0, len(rows), sampling.batch_size):
+                chunk = rows[start : start + sampling.batch_size]
+                value = torch.tensor([conditions[i].value for i in chunk], dtype=torch.long)
+                value = value[:, 0] if self.schema.kind == "class" else value
+                pixels = torch.from_numpy(np.ascontiguousarray(sources[chunk])).permute(0, 3, 1, 2).to(self.device)
+                with torch.inference_mode():
+                    init = self.denoiser.encode(pixels)
+                out[chunk] = sample_images(
+                    self.denoiser, value, self.schema.null(1), [seeds[i] for i in chunk], self.scheduler_config,
+                    sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                    network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype, init=init, strength=strength,
+                )
+        return out, [steps_run(sampling.steps, v) if v < 1 else sampling.steps for v in strengths]
+
+    def vary(self, images, conditions: list[str | int | dict], strength: float = 0.5, seed: int = 0,
+             guidance: float | None = None, sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
+        """Real-guided variations (SDEdit) of ``images``, one per image, toward each image's condition.
+
+        Args:
+            images: uint8 (N, C, H, W) tensor or (N, H, W, C) array at the run's resolution.
+            conditions: per image a class name or index, or an attribute dict / "bangs=3,smiling=5" string.
+            strength: in (0, 1]: how far each image is noised (the share of the sampler's steps run); 1 is plain
+                generation from the image's seed.
+            seed: image i of a condition has the seed ``derive_seed(seed, condition key, i)``.
+
+        Returns:
+            uint8 images (N, C, H, W).
+
+        >>> gen.vary(real_images, ["3"] * len(real_images), strength=0.4)   # doctest: +SKIP
+        """
+        if not 0 < strength <= 1:
+            raise SynthaugError(f"strength must lie in (0, 1], not {strength}.")
+        array = images.permute(0, 2, 3, 1).cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
+        size = (self.schema.resolution, self.schema.resolution, self.schema.channels)
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != size:
+            raise SynthaugError(f"vary() takes uint8 images of {size[0]}x{size[1]} px with {size[2]} channel(s), the run's "
+                                f"resolution; got {array.dtype} {tuple(array.shape)}.")
+        if len(conditions) != len(array):
+            raise SynthaugError(f"vary() got {len(array)} images and {len(conditions)} conditions; give one condition per image.")
+        conds = [self.attribute_condition(c) if isinstance(c, dict) or (isinstance(c, str) and "=" in c)
+                 else self.resolve_classes([c])[0] for c in conditions]
+        seen: dict[str, int] = {}
+        seeds = []
+        for c in conds:
+            seeds.append(derive_seed(seed, c.key, seen.get(c.key, 0)))
+            seen[c.key] = seen.get(c.key, 0) + 1
+        sampling = self.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed)
+        self.check_sampling(sampling)
+        out, _ = self.vary_conditions(array, conds, [strength] * len(conds), seeds, sampling)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def sample(self, classes: list[str | int] | None = None, n: int = 16, seed: int = 0,
                guidance: float | None = None, sampler: str | None = None, steps: int | None = None,

@@ -134,6 +134,12 @@ def run_network(denoiser: Backend, x: torch.Tensor, t: torch.Tensor, cond: torch
     return torch.cat(out)
 
 
+def steps_run(steps: int, strength: float) -> int:
+    """The sampler steps a variation at ``strength`` runs: ``int(steps * strength)`` as diffusers' img2img
+    pipelines take, at least 1, at most ``steps``."""
+    return min(max(int(steps * strength), 1), steps)
+
+
 @torch.inference_mode()
 def sample_images(
     denoiser: Backend,
@@ -147,8 +153,16 @@ def sample_images(
     guidance: float = 2.0,
     network_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Draw one image per (condition, seed) and return them as uint8 (B, H, W, C).
+
+    With ``init`` (what the network denoises, e.g. ``denoiser.encode(real images)``) and ``strength`` < 1, each
+    image is a real-guided variation (SDEdit, as diffusers' img2img pipelines do): its init is noised with the
+    image's own noise to the timestep that ``strength`` names, and only the last ``steps_run(steps, strength)``
+    of the sampler's steps are run. At strength 1 the init is not used: the image is plain generation from the
+    same seed's noise.
 
     Args:
         denoiser: the (EMA) denoiser, on its device, in eval mode (any backend: pixels or VAE latents).
@@ -160,6 +174,7 @@ def sample_images(
         guidance: 1 = plain conditional; > 1 extrapolates away from the null condition.
         network_batch: rows per network call; part of what makes an image reproducible.
         autocast_dtype: e.g. torch.bfloat16 on a GPU.
+        init, strength: the images to vary, (B, *sample_shape), and how much of the schedule they go through.
     """
     device = next(denoiser.parameters()).device
     shape = (len(seeds), *denoiser.sample_shape)
@@ -173,9 +188,18 @@ def sample_images(
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     cond_in = torch.cat([conditions, null.expand(len(seeds), *null.shape[1:])]) if guided else conditions
 
-    # 1. initial noise, one generator per image
-    x = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+    # 1. initial noise, one generator per image (a variation: its init noised to where its steps begin)
+    noise = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
+    timesteps = scheduler.timesteps
+    if init is None or strength >= 1.0:
+        x = noise * scheduler.init_noise_sigma
+    else:
+        begin = (steps - steps_run(steps, strength)) * scheduler.order
+        timesteps = scheduler.timesteps[begin:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        x = scheduler.add_noise(init.to(device, torch.float32), noise, timesteps[:1].repeat(len(seeds)))
+    for t in timesteps:
         # 2. conditional and null branches in one batched forward
         model_in = scheduler.scale_model_input(x, t)
         model_in = torch.cat([model_in, model_in]) if guided else model_in

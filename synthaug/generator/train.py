@@ -381,15 +381,15 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
 
-        # 5. the loop
-        next_log = nimg + g_cfg.log_every_kimg * 1000
+        # 5. the loop (the first log line comes early, within 2% of the run, so a log shows progress at once)
+        next_log = nimg + min(g_cfg.log_every_kimg * 1000, max(g_cfg.batch_size, 0.02 * total_nimg))
         next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
         next_grid = nimg + g_cfg.grid_every_kimg * 1000
         grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
         loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
         tick_time, tick_nimg = time.perf_counter(), nimg
         with progress.task(f"training on {dataset_label(recipe.data.spec)}", total=total_nimg) as bar:
-            bar.advance(nimg)
+            bar.resume(nimg)
             while nimg < total_nimg:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
