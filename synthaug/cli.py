@@ -370,10 +370,9 @@ def train_command(
 
     run = train_generator(resolved, fresh=fresh)
     info = run.info()
-    grids = sorted(run.grids_dir.glob("*.png"))
     console.print(f"Trained {run.path}: {info.get('kimg', 0):g} kimg; EMA weights in {run.ema_dir}", highlight=False, soft_wrap=True)
-    if grids:
-        console.print(f"Sample grid: {grids[-1]}", highlight=False, soft_wrap=True)
+    if run.latest_grid is not None:  # the grid training wrote (recorded in run.json), never a file it did not write
+        console.print(f"Sample grid: {run.latest_grid}", highlight=False, soft_wrap=True)
 
 
 FROM_RUN = "(default: the run's recipe)"

@@ -578,7 +578,11 @@ def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
 
     names = list(request.species or request.classes)
     for run in find_runs(root):
-        schema = ConditionSchema.load(run.condition_file)
+        try:
+            schema = ConditionSchema.load(run.condition_file)
+        except SynthaugError:  # a damaged run does not stop the search for one that can draw the request
+            log.warning("Skipping %s: its condition.json cannot be read.", run.path)
+            continue
         if request.attributes:
             if schema.kind == "attributes":
                 return run.path

@@ -165,8 +165,10 @@ def test_fuzzed_train_arguments_never_trace_back(tokens, tmp_path):
 
 GENERATE_TOKENS = st.lists(st.one_of(
     st.sampled_from(["--class", "--num", "--per-class", "--guidance", "--steps", "--seed", "--sampler", "--shard-size",
-                     "--batch-size", "--all-classes", "--attr", "--species", "--overwrite"]),
-    st.sampled_from(["0", "1", "3", "-1", "2.5", "nan", "-0.5", "99", "abc", "ddim", "heun", "DDIM", "bangs=3", "7"]),
+                     "--batch-size", "--all-classes", "--attr", "--species", "--overwrite", "--from-real", "--strength",
+                     "--min-confidence", "--max-draws"]),
+    st.sampled_from(["0", "1", "3", "-1", "2.5", "nan", "-0.5", "99", "abc", "ddim", "heun", "DDIM", "bangs=3", "7",
+                     "0.3,0.6", "0.5", "1.5", "0,0.5", "inf"]),
 ), max_size=8)
 
 
@@ -186,3 +188,22 @@ def test_fuzzed_generate_arguments_never_trace_back_or_leave_a_false_manifest(to
         assert not (out / "manifest.json").exists()
         for tar in out.glob("synth-*.tar") if out.exists() else []:
             assert tarfile.is_tarfile(tar)  # anything left under a final name is a complete shard
+
+
+@settings(max_examples=60, deadline=None)
+@given(strength=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.lists(st.floats(-1, 2), min_size=0, max_size=3)),
+       confidence=st.floats(allow_nan=True, allow_infinity=True), draws=st.integers(-3, 20))
+def test_fuzzed_variation_and_filter_settings_are_checked_exactly(strength, confidence, draws):
+    """--strength, --min-confidence and --max-draws: a value outside its range is a SynthaugError naming the option,
+    raised when the request is made (before anything is drawn or written); any value inside it is accepted."""
+    from synthaug.synthesis import GenerateRequest
+
+    strengths = tuple(strength) if isinstance(strength, list) else (strength,)
+    valid = (bool(strengths) and all(0 < v <= 1 for v in strengths), 0 <= confidence < 1, draws >= 1)
+    try:
+        GenerateRequest(all_classes=True, num=4, from_real=True, strengths=strengths, min_confidence=confidence, max_draws=draws)
+    except SynthaugError as e:
+        first_bad = ["--strength", "--min-confidence", "--max-draws"][valid.index(False)]
+        assert str(e).startswith(first_bad) and "\n" not in str(e)
+    else:
+        assert all(valid)

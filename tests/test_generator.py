@@ -361,3 +361,23 @@ def test_digits_recipe_draws_the_requested_digit_95_percent_of_the_time(tmp_path
     assert len(labels) == 500
     assert accuracy >= 0.95, f"conditioning accuracy {accuracy:.3f}"
 
+
+
+def test_a_small_request_does_not_pay_for_a_full_network_batch(digits_run, monkeypatch):
+    gen = Generator.load(digits_run.path, device="cpu")
+    gen.sampling = gen.sampling.replace(network_batch=256, steps=2)
+    calls = []
+    original = gen.denoiser.forward
+    monkeypatch.setattr(gen.denoiser, "forward", lambda x, t, c: calls.append(len(x)) or original(x, t, c))
+    small, labels = gen.sample(["3"], n=1, seed=4)
+    assert set(calls) == {2}  # one image, conditional and null rows: 2, not 256
+    calls.clear()
+    padded, _ = gen.sample(["3"], n=1, seed=4, network_batch=256)
+    assert set(calls) == {256}
+    cond = gen.resolve_classes(["3"])[0]
+    from synthaug.seeds import derive_seed
+
+    shard_image = gen.sample_conditions([cond], [derive_seed(4, cond.key, 0)], gen.sampling)  # what generate draws
+    assert torch.equal(padded[0], torch.from_numpy(shard_image[0]).permute(2, 0, 1))  # network_batch=256 matches a shard
+    again, _ = gen.sample(["3"], n=1, seed=4)
+    assert torch.equal(small, again) and labels.tolist() == [3]

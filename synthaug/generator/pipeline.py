@@ -227,8 +227,15 @@ class Generator:
 
     def sample(self, classes: list[str | int] | None = None, n: int = 16, seed: int = 0,
                guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
-               attributes: str | dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               attributes: str | dict | None = None, network_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` images spread evenly over ``classes`` (all classes when None) or one attribute condition.
+
+        Reproducibility: an image's bytes depend on its seed, condition, sampler settings and ``network_batch``
+        (the rows of every network call; a convolution's rounding depends on the batch shape). `synthaug generate`
+        always uses the run's ``sampling.network_batch`` (256), so a set's bytes never depend on the batch size.
+        A small request here runs on the next power of two of its rows instead (n=1: 2 rows with guidance, not
+        256), which is as reproducible (the same call gives the same bytes) but may differ from the same seed's
+        image in a shard in the last bits; pass ``network_batch=self.sampling.network_batch`` to match a shard.
 
         Returns:
             (uint8 images (n, C, H, W), int64 labels (n,) in the real dataset's label space).
@@ -245,6 +252,10 @@ class Generator:
             conds = self.resolve_classes(list(classes))
         specs = plan_conditions(conds, split_evenly(n, len(conds)), seed)
         sampling = self.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed)
+        if network_batch is None:  # small requests: the next power of two of the rows in flight, not a full batch
+            rows = min(n, sampling.batch_size) * (1 if sampling.guidance == 1.0 else 2)
+            network_batch = min(sampling.network_batch, 1 << max(0, rows - 1).bit_length())
+        sampling = sampling.replace(network_batch=network_batch)
         images = self.sample_conditions([s[0] for s in specs], [s[2] for s in specs], sampling)
         labels = torch.tensor([s[0].label for s in specs], dtype=torch.long)
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
