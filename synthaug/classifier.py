@@ -55,16 +55,119 @@ class ClassifierConfig:
         return dataclasses.replace(config, **changes)
 
 
-def to_device_images(images: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, R, R) uint8 on ``device``, resized once (antialiased bilinear)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+def as_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """A uint8 piece of images as a CPU tensor; a read-only piece of a memory map is copied first (torch wants
+    writable memory)."""
+    pixels = np.ascontiguousarray(pixels)
+    return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
+
+
+def resize_batch(pixels: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, C, R, R) uint8 on ``device``, resized with antialiasing (bilinear)."""
+    x = as_tensor(pixels).permute(0, 3, 1, 2)
     if x.shape[-1] != resolution:
-        out = []
-        for chunk in x.split(1024):
-            y = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-            out.append(y.round().clamp(0, 255).to(torch.uint8))
-        x = torch.cat(out)
+        x = F.interpolate(x.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     return x.contiguous().to(device)
+
+
+def chunks_of(images, size: int = 1024):
+    """Consecutive pieces of (N, H, W, C) images: an array, or a dataset's row view read piece by piece."""
+    if hasattr(images, "iter_chunks"):
+        yield from images.iter_chunks(size)
+    else:
+        for start in range(0, len(images), size):
+            yield images[start : start + size]
+
+
+def to_device_images(images, resolution: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 (an array or a dataset's row view) -> (N, C, R, R) uint8 on ``device``, resized once."""
+    parts = [resize_batch(chunk, resolution, device) for chunk in chunks_of(images)]
+    return torch.cat(parts) if parts else torch.zeros((0, images.shape[3], resolution, resolution), dtype=torch.uint8, device=device)
+
+
+def resident_bytes() -> int:
+    """Classifier inputs up to this size are held whole on the device ($SYNTHAUG_RESIDENT_BYTES, default 1 GiB);
+    larger ones are read from their memory-mapped source a batch at a time."""
+    import os
+
+    return int(float(os.environ.get("SYNTHAUG_RESIDENT_BYTES", 1 << 30)))
+
+
+class Images:
+    """Classifier inputs: uint8 images (N, C, R, R) at the classifier's resolution and integer targets (N, A),
+    on one device; or several such parts pooled (real + synthetic), addressed as one.
+
+    A set that fits in :func:`resident_bytes` is held whole on the device (``x``): the fast path, one
+    indexing per batch. A larger one keeps its source, the dataset's memory-mapped (N, H, W, C) row view,
+    and reads each batch from it (``gather``), resized as it comes, so memory does not grow with the data.
+    """
+
+    def __init__(self, x: torch.Tensor | None, y: torch.Tensor, source=None, resolution: int = 0, parts: list | None = None):
+        self.x, self.y, self.source, self.resolution, self.parts = x, y, source, resolution, parts
+
+    @classmethod
+    def of(cls, images, targets, resolution: int, device: torch.device) -> Images:
+        """From (N, H, W, C) uint8 images (an array or a row view) and (N, A) targets."""
+        y = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
+        if len(images) * images.shape[3] * resolution * resolution <= resident_bytes():
+            return cls(to_device_images(images, resolution, device), y)
+        return cls(None, y, images, resolution)
+
+    @classmethod
+    def concat(cls, parts: list[Images]) -> Images:
+        """Several sets addressed as one (rows of the first, then of the second, ...)."""
+        if all(p.x is not None for p in parts):
+            return cls(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+        return cls(None, torch.cat([p.y for p in parts]), parts=list(parts))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    @property
+    def channels(self) -> int:
+        if self.x is not None:
+            return int(self.x.shape[1])
+        return self.parts[0].channels if self.parts else int(self.source.shape[3])
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The images of ``rows`` (a 1-d index tensor), (B, C, R, R) uint8 on the device, in the order asked."""
+        if self.x is not None:
+            return self.x[rows.to(self.x.device)]
+        if self.parts is None:
+            return resize_batch(self.source.gather(rows.cpu().numpy()) if hasattr(self.source, "gather")
+                                else np.asarray(self.source)[rows.cpu().numpy()], self.resolution, self.device)
+        out, start = None, 0
+        for part in self.parts:
+            mine = (rows >= start) & (rows < start + len(part))
+            if mine.any():
+                pixels = part.gather(rows[mine] - start)
+                out = pixels.new_empty((len(rows), *pixels.shape[1:])) if out is None else out
+                out[mine.to(pixels.device)] = pixels
+            start += len(part)
+        return out
+
+    def take(self, rows) -> Images:
+        """A subset (an index array or tensor): an indexed copy when resident, a narrower view when streamed."""
+        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        if self.x is not None:
+            rows = rows.to(self.x.device)
+            return Images(self.x[rows], self.y[rows])
+        if self.parts is None and hasattr(self.source, "select"):
+            return Images(None, self.y[rows.to(self.device)], self.source.select(rows.numpy()), self.resolution)
+        return Images(self.gather(rows), self.y[rows.to(self.device)])
+
+    def chunks(self, size: int):
+        """Consecutive (B, C, R, R) pieces, in order (what prediction reads)."""
+        for start in range(0, len(self), size):
+            if self.x is not None:
+                yield self.x[start : start + size]
+            else:
+                yield self.gather(torch.arange(start, min(start + size, len(self))))
 
 
 def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
@@ -109,23 +212,23 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor, levels: list[int], sm
 
 
 def train_classifier(
-    images: torch.Tensor,
-    targets: torch.Tensor,
+    images: Images | torch.Tensor,
+    targets: torch.Tensor | None,
     levels: list[int],
     config: ClassifierConfig,
     seed: int,
     *,
     augment_images: bool = False,
     flip: bool = False,
-    synthetic: tuple[torch.Tensor, torch.Tensor] | None = None,
+    synthetic: Images | tuple[torch.Tensor, torch.Tensor] | None = None,
     mix_probability: float | None = None,
     description: str = "classifier",
 ) -> torch.nn.Module:
     """Train one timm classifier for ``config.steps`` steps.
 
     Args:
-        images: (N, C, R, R) uint8 on the training device (see :func:`to_device_images`).
-        targets: (N, A) int64 on the same device.
+        images: :class:`Images` (targets None), or (N, C, R, R) uint8 on the training device (see
+            :func:`to_device_images`) with ``targets`` (N, A) int64 on the same device.
         levels: the number of values of each target head.
         config: model, budget and optimizer.
         seed: seeds the initialisation, the batches and the augmentation.
@@ -140,10 +243,13 @@ def train_classifier(
 
     from synthaug.weights.timm_imagenet import create_classifier, input_normalization
 
+    images = images if isinstance(images, Images) else Images(images, targets)
+    if synthetic is not None and not isinstance(synthetic, Images):
+        synthetic = Images(*synthetic)
     device = images.device
     seed = derive_seed("classifier", seed)  # the same seed starts every arm from the same weights and batches
     torch.manual_seed(seed)
-    model = create_classifier(config.model, num_classes=sum(levels), in_chans=images.shape[1], pretrained=config.pretrained)
+    model = create_classifier(config.model, num_classes=sum(levels), in_chans=images.channels, pretrained=config.pretrained)
     # channels-last: several times faster for depthwise convolutions (EfficientNet, MobileNet), on CPU and GPU
     model = model.to(device, memory_format=torch.channels_last)
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
@@ -151,21 +257,22 @@ def train_classifier(
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.steps // 2),
                              num_training_steps=config.steps)
     g = torch.Generator(device=device).manual_seed(seed)
-    n_real = len(images)
     if synthetic is not None and mix_probability is None:  # one pool, drawn uniformly
-        images, targets = torch.cat([images, synthetic[0]]), torch.cat([targets, synthetic[1]])
+        images, synthetic = Images.concat([images, synthetic]), None
     model.train()
     with progress.task(description, total=config.steps, transient=True) as bar:
-        for _ in range(config.steps):
+        for step in range(config.steps):
             if synthetic is not None and mix_probability is not None:
                 from_synth = torch.rand(config.batch_size, generator=g, device=device) < mix_probability
-                i_real = torch.randint(0, n_real, (config.batch_size,), generator=g, device=device)
-                i_syn = torch.randint(0, len(synthetic[0]), (config.batch_size,), generator=g, device=device)
-                x = torch.where(from_synth[:, None, None, None], synthetic[0][i_syn], images[i_real])
-                y = torch.where(from_synth[:, None], synthetic[1][i_syn], targets[i_real])
+                i_real = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
+                i_syn = torch.randint(0, len(synthetic), (config.batch_size,), generator=g, device=device)
+                x = torch.where(from_synth[:, None, None, None], synthetic.gather(i_syn), images.gather(i_real))
+                y = torch.where(from_synth[:, None], synthetic.y[i_syn], images.y[i_real])
             else:
                 rows = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
-                x, y = images[rows], targets[rows]
+                x, y = images.gather(rows), images.y[rows]
+            if images.x is None and step % 64 == 63:
+                release(images)  # pages of a memory-mapped source read so far: back to the OS page cache
             x = x.float() / 255.0
             if augment_images:
                 x = augment(x, g, flip)
@@ -181,15 +288,24 @@ def train_classifier(
     return model.eval()
 
 
+def release(images: Images) -> None:
+    """Drop the resident pages of the memory-mapped sources of ``images`` (see ``RowView.release``)."""
+    for part in images.parts or [images]:
+        if part.parts:
+            release(part)
+        elif part.source is not None and hasattr(part.source, "release"):
+            part.source.release()
+
+
 @torch.inference_mode()
-def head_probabilities(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> list[torch.Tensor]:
-    """Per head, the softmax probabilities (N, levels[a]) for (N, C, R, R) uint8 images."""
+def head_probabilities(model: torch.nn.Module, images: Images | torch.Tensor, levels: list[int], batch_size: int = 256) -> list[torch.Tensor]:
+    """Per head, the softmax probabilities (N, levels[a]) for (N, C, R, R) uint8 images (a tensor or :class:`Images`)."""
     from synthaug.weights.timm_imagenet import input_normalization
 
     device = images.device
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
     out: list[list[torch.Tensor]] = [[] for _ in levels]
-    for chunk in images.split(batch_size):
+    for chunk in (images.chunks(batch_size) if isinstance(images, Images) else images.split(batch_size)):
         logits = model(((chunk.float() / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)).float()
         start = 0
         for a, n in enumerate(levels):
@@ -198,7 +314,7 @@ def head_probabilities(model: torch.nn.Module, images: torch.Tensor, levels: lis
     return [torch.cat(head) if head else torch.zeros(0, n, device=device) for head, n in zip(out, levels)]
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, levels: list[int], batch_size: int = 256) -> torch.Tensor:
+def predict(model: torch.nn.Module, images: Images | torch.Tensor, levels: list[int], batch_size: int = 256) -> torch.Tensor:
     """(N, A) predicted level of each head for (N, C, R, R) uint8 images."""
     return torch.stack([p.argmax(dim=1) for p in head_probabilities(model, images, levels, batch_size)], dim=1)
 

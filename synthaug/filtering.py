@@ -42,9 +42,9 @@ class ConfidenceFilter:
             images: (N, H, W, C) uint8.
             intended: (N, A) intended levels.
         """
-        from synthaug.classifier import to_device_images
+        from synthaug.classifier import Images
 
-        x = to_device_images(images, self.config.resolution, self.device)
+        x = Images.of(images, np.zeros((len(images), len(self.levels)), np.int64), self.config.resolution, self.device)
         probs = head_probabilities(self.model, x, self.levels)
         intended = np.asarray(intended).reshape(len(images), -1)
         out = np.ones(len(images))
@@ -85,11 +85,10 @@ def load_filter(run: Run, config: ClassifierConfig, device: torch.device) -> Con
             if loaded is None:
                 train = run.training_images()
                 targets = train.labels[:, None] if schema.kind == "class" else train.attributes
-                from synthaug.classifier import to_device_images
+                from synthaug.classifier import Images
 
-                x = to_device_images(train.images, config.resolution, device)
-                y = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
-                model = train_classifier(x, y, levels, config, seed=0, description="filter classifier (the run's real images)")
+                x = Images.of(train.images, targets, config.resolution, device)
+                model = train_classifier(x, None, levels, config, seed=0, description="filter classifier (the run's real images)")
                 info = {"classifier": dataclasses.asdict(config), "trained_on": "the generator's real training images",
                         "train_images": len(train), "train_sources_sha256": schema.train_sources_sha256,
                         "key": folder.name}

@@ -13,20 +13,26 @@ import numpy as np
 EXPECTED_SHARE = 0.05  # the share of close images for images that are no copies (held-out real ones)
 
 
-def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distance from each row of ``queries`` (N, D) to its nearest row of ``references`` (M, D), and
-    that row's index. Computed in float64 chunks: ``|q|^2 - 2 q.r + |r|^2``, clipped at 0."""
+def nearest(queries: np.ndarray, references, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from each row of ``queries`` (N, D) to its nearest row of ``references`` (M, ...; an
+    array, or a memory-mapped row view read piece by piece), and that row's index. Computed in float64 pieces
+    of ``chunk`` references: ``|q|^2 - 2 q.r + |r|^2``, clipped at 0, so memory stays flat in M."""
+    from synthaug.classifier import chunks_of
+
     q = np.asarray(queries, dtype=np.float64).reshape(len(queries), -1)
-    r = np.asarray(references, dtype=np.float64).reshape(len(references), -1)
-    r2 = (r * r).sum(1)
-    dist, index = np.empty(len(q)), np.empty(len(q), dtype=np.int64)
-    for start in range(0, len(q), chunk):
-        block = q[start : start + chunk]
-        d2 = (block * block).sum(1)[:, None] - 2 * block @ r.T + r2[None, :]
-        best = d2.argmin(1)
-        index[start : start + chunk] = best
-        dist[start : start + chunk] = np.sqrt(np.maximum(d2[np.arange(len(block)), best], 0))
-    return dist, index
+    q2 = (q * q).sum(1)
+    best = np.full(len(q), np.inf)
+    index = np.zeros(len(q), dtype=np.int64)
+    start = 0
+    for block in chunks_of(references, chunk):
+        r = np.asarray(block, dtype=np.float64).reshape(len(block), -1)
+        d2 = q2[:, None] - 2 * q @ r.T + (r * r).sum(1)[None, :]
+        arg = d2.argmin(1)
+        value = d2[np.arange(len(q)), arg]
+        better = value < best
+        best[better], index[better] = value[better], arg[better] + start
+        start += len(block)
+    return np.sqrt(np.maximum(best, 0)), index
 
 
 def close_share(synthetic: np.ndarray, train: np.ndarray, test: np.ndarray, quantile: float = EXPECTED_SHARE) -> dict:

@@ -19,16 +19,20 @@ from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_fi
 log = logging.getLogger(__name__)
 
 
-def features(images: np.ndarray, weights: Path | None, device: torch.device, cache: bool = False) -> np.ndarray:
-    """(N, 2048) Inception pool features of (N, H, W, C) uint8 images; cached on disk when ``cache``
-    (for real images, keyed by their bytes and the weights file). A cached file is used only when it
-    matches the sha256 recorded beside it; a damaged one is computed and written again."""
+def features(images, weights: Path | None, device: torch.device, cache: bool = False) -> np.ndarray:
+    """(N, 2048) Inception pool features of (N, H, W, C) uint8 images (an array, or a dataset's memory-mapped row
+    view, read piece by piece); cached on disk when ``cache`` (for real images, keyed by their bytes and the
+    weights file). A cached file is used only when it matches the sha256 recorded beside it; a damaged one is
+    computed and written again."""
+    from synthaug.classifier import as_tensor, chunks_of
     from synthaug.weights.fid_inception import FEATURE_DIM, inception_features
 
     path = None
     if cache:
-        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-        digest.update(str(images.shape).encode() + str(weights).encode())
+        digest = hashlib.sha256()
+        for chunk in chunks_of(images, 4096):
+            digest.update(np.ascontiguousarray(chunk).tobytes())
+        digest.update(str(tuple(images.shape)).encode() + str(weights).encode())
         path = cache_root() / "features" / f"inception-{digest.hexdigest()[:24]}.npy"
         intact = cache_file_is_intact(path)
         if intact:
@@ -42,7 +46,9 @@ def features(images: np.ndarray, weights: Path | None, device: torch.device, cac
         if intact is False:
             log.warning("The feature cache %s is damaged (it does not match %s.sha256); computing the features again.",
                         path, path.name)
-    out = np.asarray(inception_features(images, weights, device), dtype=np.float64)
+    parts = [np.asarray(inception_features(as_tensor(chunk), weights, device), dtype=np.float64)
+             for chunk in chunks_of(images, 256)]
+    out = np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM))
     if path is not None:
         buffer = io.BytesIO()
         np.save(buffer, out)

@@ -231,32 +231,95 @@ class SyntheticSet:
 
 
 def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
-    """Read every shard a manifest lists (checking each shard's sha256 first when ``check``)."""
-    from PIL import Image
+    """Read every shard a manifest lists (checking each shard's sha256 first when ``check``).
+
+    A set that fits in the resident budget (``SYNTHAUG_RESIDENT_BYTES``, 1 GiB) is decoded into memory. A larger
+    one is streamed from its shards with webdataset, once, into a memory-mapped file in the cache (keyed by the
+    shards' sha256), and its images are a row view of that file: memory does not grow with the set.
+    """
+    from synthaug.classifier import resident_bytes
 
     folder = Path(folder)
     manifest = read_manifest(folder)
     schema = manifest["schema"]
-    images, labels, metas = [], [], []
+    paths = []
     for shard in manifest["shards"]:
         path = folder / shard["name"]
         if not path.is_file():
             raise SynthaugError(f"{path} is missing; run synthaug verify {folder}, then the same generate command again.")
         if check and sha256_file(path) != shard["sha256"]:
             raise SynthaugError(f"{path} is damaged (sha256 differs from the manifest); delete it and run the same generate command again.")
-        for sample in read_shard(path):
-            image = np.asarray(Image.open(io.BytesIO(sample["png"])))
-            images.append(image.reshape(*image.shape[:2], -1))
-            labels.append(int(sample["cls"]))
-            metas.append(json.loads(sample["json"]))
+        paths.append(path)
+    shape = (schema["resolution"], schema["resolution"], schema["channels"])
+    if manifest["num_samples"] * int(np.prod(shape)) > resident_bytes():
+        images, labels, metas = _stream_to_memmap(paths, manifest, shape)
+    else:
+        images, labels, metas = _decode_in_memory(paths, shape)
     attributes = None
     if schema["kind"] == "attributes":
         names, levels = schema["attribute_names"], schema["attribute_levels"]
         attributes = np.array([[(m["attributes"] or {}).get(n, levels[a]) for a, n in enumerate(names)] for m in metas],
                               dtype=np.int64).reshape(len(metas), len(names))
-    empty = np.zeros((0, schema["resolution"], schema["resolution"], schema["channels"]), np.uint8)  # e.g. a filter kept none
-    return SyntheticSet(np.stack(images) if images else empty, np.array(labels, dtype=np.int64),
-                        attributes, list(schema["class_names"]), manifest, metas)
+    return SyntheticSet(images, np.array(labels, dtype=np.int64), attributes, list(schema["class_names"]), manifest, metas)
+
+
+def _png_pixels(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(data)))
+    return image.reshape(shape)
+
+
+def _decode_in_memory(paths: list[Path], shape) -> tuple[np.ndarray, list[int], list[dict]]:
+    images, labels, metas = [], [], []
+    for path in paths:
+        for sample in read_shard(path):
+            images.append(_png_pixels(sample["png"], shape))
+            labels.append(int(sample["cls"]))
+            metas.append(json.loads(sample["json"]))
+    return (np.stack(images) if images else np.zeros((0, *shape), np.uint8)), labels, metas  # a filter may keep none
+
+
+def _stream_to_memmap(paths: list[Path], manifest: dict, shape) -> tuple[object, list[int], list[dict]]:
+    """Decode the shards in order with webdataset into ``cache_root()/decoded/<key>.npy`` (once; a file whose size
+    does not match is written again), with the labels and metadata beside it; returns a row view of the file."""
+    import webdataset as wds
+
+    from synthaug.data.cache import cache_root
+    from synthaug.data.rows import RowView
+    from synthaug.files import write_text_atomic
+
+    key = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()[:24]
+    folder = cache_root() / "decoded"
+    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    n = manifest["num_samples"]
+    if meta_path.is_file() and array_path.is_file():
+        try:
+            side = json.loads(meta_path.read_text())
+            images = np.load(array_path, mmap_mode="r")
+            if images.shape == (n, *shape) and len(side["labels"]) == n:
+                return RowView(images), side["labels"], side["metas"]
+        except (OSError, ValueError, KeyError):
+            pass
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{key}.npy.partial"
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    labels, metas = [], []
+    stream = wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False).to_tuple("png", "cls", "json")
+    for i, (png, cls, meta) in enumerate(stream):
+        out[i] = _png_pixels(png, shape)
+        labels.append(int(cls))
+        metas.append(json.loads(meta))
+        if i % 4096 == 4095:
+            out.flush()
+    out.flush()
+    del out
+    if len(labels) != n:
+        partial.unlink(missing_ok=True)
+        raise SynthaugError(f"The shards hold {len(labels)} samples where the manifest says {n}; run synthaug verify on the folder.")
+    os.replace(partial, array_path)
+    write_text_atomic(meta_path, json.dumps({"labels": labels, "metas": metas}))
+    return RowView(np.load(array_path, mmap_mode="r")), labels, metas
 
 
 def map_labels(synthetic_classes: list[str], real_classes: list[str], where: str = "the real dataset",

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synthaug.benchmark.arms import Arm, Images, SyntheticPool, compare, run_arm, train_data
-from synthaug.classifier import ClassifierConfig, augment, head_loss, score, train_classifier
+from synthaug.benchmark.arms import Arm, SyntheticPool, compare, run_arm, train_data
+from synthaug.classifier import Images
+from synthaug.classifier import ClassifierConfig, augment, head_loss, predict, score, train_classifier
 from synthaug.recipe import BenchmarkConfig
 
 TINY = ClassifierConfig.from_benchmark(steps=4, batch_size=8, resolution=8, warmup_steps=1)
@@ -84,8 +85,8 @@ def test_training_is_seeded_and_learns():
     x, y = bars(32, 0)
     train = Images.of(x, y, 8, torch.device("cpu"))
     cfg = ClassifierConfig.from_benchmark(steps=30, batch_size=16, resolution=8, lr=5e-3, warmup_steps=2)
-    a = train_classifier(train.x, train.y, [2], cfg, seed=0)
-    b = train_classifier(train.x, train.y, [2], cfg, seed=0)
+    a = train_classifier(train, None, [2], cfg, seed=0)
+    b = train_classifier(train.x, train.y, [2], cfg, seed=0)  # tensors or Images: the same classifier
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     tx, ty = bars(40, 1)
     test = Images.of(tx, ty, 8, torch.device("cpu"))
@@ -130,3 +131,27 @@ def test_compare_pairs_gains_by_seed():
     assert gain["mean"] == pytest.approx(0.1) and gain["p_value"] == 0.0 and gain["significant"]
     assert "gain_over_real" not in arms["real"]
     assert math.isfinite(gain["ci95"])
+
+
+def test_streamed_inputs_train_the_same_classifier_as_resident_ones(monkeypatch):
+    """A set larger than the resident budget is read from its source a batch at a time, resized as it comes:
+    the classifier and its predictions are the very same as with the set held whole."""
+    from synthaug.data.rows import RowView
+
+    x, y = bars(40, 0)
+    x16 = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)  # 16 px sources, resized to the classifier's 8
+    cfg = ClassifierConfig.from_benchmark(steps=6, batch_size=8, resolution=8, warmup_steps=1)
+    resident = Images.of(x16, y, 8, torch.device("cpu"))
+    assert resident.x is not None
+    monkeypatch.setenv("SYNTHAUG_RESIDENT_BYTES", "0")
+    streamed = Images.of(RowView(x16), y, 8, torch.device("cpu"))
+    assert streamed.x is None and len(streamed) == 40 and streamed.channels == 1
+    syn = Images.of(RowView(x16[::-1].copy()), y[::-1].copy(), 8, torch.device("cpu"))
+    for kw in ({}, {"synthetic": syn}, {"synthetic": syn, "mix_probability": 0.5}):
+        resident_syn = {k: (Images(v.gather(torch.arange(40)), v.y) if isinstance(v, Images) else v) for k, v in kw.items()}
+        a = train_classifier(resident, None, [2], cfg, seed=3, augment_images=True, **resident_syn)
+        b = train_classifier(streamed, None, [2], cfg, seed=3, augment_images=True, **kw)
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values())), kw
+    assert torch.equal(predict(a, resident, [2]), predict(b, streamed, [2]))
+    part = streamed.take(np.array([3, 5, 7]))
+    assert torch.equal(part.gather(torch.arange(3)), resident.x[[3, 5, 7]]) and part.x is None  # a view, not a copy

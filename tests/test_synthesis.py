@@ -188,3 +188,18 @@ def _quick_filter():
     from synthaug.classifier import ClassifierConfig
 
     FILTER = ClassifierConfig.from_benchmark(steps=30, batch_size=32, resolution=8)
+
+
+def test_a_large_synthetic_set_is_streamed_into_a_memory_map(gen, tmp_path, monkeypatch):
+    from synthaug.shards import load_shard_set
+
+    out = tmp_path / "s"
+    generate_shards(gen, GenerateRequest(classes=("1", "2"), per_class=6), out, SAMPLING)
+    whole = load_shard_set(out)
+    monkeypatch.setenv("SYNTHAUG_RESIDENT_BYTES", "0")  # every set counts as large
+    streamed = load_shard_set(out)
+    assert isinstance(streamed.images.base, np.memmap) and len(streamed.images) == 12
+    np.testing.assert_array_equal(np.asarray(streamed.images), whole.images)
+    assert streamed.labels.tolist() == whole.labels.tolist() and streamed.metas == whole.metas
+    again = load_shard_set(out)  # decoded once: the second load maps the same file
+    assert again.images.base.filename == streamed.images.base.filename

@@ -235,6 +235,21 @@ def test_sd_lora_resumes_exactly(parts, tmp_path):
     assert resumed.weights_sha256() == straight.weights_sha256()
 
 
+def test_sd_lora_latents_streamed_from_their_disk_cache_give_the_same_run(parts, tmp_path, monkeypatch):
+    """Over the device budget, the VAE latents are encoded once into an on-disk cache, memory-mapped, and each
+    step's share streamed from it: the same LoRA weights as with the latents held on the device."""
+    held = train_generator(load_recipe(None, [*sd_sets(parts, tmp_path / "held"), "generator.flip=true"]))
+    monkeypatch.setenv("SYNTHAUG_RESIDENT_BYTES", "0")
+    streamed = train_generator(load_recipe(None, [*sd_sets(parts, tmp_path / "streamed"), "generator.flip=true"]))
+    assert streamed.weights_sha256() == held.weights_sha256()
+    from synthaug.data.cache import cache_root
+
+    cached = list((cache_root() / "latents").glob("*.npy"))
+    assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape[0] == 2  # the images and their mirror images
+    again = train_generator(load_recipe(None, [*sd_sets(parts, tmp_path / "again"), "generator.flip=true"]))
+    assert again.weights_sha256() == held.weights_sha256()  # read back from the cache
+
+
 def test_text_unet_on_a_t5_encoder_trains_and_writes_shards(parts, tmp_path):
     run = train_generator(load_recipe(None, text_unet_sets(parts, tmp_path / "run")))
     config = json.loads((run.ema_dir / "unet" / "config.json").read_text())

@@ -16,27 +16,7 @@ import torch
 
 from synthaug import progress
 from synthaug.benchmark.stats import paired_gain, summarize
-from synthaug.classifier import ClassifierConfig, predict, score, to_device_images, train_classifier
-
-
-@dataclass(frozen=True)
-class Images:
-    """Classifier inputs: uint8 images (N, C, R, R) on the training device, and integer targets (N, A)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    @classmethod
-    def of(cls, images: np.ndarray, targets: np.ndarray, resolution: int, device: torch.device) -> Images:
-        """From (N, H, W, C) uint8 images, resized once to ``resolution``, and (N, A) targets."""
-        return cls(to_device_images(images, resolution, device), torch.as_tensor(np.asarray(targets), device=device))
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, rows) -> Images:
-        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.x.device)
-        return Images(self.x[rows], self.y[rows])
+from synthaug.classifier import ClassifierConfig, Images, predict, score, train_classifier
 
 
 @dataclass(frozen=True)
@@ -72,7 +52,7 @@ def train_data(arm: Arm, real: Images | None, pools: dict[str, SyntheticPool]) -
         return synthetic, None
     if synthetic is None or arm.mix_probability:
         return real, synthetic
-    return Images(torch.cat([real.x, synthetic.x]), torch.cat([real.y, synthetic.y])), None
+    return Images.concat([real, synthetic]), None
 
 
 def mean_per_level(runs: list[dict]) -> list[list[float | None]]:
@@ -87,10 +67,9 @@ def mean_per_level(runs: list[dict]) -> list[list[float | None]]:
 def train_and_score(arm: Arm, images: Images, mixed: Images | None, evaluation: Images, levels: list[int],
                     config: ClassifierConfig, seed: int, flip: bool = False) -> dict:
     """One classifier of ``arm`` (its data from :func:`train_data`), trained with ``seed``, scored on ``evaluation``."""
-    model = train_classifier(images.x, images.y, levels, config, seed, augment_images=arm.augment, flip=flip,
-                             synthetic=None if mixed is None else (mixed.x, mixed.y),
+    model = train_classifier(images, None, levels, config, seed, augment_images=arm.augment, flip=flip, synthetic=mixed,
                              mix_probability=arm.mix_probability or None, description=f"{arm.name}, seed {seed}")
-    return score(predict(model, evaluation.x, levels).cpu().numpy(), evaluation.y.cpu().numpy(), levels)
+    return score(predict(model, evaluation, levels).cpu().numpy(), evaluation.y.cpu().numpy(), levels)
 
 
 def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[int], evaluation: Images, *,

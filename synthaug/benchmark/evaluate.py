@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from synthaug import __version__
-from synthaug.benchmark.arms import Arm, Images, SyntheticPool, run_arm
+from synthaug.benchmark.arms import Arm, SyntheticPool, run_arm
+from synthaug.classifier import Images
 from synthaug.classifier import ClassifierConfig, load_classifier, predict, save_classifier, score, train_classifier
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device
@@ -168,9 +169,9 @@ class Evaluator:
             if not train_judge:
                 raise SynthaugError(f"The judge in {judge_folder} is missing; run the benchmark again.")
             train = self.images(self.train)
-            judge = train_classifier(train.x, train.y, self.targets.levels, judge_config, seed=derive_seed("judge"),
+            judge = train_classifier(train, None, self.targets.levels, judge_config, seed=derive_seed("judge"),
                                      description="judge (every real training image)")
-            pred = predict(judge, self.test_images.x, self.targets.levels).cpu().numpy()
+            pred = predict(judge, self.test_images, self.targets.levels).cpu().numpy()
             info = {"model": judge_config.model, "steps": judge_config.steps, "trained_on": "every real training image",
                     "train_images": len(self.train),
                     "test_score": score(pred, self.test_images.y.cpu().numpy(), self.targets.levels)}
@@ -216,16 +217,15 @@ class Evaluator:
         main, floor = fid_kid(f_test, f_syn, subset, seed), fid_kid(f_test, f_floor, subset, seed)
         q = {"n": n, **main, **{f"floor_{k}": v for k, v in floor.items()}, "kid_subset_size": subset}
         images, intended = self.synthetic(syn)
-        pred = predict(self.judge, images.x, self.targets.levels)
+        pred = predict(self.judge, images, self.targets.levels)
         q["conditioning"] = conditioning_accuracy(pred.cpu().numpy(), intended, self.targets.levels, self.targets.names)
         if self.real.config.spec.split(":")[0] in FACE_FORMATS:
             q["faces"] = face_detection(syn.images, self.device)
             q["faces_real"] = face_detection(test_px, self.device)
         keys = [m.get("key") or f"{m['condition']}-{m['index']:06d}" for m in syn.metas]
         syn_ids = [keys[i] for i in pick["synthetic"]]
-        flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
         q["memorization"] = audit({"synthetic": f_syn, "train": f_train_all, "test": f_test},
-                                  {"synthetic": flat(syn_px), "train": flat(train.images), "test": flat(test_px)},
+                                  {"synthetic": syn_px, "train": train.images, "test": test_px},  # read in pieces
                                   list(train.sources), syn_ids)
         grid = pairs_grid(syn_px, train.images, q["memorization"]["inception"]["closest"], {k: i for i, k in enumerate(syn_ids)})
         return q, grid

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from synthaug import __version__, progress
-from synthaug.benchmark.arms import Arm, Images, SyntheticPool, compare, mean_per_level, train_and_score, train_data
+from synthaug.benchmark.arms import Arm, SyntheticPool, compare, mean_per_level, train_and_score, train_data
+from synthaug.classifier import Images
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
 from synthaug.benchmark.stats import min_detectable_effect, paired_gain, summarize
 from synthaug.benchmark.store import StageStore, stage_key

@@ -10,7 +10,10 @@ devices or accumulation steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
+import os
 import logging
 import math
 import shutil
@@ -53,13 +56,17 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(derive_seed("train", seed, step))
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("epoch", seed, epoch)))
+
+
 def batch_rows(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     """The dataset rows of optimizer step ``step``: consecutive slices of per-epoch permutations."""
     rows, start = [], step * batch
     while len(rows) < batch:
         epoch, offset = divmod(start, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("epoch", seed, epoch)))
-        take = perm[offset : offset + batch - len(rows)]
+        take = epoch_order(seed, epoch, n)[offset : offset + batch - len(rows)]
         rows.extend(take.tolist())
         start += len(take)
     return torch.tensor(rows, dtype=torch.long)
@@ -94,25 +101,141 @@ def load_trainable_state(model: Backend, state: dict) -> None:
         raise SynthaugError("The saved training state does not fit this generator; start over with --fresh.")
 
 
-class TrainingImages:
-    """The training set as the backend denoises it: ``take(rows, mirrored) -> x0`` (B, *sample_shape).
+def device_budget(device: torch.device) -> int:
+    """Bytes of training data held whole on ``device``: a quarter of a GPU's free memory, or on the CPU
+    $SYNTHAUG_RESIDENT_BYTES (1 GiB); a larger training set is streamed from its memory-mapped cache."""
+    from synthaug.classifier import resident_bytes
 
-    A backend whose ``encode`` is costly (a VAE) has every image, and its mirror image when flipping,
-    encoded here once; pixels stay uint8 on the device and each batch is scaled as it is drawn.
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(free // 4, resident_bytes() * 16)
+    return resident_bytes()
+
+
+class StepShares(torch.utils.data.Dataset):
+    """Item i: this process's share of the batch of step ``first + i``, gathered from a memory-mapped array (the
+    decode cache (N, H, W, C) uint8 -> (b, C, H, W), or the latent cache (F, N, ...) -> (F, b, ...))."""
+
+    def __init__(self, source, latents: bool, seed: int, batch: int, n: int, share: slice, first: int, steps: int):
+        self.source, self.latents, self.seed, self.batch, self.n = source, latents, seed, batch, n
+        self.share, self.first, self.steps = share, first, steps
+
+    def __len__(self) -> int:
+        return self.steps - self.first
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from synthaug.classifier import as_tensor
+
+        rows = batch_rows(self.first + i, self.batch, self.n, self.seed)[self.share].numpy()
+        if self.latents:
+            return torch.from_numpy(np.ascontiguousarray(self.source[:, rows]))
+        pixels = self.source.gather(rows) if hasattr(self.source, "gather") else np.asarray(self.source)[rows]
+        return as_tensor(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+class TrainingImages:
+    """The training set as the backend denoises it, one step's share at a time.
+
+    Held on the device when it fits :func:`device_budget` (the fast path: every image as uint8, or every VAE
+    latent, in device memory; one indexing per step). Else streamed: a ``DataLoader`` whose workers gather each
+    step's rows from the memory-mapped cache ahead of time, into pinned memory, copied to the device without
+    blocking. Both paths hand the loop the same numbers. A backend whose ``encode`` is costly (a VAE) has every
+    image, and its mirror image when flipping, encoded once, in batches, into an on-disk latent cache
+    (``latent_cache``) when streamed.
     """
 
-    def __init__(self, model: Backend, images: torch.Tensor, flip: bool):
-        self.model, self.images = model, images  # (N, C, H, W) uint8
-        self.encoded = None
+    def __init__(self, model: Backend, source, flip: bool, device: torch.device, seed: int, batch: int, share: slice,
+                 first_step: int, steps: int, latent_cache: Path | None = None, workers: int | None = None):
+        self.model, self.flip, self.device = model, flip, device
+        self.seed, self.batch, self.share, self.n = seed, batch, share, len(source)
+        views = 2 if flip else 1
+        c, h, w = (source.shape[3], source.shape[1], source.shape[2])
+        size = self.n * (views * 4 * int(np.prod(model.sample_shape)) if model.encode_once else c * h * w)
+        self.streamed = size > device_budget(device)
+        self.latents = None
         if model.encode_once:
-            views = (images, images.flip(3)) if flip else (images,)
-            self.encoded = torch.stack([model.encode(v) for v in views])  # (F, N, *sample_shape)
+            self.latents = self.encode_all(source, views, latent_cache if self.streamed else None)
+        elif not self.streamed:
+            from synthaug.classifier import as_tensor, chunks_of
 
-    def take(self, rows: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-        if self.encoded is not None:
-            return self.encoded[mirrored.long(), rows]
-        x = self.images[rows]
+            self.images = torch.cat([as_tensor(chunk).permute(0, 3, 1, 2).to(device)
+                                     for chunk in chunks_of(source)])  # (N, C, H, W) uint8
+        held = "latents" if model.encode_once else "images"
+        if self.streamed:
+            workers = workers if workers is not None else min(4, max(1, len(os.sched_getaffinity(0)) - 1))
+            data = StepShares(self.latents if model.encode_once else source, model.encode_once, seed, batch, self.n, share,
+                              first_step, steps)
+            self.loader = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers,
+                                                           pin_memory=device.type == "cuda",
+                                                           prefetch_factor=4 if workers else None))
+            log.info("Training data: %d %s (%.1f GB) streamed from the memory-mapped cache by %d DataLoader workers.",
+                     self.n, held, size / 1e9, workers)
+        else:
+            log.info("Training data: %d %s (%.1f MB) held on %s.", self.n, held, size / 1e6, device)
+
+    def encode_all(self, source, views: int, cache: Path | None):
+        """Every image (and its mirror image) encoded once, in batches: on the device, or into the latent cache file."""
+        from synthaug.classifier import as_tensor, chunks_of
+
+        shape = (views, self.n, *self.model.sample_shape)
+        if cache is not None and cache.is_file():
+            try:
+                cached = np.load(cache, mmap_mode="r")
+                if cached.shape == shape:
+                    log.info("Read the VAE latents from %s.", cache)
+                    return cached
+            except (OSError, ValueError):
+                pass
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        out = (np.lib.format.open_memmap(cache.with_suffix(".partial"), mode="w+", dtype=np.float32, shape=shape)
+               if cache is not None else torch.empty(shape, device=self.device))
+        start = 0
+        with progress.task(f"encoding {self.n} images with the VAE", total=self.n) as bar, torch.no_grad():
+            for chunk in chunks_of(source, 64):
+                x = as_tensor(chunk).permute(0, 3, 1, 2).to(self.device)
+                for v, view in enumerate((x, x.flip(3))[:views]):
+                    z = self.model.encode(view)
+                    if cache is not None:
+                        out[v, start : start + len(x)] = z.float().cpu().numpy()
+                    else:
+                        out[v, start : start + len(x)] = z
+                start += len(x)
+                bar.advance(len(x))
+        if cache is None:
+            return out
+        out.flush()
+        del out
+        os.replace(cache.with_suffix(".partial"), cache)
+        return np.load(cache, mmap_mode="r")
+
+    def step_share(self, step: int, rows: torch.Tensor) -> torch.Tensor:
+        """This process's share of step ``step``'s batch (``rows``: the step's global rows, on the device)."""
+        if self.streamed:
+            return next(self.loader).to(self.device, non_blocking=True)
+        mine = rows[self.share]
+        return self.latents[:, mine] if self.latents is not None else self.images[mine]
+
+    def take(self, share: torch.Tensor, part: slice, mirrored: torch.Tensor) -> torch.Tensor:
+        """x0 of the micro-batch ``part`` of a share: its latents (mirror images' where ``mirrored``), or its pixels
+        (mirrored) scaled by the backend."""
+        if self.latents is not None:
+            return share[:, part][mirrored.long(), torch.arange(len(mirrored), device=mirrored.device)]
+        x = share[part]
         return self.model.encode(torch.where(mirrored[:, None, None, None], x.flip(3), x))
+
+
+def latent_cache_path(recipe: Recipe, run: Run, dataset) -> Path:
+    """Where a latent backend's training latents are cached: keyed by the base model's sha256 (VAE included), the
+    real images (their sources and the decode settings) and the flip."""
+    import hashlib
+
+    from synthaug.data.cache import cache_root
+    from synthaug.generator.conditions import sources_sha256
+
+    base = run.info().get("text", {}).get("base_model_sha256") or recipe.generator.base_model
+    key = json.dumps([base, sources_sha256(dataset.sources), dataclasses.asdict(recipe.data), recipe.generator.flip])
+    return cache_root() / "latents" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
 def grid_conditions(schema: ConditionSchema, per_row: int = 8, max_rows: int = 10) -> tuple[torch.Tensor, int]:
@@ -333,8 +456,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             # steps logged after the state we start from will be run (and logged) again
             truncate_log(run.log_file, trained_steps if state is not None else 0)
 
-        # 3. data on the device (uint8), the run's description, noise schedule, optimizer, EMA
-        images = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W) uint8
+        # 3. the run's description, noise schedule, optimizer, EMA (the data comes in 4.)
         conds = torch.from_numpy(encode_dataset(schema, dataset)).to(device)
         null = schema.null(1, device)[0]
         if accelerator.is_main_process:
@@ -375,8 +497,13 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 log.warning("Rewriting the weights in %s and %s from the training state.", run.model_dir, run.ema_dir)
                 save_weights(run, model, ema, train_sched)
         del state
-        # what the network denoises (a VAE backend encodes the images, and their mirror images, once here)
-        data = TrainingImages(model, images, g_cfg.flip) if nimg < total_nimg else None
+        # what the network denoises: held on the device, or streamed (a VAE backend encodes the images, and their
+        # mirror images, once here)
+        data = None
+        if nimg < total_nimg:
+            data = TrainingImages(model, dataset.images, g_cfg.flip, device, g_cfg.seed, g_cfg.batch_size,
+                                  slice(rank * per_device, (rank + 1) * per_device), step, total_steps,
+                                  latent_cache_path(recipe, run, dataset) if model.encode_once else None)
         net = torch.compile(model) if g_cfg.compile else model
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
@@ -393,15 +520,16 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             while nimg < total_nimg:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
-                rows = batch_rows(step, g_cfg.batch_size, len(images), g_cfg.seed).to(device)
+                rows = batch_rows(step, g_cfg.batch_size, len(dataset), g_cfg.seed).to(device)
                 t_all = torch.randint(0, num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
                 noise_all = torch.randn((g_cfg.batch_size, *model.sample_shape), generator=g, device=device)
                 cond_all = drop_conditions(conds[rows], null, g_cfg.cond_drop_prob, g)
                 flip_all = torch.rand(g_cfg.batch_size, generator=g, device=device) < (0.5 if g_cfg.flip else 0.0)
                 net.train()
+                share = data.step_share(step, rows)
                 for m in range(accum):
                     sl = slice(rank * per_device + m * micro, rank * per_device + (m + 1) * micro)
-                    x0 = data.take(rows[sl], flip_all[sl])
+                    x0 = data.take(share, slice(m * micro, (m + 1) * micro), flip_all[sl])
                     t, noise = t_all[sl], noise_all[sl]
                     x_t = train_sched.add_noise(x0, noise, t)
                     if device.type == "cuda":
