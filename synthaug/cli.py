@@ -538,9 +538,9 @@ def benchmark_command(
     from synthaug.report import ARM_HEADER, FACES_HEADER, QUALITY_HEADER, answer_lines, arm_rows, has_faces, quality_rows
 
     report = run_benchmark(resolved, out=out, fresh=fresh)
-    from accelerate import PartialState
+    from synthaug.device import process_state
 
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return
     print_rows("Does synthetic data help? top-1 on the real test split", ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)])
     rows = quality_rows(report)

@@ -15,3 +15,13 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 def inference_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast for sampling on a GPU that supports it; None (float32) elsewhere."""
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def process_state(**kwargs):
+    """This process's place among the ones ``accelerate launch`` (or ``torchrun``) started: accelerate's
+    ``PartialState``, created once. Without a GPU the processes join over gloo on the CPU: accelerate only
+    does that when told ``cpu=True`` (its ``--cpu`` flag instead runs a single process), so launch CPU runs
+    with ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun --nproc_per_node N``."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), **kwargs)

@@ -468,9 +468,9 @@ def generate_shards(
         The manifest, as written to ``out/manifest.json``. With a filter it lists per class how many images
         were planned, kept, drawn and rejected.
     """
-    from accelerate import PartialState
+    from synthaug.device import process_state
 
-    state = PartialState()
+    state = process_state()
     gen = run if isinstance(run, Generator) else Generator.load(run, device=device or state.device)
     sampling = sampling or gen.sampling
     plan = plan_generation(gen, request, sampling)

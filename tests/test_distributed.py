@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "synthaug"]
 
 
@@ -31,6 +31,8 @@ def test_two_processes_train_and_generate_like_one(tmp_path):
     def losses(name):
         return [json.loads(line)["loss"] for line in (tmp_path / "runs" / name / "log.jsonl").read_text().splitlines()]
 
+    runs = {name: json.loads((tmp_path / "runs" / name / "run.json").read_text()) for name in ("one", "two")}
+    assert (runs["two"]["processes"], runs["one"]["processes"]) == (2, 1)  # two processes really trained
     assert losses("two") == pytest.approx(losses("one"), rel=1e-4)
     request = ["--class", "3", "--class", "8", "--num", "7", "--shard-size", "2", "--run", "runs/one"]
     launch(["generate", *request, "--out", "two"], tmp_path, processes=True)

@@ -207,3 +207,12 @@ def test_fuzzed_variation_and_filter_settings_are_checked_exactly(strength, conf
         assert str(e).startswith(first_bad) and "\n" not in str(e)
     else:
         assert all(valid)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text())
+def test_any_text_written_into_a_recipe_reads_back_the_same(text):
+    """Saved recipes hold what the user typed (a class name, a prompt): every character survives TOML, DEL too."""
+    import tomllib
+
+    assert tomllib.loads(f"x = {_toml_value(text)}")["x"] == text

@@ -195,10 +195,10 @@ class Benchmark:
     """The stages of one benchmark run, sharing the recipe, the device, the judge, the store and the timings."""
 
     def __init__(self, recipe: Recipe, out: Path, device: torch.device, fresh: bool = False):
-        from accelerate import PartialState
+        from synthaug.device import process_state
 
         # a long barrier timeout: one process may train the judge or measure quality while the others wait
-        self.state = PartialState(timeout=timedelta(hours=24))
+        self.state = process_state(timeout=timedelta(hours=24))
         self.recipe, self.b, self.out, self.device, self.fresh = recipe, recipe.benchmark, out, device, fresh
         self.config = ClassifierConfig.from_benchmark(self.b)
         self.seeds = list(range(self.b.seeds))

@@ -1,4 +1,5 @@
-"""Real datasets: a spec such as ``cub:/data/CUB_200_2011`` -> one in-memory :class:`ImageSet`.
+"""Real datasets: a spec such as ``cub:/data/CUB_200_2011`` -> one :class:`ImageSet`, its images a view of
+the memory-mapped decode cache.
 
 Each published layout is one module behind the ``FORMATS`` registry; every one yields a
 :class:`~synthaug.data.catalog.Catalog` that the shared, cached decode stage turns into pixels.
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from synthaug.data import celeba, cub, digits, imagefolder, nabirds, stanford_cars
+from synthaug.data import celeba, cub, digits, huggingface, imagefolder, nabirds, stanford_cars, webdataset_format
 from synthaug.data.cache import decode_catalog
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.config import DataConfig
 from synthaug.data.lookup import Match, resolve_name
+from synthaug.data.rows import RowView
 from synthaug.data.splits import assign_splits, hold_out_validation, select_shots
 from synthaug.errors import SynthaugError
 
@@ -33,9 +35,10 @@ class DatasetFormat:
     name: str
     summary: str
     layout: str
-    read: Callable[[Path | None, DataConfig], Catalog]
+    read: Callable[[Path | str | None, DataConfig], Catalog]
     options: tuple[str, ...] = ()  # DataConfig fields beyond the common ones that this format reads
     default_resolution: int = 64
+    raw_path: bool = False  # the reader gets the text after FORMAT: as written (shard patterns, hub ids), not a Path
 
 
 FORMATS: dict[str, DatasetFormat] = {
@@ -55,12 +58,18 @@ FORMATS: dict[str, DatasetFormat] = {
         DatasetFormat("celeba-dialog", "CelebA faces with CelebA-Dialog's 5 attributes x 6 levels",
                       celeba.DIALOG_LAYOUT, lambda root, cfg: celeba.read_celeba_dialog(root, cfg.target),
                       options=("target",)),
+        DatasetFormat("wds", "real images in WebDataset tar shards, labels in .cls or .json", webdataset_format.LAYOUT,
+                      lambda spec, cfg: webdataset_format.read_wds(spec, cfg.label_key), options=("label_key",), raw_path=True),
+        DatasetFormat("hf", "a Hugging Face datasets folder (save_to_disk or parquet) or hub id; pip install 'synthaug[hf]'",
+                      huggingface.LAYOUT, lambda location, cfg: huggingface.read_huggingface(location, cfg.label_key),
+                      options=("label_key",), raw_path=True),
     ]
 }
+OPTIONS = ("target", "level", "label_key")  # the DataConfig fields only some formats read
 
 
-def parse_spec(spec: str) -> tuple[DatasetFormat, Path | None]:
-    """Split ``FORMAT:PATH`` into the format and an absolute path.
+def parse_spec(spec: str) -> tuple[DatasetFormat, Path | str | None]:
+    """Split ``FORMAT:PATH`` into the format and an absolute path (for ``wds`` and ``hf``: the text as written).
 
     >>> parse_spec("digits")[0].name
     'digits'
@@ -79,6 +88,8 @@ def parse_spec(spec: str) -> tuple[DatasetFormat, Path | None]:
         return fmt, None
     if not path.strip():
         raise SynthaugError(f"The {name} format needs a path; write {name}:PATH (layout: {fmt.layout}).")
+    if fmt.raw_path:
+        return fmt, path.strip()
     return fmt, Path(path.strip()).expanduser().resolve()
 
 
@@ -86,7 +97,7 @@ def read_catalog(config: DataConfig) -> Catalog:
     """What the dataset's annotation files list, without decoding any image (fast)."""
     fmt, root = parse_spec(config.spec)
     defaults = DataConfig()
-    for option in ("target", "level"):
+    for option in OPTIONS:
         if getattr(config, option) != getattr(defaults, option) and option not in fmt.options:
             raise SynthaugError(f"The {fmt.name} format has no {option!r} option; remove it.")
     return fmt.read(root, config)
@@ -94,15 +105,19 @@ def read_catalog(config: DataConfig) -> Catalog:
 
 @dataclass
 class ImageSet:
-    """A real dataset in memory: uint8 images with labels, splits and provenance, aligned on N.
+    """A real dataset: uint8 images with labels, splits and provenance, aligned on N.
 
+    ``images`` is a :class:`~synthaug.data.rows.RowView`: the rows of this set in the one memory-mapped
+    decode cache, read only where used. It reads like an (N, H, W, C) uint8 array (``len``, ``shape``,
+    indexing, iteration, ``np.asarray``); large sets are read in pieces with ``images.iter_chunks(size)``
+    and ``images.gather(rows)``. :meth:`split` and :meth:`subset` make views, never copies.
     ``labels`` index ``class_names``; ``class_ids`` are the dataset's own ids for those classes.
     ``attributes`` (N, A) holds levels 0..attribute_levels[a]-1 where the dataset has attributes.
     """
 
     name: str
     config: DataConfig
-    images: np.ndarray  # (N, H, W, C) uint8
+    images: RowView  # (N, H, W, C) uint8; an ndarray given here is wrapped
     labels: np.ndarray  # (N,) int64
     splits: np.ndarray  # (N,) "train" / "val" / "test"
     sources: list[str]
@@ -117,6 +132,10 @@ class ImageSet:
     notes: list[str] = field(default_factory=list)
     cache_path: Path | None = None
     from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, RowView):
+            self.images = RowView(np.asarray(self.images))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -134,11 +153,13 @@ class ImageSet:
         return len(self.class_names)
 
     def subset(self, mask: np.ndarray) -> ImageSet:
-        """The images where ``mask`` is true, with the same label space."""
-        rows = np.flatnonzero(mask)
+        """The images where ``mask`` (boolean, or row indices) is true, with the same label space: a view of
+        the same pixels, not a copy."""
+        mask = np.asarray(mask)
+        rows = np.flatnonzero(mask) if mask.dtype == bool else mask.astype(np.int64)
         return dataclasses.replace(
             self,
-            images=self.images[rows],
+            images=self.images.select(rows),
             labels=self.labels[rows],
             splits=self.splits[rows],
             sources=[self.sources[i] for i in rows],
@@ -163,7 +184,7 @@ class ImageSet:
 
 
 def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
-    """Read a real dataset into memory, decoding through the on-disk cache.
+    """Read a real dataset, decoding through the on-disk cache (memory-mapped: nothing is read until used).
 
     Args:
         spec: ``FORMAT:PATH`` or ``digits``, or a whole :class:`DataConfig`.
@@ -232,7 +253,7 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     dataset = ImageSet(
         name=name,
         config=config,
-        images=decoded.images,
+        images=RowView(decoded.images),
         labels=labels,
         splits=splits,
         sources=[catalog.source(i) for i in kept],

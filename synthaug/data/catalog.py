@@ -7,7 +7,7 @@ Every format module turns its published layout into a :class:`Catalog`; the shar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,10 @@ class Catalog:
     ``boxes`` holds x, y, width, height in source pixels (NaN where an image has none), measured on
     an image of size ``frames`` (width, height) when the layout lists sizes, so a resized copy of
     the dataset still crops the right region.
-    In-memory datasets (digits) give ``pixels`` instead of ``files``.
+    In-memory datasets (digits) give ``pixels`` instead of ``files``. Images that are not files of their
+    own (tar members, rows of a dataset file) come from ``read_image(i) -> bytes``; ``files`` then names each
+    image for messages, and ``fingerprint`` identifies the sources for the decode cache (it changes when they do).
+    ``location`` is the source as the spec wrote it where ``root`` alone does not name it (shard patterns).
     """
 
     format: str
@@ -56,6 +59,9 @@ class Catalog:
     groups: list[ClassGroup] = field(default_factory=list)
     group_kind: str = ""  # what a group is called, e.g. "species"
     notes: list[str] = field(default_factory=list)
+    read_image: Callable[[int], bytes] | None = None
+    fingerprint: str | None = None
+    location: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)

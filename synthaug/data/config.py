@@ -44,6 +44,8 @@ class DataConfig:
         target: CelebA: ``identity`` or an attribute name; CelebA-Dialog: an attribute whose level
             becomes the class (empty: the 5 graded attributes are the condition, one class).
         level: NABirds: ``category`` (leaf visual categories) or ``species``.
+        label_key: ``wds``: the ``.json`` field holding each sample's label (empty: the ``.cls`` member);
+            ``hf``: the label feature, where the dataset has several ClassLabel features or a plain label column.
         crop: crop to the bounding box where the format has one (else the centre square).
         split: ``auto``, ``official`` or ``stratified``.
         test_fraction: share of each class held out by the stratified split.
@@ -59,6 +61,7 @@ class DataConfig:
     resolution: int = 0
     target: str = ""
     level: Level = "category"
+    label_key: str = ""
     crop: bool = True
     split: Split = "auto"
     test_fraction: float = 0.2

@@ -1,9 +1,11 @@
-"""Decode one image file into a square uint8 array: any mode to RGB, crop, antialiased resize."""
+"""Decode one image (a file, or its bytes in a file object) into a square uint8 array: any mode to RGB,
+crop, antialiased resize."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -42,12 +44,17 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open an image lazily. JPEGs open without Pillow's decompression-bomb check, which counts the
-    full-size pixels: :func:`decode_image` lets libjpeg decode a large photo at 1/2 to 1/8 scale and
-    checks the pixels it will actually decode. Other formats get Pillow's check as usual."""
-    with open(path, "rb") as f:
-        is_jpeg = f.read(3) == b"\xff\xd8\xff"
+def open_image(path: Path | BinaryIO) -> Image.Image:
+    """Open an image (a path, or a seekable binary file object) lazily. JPEGs open without Pillow's
+    decompression-bomb check, which counts the full-size pixels: :func:`decode_image` lets libjpeg decode a
+    large photo at 1/2 to 1/8 scale and checks the pixels it will actually decode. Other formats get
+    Pillow's check as usual."""
+    if hasattr(path, "read"):
+        is_jpeg = path.read(3) == b"\xff\xd8\xff"
+        path.seek(0)
+    else:
+        with open(path, "rb") as f:
+            is_jpeg = f.read(3) == b"\xff\xd8\xff"
     if is_jpeg:
         from PIL import JpegImagePlugin
 
@@ -73,12 +80,12 @@ def check_pixels(im: Image.Image, resolution: int) -> None:
 
 
 def decode_image(
-    path: Path, resolution: int, box: np.ndarray | None = None, frame: np.ndarray | None = None
+    path: Path | BinaryIO, resolution: int, box: np.ndarray | None = None, frame: np.ndarray | None = None
 ) -> np.ndarray:
     """Decode ``path`` to a (resolution, resolution, 3) uint8 array.
 
     Args:
-        path: the image file.
+        path: the image file, or a seekable binary file object holding its bytes.
         resolution: output side in pixels.
         box: x, y, w, h of the object (NaN or None for none): the crop is the square around it;
             without a box, the centre square.

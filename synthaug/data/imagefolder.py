@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,27 @@ from synthaug.errors import SynthaugError
 LAYOUT = "PATH/<class>/<image files>, or PATH/train/<class>/..., PATH/test/<class>/... (and optionally val/)"
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under a class folder; files that are not images are skipped at decode."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def list_files(folder: Path) -> list[str]:
+    """Every non-hidden file under a class folder, as a path relative to it, in path order (the order of
+    ``sorted(folder.rglob("*"))``); files that are not images are skipped at decode. Symlinked folders are not
+    followed. os.scandir knows most entries' kinds without a stat per file, which rglob + is_file makes."""
+    found: list[str] = []
+
+    def walk(path: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(path))
+        except PermissionError:  # as rglob does: an unreadable sub-folder is passed over
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, prefix + entry.name + "/")
+            elif entry.is_file():
+                found.append(prefix + entry.name)
+
+    walk(str(folder), "")
+    return sorted(found, key=lambda rel: rel.split("/"))
 
 
 def class_dirs(folder: Path) -> list[Path]:
@@ -41,14 +60,18 @@ def read_imagefolder(root: Path) -> Catalog:
     class_names = sorted({c.name for _, c in sources})
     index = {name: i for i, name in enumerate(class_names)}
     files, labels, splits, notes = [], [], [], []
+    lines = []
     for split, folder in sources:
         found = list_files(folder)
         if not found:
             notes.append(f"class folder {folder} is empty.")
-        for path in found:
-            files.append(path.relative_to(root).as_posix())
-            labels.append(index[folder.name])
-            splits.append(split)
+        prefix = folder.relative_to(root).as_posix()
+        line = f"folder {prefix}"
+        for rel in found:
+            files.append(f"{prefix}/{rel}")
+            lines.append(line if "/" not in rel else f"folder {prefix}/{rel.rsplit('/', 1)[0]}")
+        labels += [index[folder.name]] * len(found)
+        splits += [split] * len(found)
     if not files:
         raise SynthaugError(f"The {len(sources)} class folders under {root} hold no files; put the images in PATH/<class>/.")
     return Catalog(
@@ -59,6 +82,6 @@ def read_imagefolder(root: Path) -> Catalog:
         labels=np.array(labels, dtype=np.int64),
         splits=np.array(splits),
         files=files,
-        lines=[f"folder {Path(f).parent}" for f in files],
+        lines=lines,
         notes=notes,
     )

@@ -352,9 +352,9 @@ def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
 
 
 def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool,
-                  grid: str | None = None) -> None:
+                  grid: str | None = None, processes: int = 1) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically; then
-    run.json (progress, and ``grid``: the latest sample grid, relative to the run folder)."""
+    run.json (progress, the processes that trained, and ``grid``: the latest sample grid, relative to the run folder)."""
     save_weights(run, model, ema, train_sched)
     with folder_atomic(run.state_dir) as tmp:
         state = {
@@ -369,7 +369,7 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
         meta = {"step": step, "nimg": nimg, "finished": finished, "sha256": sha256_file(tmp / "training_state.pt")}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     info = run.info()
-    info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished)
+    info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, processes=processes)
     info.update({"grid": grid} if grid else {})
     write_text_atomic(run.info_file, json.dumps(info, indent=1))
 
@@ -399,7 +399,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     mixed = g_cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())  # cpu: see process_state
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if g_cfg.batch_size % world:
         raise SynthaugError(f"generator.batch_size {g_cfg.batch_size} does not split over {world} devices; use a multiple of {world}.")
@@ -584,10 +584,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     next_grid = nimg + g_cfg.grid_every_kimg * 1000
                 if snapshot_now:
                     if accelerator.is_main_process:
-                        save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid)
+                        save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid,
+                                      processes=world)
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
                     next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
         accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # no accelerator.end_training(): it destroys the process group, which the caller (the benchmark) still uses
     return run
