@@ -213,9 +213,8 @@ class Yardstick:
         self.n = int(min(n, len(self.train_x), len(test_x)))
         self.device, self.kind = device, judge
         self.weights = fid_weights_path()
-        pick = np.sort(np.random.default_rng(2).permutation(len(test_x))[: self.n])
-        self.test_features = features(test_x[pick], self.weights, device, cache=True)
-        floor_features = features(subsample(self.train_x, self.n, 1), self.weights, device, cache=True)
+        self.test_features = features(subsample(test_x, self.n, "quality", 0, "test"), self.weights, device, cache=True)
+        floor_features = features(subsample(self.train_x, self.n, "quality", 0, "train"), self.weights, device, cache=True)
         self.kid_subset = min(1000, self.n)
         self.floor = rounded(fid_kid(self.test_features, floor_features, self.kid_subset, 0))
         if judge == "svm":

@@ -121,22 +121,14 @@ class DigitsYardstick:
 
 
 def fid_with_floor(synthetic, real_train, real_test, weights, max_images: int, device: str = "cpu", seed: int = 0) -> dict:
-    """FID/KID of ``synthetic`` vs the real test images and the floor (real train vs real test), each with
-    its 95% jackknife interval (``synthaug.benchmark.evaluate.fid_kid``), on n = min(every set, max_images)
-    images per side drawn with a fixed seed; real features are cached."""
+    """``synthaug.quality.fid_kid_with_floor`` (FID/KID vs the real test images and the real-vs-real floor at the
+    same n, with 95% jackknife intervals; real features cached), rounded for a result file."""
     import torch
 
-    from synthaug.benchmark.evaluate import fid_kid
-    from synthaug.quality import features, subsample
+    from synthaug.quality import fid_kid_with_floor
 
-    n = int(min(len(synthetic), len(real_train), len(real_test), max_images))
-    dev = torch.device(device)
-    syn = features(subsample(synthetic, n, seed), weights, dev)
-    train = features(subsample(real_train, n, seed + 1), weights, dev, cache=True)
-    test = features(subsample(real_test, n, seed + 2), weights, dev, cache=True)
-    subset = min(1000, n)
-    main, floor = fid_kid(test, syn, subset, seed), fid_kid(test, train, subset, seed)
-    return {"n": n, **rounded(main), **{f"floor_{k}": v for k, v in rounded(floor).items()}, "kid_subset_size": subset}
+    q = fid_kid_with_floor(synthetic, real_train, real_test, weights, torch.device(device), max_images, 1000, seed)
+    return rounded(q)
 
 
 def rounded(values: dict, digits: int = 5) -> dict:

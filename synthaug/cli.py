@@ -23,6 +23,7 @@ from synthaug import __version__, progress
 from synthaug.data import config as data_config
 from synthaug.errors import SynthaugError
 from synthaug.recipe import Sampler
+from synthaug.words import count
 
 console = Console()
 err_console = Console(stderr=True)
@@ -136,11 +137,47 @@ def check_input_folder(path: Path, kind: str, remedy: str) -> None:
         raise SynthaugError(f"{path} is a file, not a {kind}; {remedy}.")
 
 
-def count(n: int, noun: str) -> str:
-    """A number with its noun: '1 class', '2 classes', '1 shard', '0 images'."""
-    if n == 1:
-        return f"{n} {noun}"
-    return f"{n} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n} {noun}s"
+def check_out_apart(out: Path, run: Path, spec: str) -> None:
+    """Refuse a generate --out that is the run folder itself, or the dataset folder the run was trained on (or
+    a folder inside it), where the shards would mix with the run's files or become part of the real dataset."""
+    from synthaug.data import parse_spec
+
+    target = out.resolve()
+    if target == run.resolve():
+        raise SynthaugError(f"--out {out} is the run folder itself; choose a folder of its own for the shards (e.g. {out / 'synthetic'}).")
+    fmt, root = parse_spec(spec)
+    if root is None:  # digits: built in, no folder
+        return
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        if not (fmt.name == "wds" and root.parent.is_dir()):  # a dataset that is gone (or a hub id) has no folder here
+            return
+        root = root.parent  # wds: a shard pattern, e.g. /data/shards/train-{000..009}.tar
+    if target == root or root in target.parents:
+        raise SynthaugError(f"--out {out} is {'' if target == root else 'inside '}{root}, the {fmt.name} dataset the run was "
+                            "trained on, where the shards would become part of that dataset; choose a folder outside it.")
+
+
+def check_manifest_dataset(folder: Path) -> None:
+    """Before evaluating: the dataset a shard set's manifest names must still be where it was; if it moved,
+    say to pass --data rather than describe the layout of a folder that is not there."""
+    from synthaug.data import parse_spec
+    from synthaug.shards import read_manifest
+
+    try:
+        manifest = read_manifest(folder)
+    except SynthaugError:
+        return  # evaluate says what the folder is
+    spec = (manifest.get("data") or {}).get("spec") or (manifest.get("schema") or {}).get("dataset")
+    if not isinstance(spec, str):
+        return
+    try:
+        fmt, root = parse_spec(spec)
+    except SynthaugError:
+        return  # said as it is when the dataset is read
+    if isinstance(root, Path) and not root.exists():
+        raise SynthaugError(f"The dataset {folder} was drawn from, {spec}, is no longer at {root}; pass --data "
+                            f"{fmt.name}:PATH with its new place.")
 
 
 def command(*args, **kwargs):
@@ -424,9 +461,10 @@ def generate_command(
     if run is None:
         run = choose_run(request)
         log.info("Using the run %s.", run)
-    sampling = load_recipe(open_run(run).recipe_file).sampling
-    sampling = sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                                images_per_shard=shard_size)
+    run_recipe = load_recipe(open_run(run).recipe_file)
+    check_out_apart(out, Path(run), run_recipe.data.spec)
+    sampling = run_recipe.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                                           images_per_shard=shard_size)
     manifest = generate_shards(run, request, out, sampling, overwrite=overwrite)
     console.print(f"{count(manifest['num_samples'], 'image')} in {count(len(manifest['shards']), 'shard')} in {out}",
                   highlight=False, soft_wrap=True)
@@ -474,10 +512,20 @@ def verify_command(
 def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title)
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right")
+        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold")  # wrap, never cut a name short
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def too_few_sentence(result: dict) -> str:
+    """Why an evaluation measured no FID, KID or conditioning accuracy, and what to do: the smallest side."""
+    sides = [(result["synthetic_images"], "the synthetic set has", "image", "generate more images into a new folder"),
+             (result.get("real_test_images", 2), "the real test split has", "image", "use a dataset or split with more test images"),
+             (result.get("generator_train_images", 2), "the run's real training split has", "image", "use a dataset with more training images")]
+    n, where, noun, remedy = min(sides, key=lambda side: side[0])
+    return (f"FID, KID and conditioning accuracy were not measured: they need at least 2 images on each side, and {where} "
+            f"{count(n, noun)}; {remedy}.")
 
 
 @command("evaluate")
@@ -490,25 +538,37 @@ def evaluate_command(
 ) -> None:
     """FID/KID with real-vs-real floors, conditioning accuracy, CAS and (faces) MTCNN for a synthetic set."""
     check_input_folder(synthetic, "folder", SHARD_FOLDER)
+    if not os.access(synthetic, os.W_OK | os.X_OK):  # found out only at the end, after minutes of work
+        raise SynthaugError(f"{synthetic} is read-only, and evaluate writes evaluation.json and memorization.png into it; make "
+                            "it writable, or copy the set to a writable folder and evaluate the copy.")
     from synthaug.benchmark import evaluate_synthetic
     from synthaug.recipe import load_recipe
     from synthaug.report import pct
 
     b = load_recipe(recipe, set_).benchmark
+    if not data:
+        check_manifest_dataset(synthetic)
     result = evaluate_synthetic(synthetic, data=data, benchmark=b)
     q = result["quality"]
-    rows = [
-        ["FID vs real test", f"{q['fid']:.2f}", f"{q['floor_fid']:.2f}"],
-        ["KID x1000", f"{1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f}", f"{1000 * q['floor_kid']:.2f}"],
-        ["conditioning accuracy %", pct(q["conditioning"]["accuracy"]), "—"],
-    ]
+    rows = []
+    if q.get("fid") is not None:
+        rows += [
+            ["FID vs real test", f"{q['fid']:.2f}", f"{q['floor_fid']:.2f}"],
+            ["KID x1000", f"{1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f}", f"{1000 * q['floor_kid']:.2f}"],
+            ["conditioning accuracy %", pct(q["conditioning"]["accuracy"]), "—"],
+        ]
     if result["cas_top1"]:
         rows.append(["CAS top-1 %", f"{pct(result['cas_top1']['mean'])} ± {pct(result['cas_top1']['ci95'])}", "—"])
     if "faces" in q:
         rows.append(["faces detected %", pct(q["faces"]["detection_rate"]), "—"])
         rows.append(["MTCNN confidence", f"{q['faces']['mean_confidence']:.3f}", "—"])
-    print_rows(f"{count(result['synthetic_images'], 'synthetic image')} vs {escape(result['dataset'])} (n = {q['n']} per side)",
-               ["measure", "synthetic", "real floor"], rows)
+    title = f"{count(result['synthetic_images'], 'synthetic image')} vs {escape(result['dataset'])} (n = {q['n']} per side)"
+    if rows:
+        print_rows(title, ["measure", "synthetic", "real floor"], rows)
+    else:
+        console.print(title, highlight=False, soft_wrap=True)
+    if q.get("fid") is None:  # fewer than 2 images on a side: nothing to measure, said plainly (not a traceback)
+        console.print(f"[yellow]note:[/] {escape(too_few_sentence(result))}", highlight=False, soft_wrap=True)
     judge = result["judge"]
     console.print(f"Conditioning accuracy is judged by a {judge['model']} trained on {judge['trained_on']}; it scores "
                   f"{pct(judge['test_score']['top1'])}% top-1 on the real test split.", highlight=False, soft_wrap=True)

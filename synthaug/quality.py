@@ -56,37 +56,32 @@ def features(images, weights: Path | None, device: torch.device, cache: bool = F
     return out
 
 
-def subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:n])]
+def subsample(x: np.ndarray, n: int, *seed_parts: object) -> np.ndarray:
+    """``n`` rows of ``x`` (in their order), drawn with a generator seeded by ``derive_seed(*seed_parts)``."""
+    from synthaug.seeds import numpy_rng
+
+    return x[np.sort(numpy_rng(*seed_parts).permutation(len(x))[:n])]
 
 
 def fid_kid_with_floor(synthetic: np.ndarray, real_train: np.ndarray, real_test: np.ndarray, weights: Path | None,
                        device: torch.device, max_images: int, kid_subset_size: int, seed: int = 0) -> dict:
-    """FID and KID of synthetic vs real test images, and the floor: real train vs real test at the same n.
+    """FID and KID of synthetic vs real test images, and the floor: real train vs real test at the same n, each
+    with its 95% jackknife interval (:func:`synthaug.benchmark.evaluate.fid_kid`).
 
     Both comparisons use n = min(#synthetic, #train, #test, max_images) images per side, drawn with a
     fixed seed, because FID is biased at small n and only the floor at the same n says how far from
     "real" a number is. Only those n images per side go through Inception; real features are cached.
+    (The benchmark's ``Evaluator.quality`` does the same on features it also needs for the memorization audit.)
     """
-    from synthaug.weights.fid_inception import fid_from_features, kid_from_features
+    from synthaug.benchmark.evaluate import fid_kid
 
     n = int(min(len(synthetic), len(real_train), len(real_test), max_images))
-    syn = features(subsample(synthetic, n, seed), weights, device)
-    train = features(subsample(real_train, n, seed + 1), weights, device, cache=True)
-    test = features(subsample(real_test, n, seed + 2), weights, device, cache=True)
+    syn = features(subsample(synthetic, n, "quality", seed, "synthetic"), weights, device)
+    train = features(subsample(real_train, n, "quality", seed, "train"), weights, device, cache=True)
+    test = features(subsample(real_test, n, "quality", seed, "test"), weights, device, cache=True)
     subset = min(kid_subset_size, n)
-    kid, kid_std = kid_from_features(test, syn, subset_size=subset, seed=seed)
-    floor_kid, floor_kid_std = kid_from_features(test, train, subset_size=subset, seed=seed)
-    return {
-        "n": n,
-        "fid": float(fid_from_features(test, syn)),
-        "kid": float(kid),
-        "kid_std": float(kid_std),
-        "floor_fid": float(fid_from_features(test, train)),
-        "floor_kid": float(floor_kid),
-        "floor_kid_std": float(floor_kid_std),
-        "kid_subset_size": subset,
-    }
+    main, floor = fid_kid(test, syn, subset, seed), fid_kid(test, train, subset, seed)
+    return {"n": n, **main, **{f"floor_{k}": v for k, v in floor.items()}, "kid_subset_size": subset}
 
 
 def conditioning_accuracy(pred: np.ndarray, intended: np.ndarray, levels: list[int], names: list[list[str]] | list[str]) -> dict:

@@ -174,8 +174,8 @@ class BenchmarkConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    seeds: int = 5
-    shots_per_class: tuple[int, ...] = (10, 0)  # 0 = every training image
+    seeds: int = 8
+    shots_per_class: tuple[int, ...] = (10,)  # 0 = every training image
     synthetic_ratios: tuple[float, ...] = (0.5, 1.0)  # synthetic images per real image
     mix_probability: float = 0.0  # > 0 adds an arm drawing each batch image from synthetic with this probability
     augment_flip: bool = False  # horizontal flips in the classic augmentation (not for digits)

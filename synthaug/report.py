@@ -41,10 +41,21 @@ def arm_rows(setting: dict) -> list[list[str]]:
     return rows
 
 
+def same_method(a: dict, b: dict) -> bool:
+    return (a["guidance"], list(a["strengths"]), a["min_confidence"]) == (b["guidance"], list(b["strengths"]), b["min_confidence"])
+
+
+def method_arm(setting: dict, results: dict, method: dict, ratio: float) -> str | None:
+    """The name of the arm in ``results`` that adds ``method``'s synthetic set at ``ratio`` to real + classic augmentation."""
+    sets = setting["synthetic_sets"]
+    return next((name for name, r in results.items() if r.get("synthetic_set") in sets and r["arm"]["ratio"] == ratio
+                 and r["arm"]["real"] and r["arm"]["augment"] and same_method(sets[r["synthetic_set"]]["method"], method)), None)
+
+
 def validation_rows(setting: dict) -> list[list[str]]:
     """The candidates compared on the validation split, the chosen ones marked."""
     c = setting["choices"]
-    chosen = {c["baseline"], next((n for n in setting["validation"] if n.endswith(f" + {c['label']} x{c['ratio']:g}")), None)}
+    chosen = {c["baseline"], method_arm(setting, setting["validation"], c["method"], c["ratio"])}
     return [[shots_text(setting), name + (" **(chosen)**" if name in chosen else ""), interval(r["top1"])]
             for name, r in setting["validation"].items()]
 
@@ -80,14 +91,18 @@ def quality_rows(report: dict) -> list[list[str]]:
     rows, faces = [], has_faces(report)
     for s in report["settings"]:
         cas = next((a for a in s["arms"].values() if not a["arm"]["real"]), None)
+        labels = [syn["label"] for syn in s["synthetic_sets"].values() if syn["quality"] is not None]
         for key, syn in s["synthetic_sets"].items():
             q = syn["quality"]
             if q is None:
                 continue
+            label = syn["label"]
+            if labels.count(label) > 1 and "ratio" in syn:  # the validation candidate and the larger test set of one method
+                label += f" (drawn for x{syn['ratio']:g})"
             if q.get("fid") is None:  # too few images to measure
-                rows.append([shots_text(s), syn["label"], q.get("note", "n/a"), "—", str(q["n"]), "—", "—", "—"] + ["—", "—"] * faces)
+                rows.append([shots_text(s), label, q.get("note", "n/a"), "—", str(q["n"]), "—", "—", "—"] + ["—", "—"] * faces)
                 continue
-            row = [shots_text(s), syn["label"], fid_text(q), kid_text(q), str(q["n"]), pct(q["conditioning"]["accuracy"]),
+            row = [shots_text(s), label, fid_text(q), kid_text(q), str(q["n"]), pct(q["conditioning"]["accuracy"]),
                    interval(cas["top1"]) if cas is not None and cas.get("synthetic_set") == key else "—", memorization_text(q)]
             if faces:
                 row += [f"{pct(q['faces']['detection_rate'])} ({pct(q['faces_real']['detection_rate'])})",
@@ -98,10 +113,12 @@ def quality_rows(report: dict) -> list[list[str]]:
 
 def sweep_points(setting: dict) -> list[dict]:
     """The guidance candidates of one setting: guidance, quality and validation accuracy."""
-    points = []
+    points, ratio = [], setting["choices"]["ratio"]
     for syn in setting["synthetic_sets"].values():
         m = syn["method"]
-        name = next((n for n in setting["validation"] if n.endswith(f" + {syn['label']} x{setting['choices']['ratio']:g}")), None)
+        if syn.get("ratio", ratio) != ratio:  # a larger set of the chosen method, drawn for the test arms
+            continue
+        name = method_arm(setting, setting["validation"], m, ratio)
         if not m["strengths"] and not m["min_confidence"] and (syn["quality"] or {}).get("fid") is not None and name:
             points.append({"guidance": m["guidance"], "quality": syn["quality"], "val_top1": setting["validation"][name]["top1"]})
     return sorted(points, key=lambda p: p["guidance"])

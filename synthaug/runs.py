@@ -134,5 +134,13 @@ def open_run(path: Path) -> Run:
     if not run.path.is_dir():
         raise SynthaugError(f"Run folder {run.path} does not exist; train it with `synthaug train RECIPE` or pass --run.")
     if not run.trained:
+        if not (run.info_file.is_file() or run.recipe_file.is_file()):  # an empty folder, or someone else's
+            raise SynthaugError(f"{run.path} is not a synthaug run folder (it has no run.json or recipe.toml); pass --run "
+                                "a folder that synthaug train wrote (e.g. runs/digits).")
+        if run.recipe_file.is_file():  # e.g. its ema/ was deleted: training the same recipe rewrites it from state/
+            what = ("ema/ folder" if not run.ema_dir.is_dir() else "condition.json" if not run.condition_file.is_file()
+                    else "weights in ema/")
+            raise SynthaugError(f"{run.path} holds no usable generator (no {what}); run `synthaug train {run.recipe_file} "
+                                f"--out {run.path}` to train it, or to rewrite what is missing from its training state.")
         raise SynthaugError(f"{run.path} holds no trained generator yet; run `synthaug train` for its recipe first.")
     return run

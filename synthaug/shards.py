@@ -22,6 +22,7 @@ import numpy as np
 
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file, write_text_atomic
+from synthaug.words import count
 
 SHARD_PATTERN = "synth-%06d.tar"
 MANIFEST = "manifest.json"
@@ -29,6 +30,14 @@ SETTINGS_FILE = "generation.json"  # the settings that determine a set's images 
 FIXED_MTIME = 1_700_000_000  # 2023-11-14: any constant makes tar headers reproducible
 MANIFEST_FORMAT = "synthaug.shards/1"
 
+
+def sample_key(condition_key: str, index: int) -> str:
+    """The WebDataset key of image ``index`` of a condition (dot-free: webdataset splits names at dots).
+
+    >>> sample_key("c3", 17)
+    'c3-000017'
+    """
+    return f"{condition_key}-{index:06d}"
 
 def shard_name(k: int) -> str:
     return SHARD_PATTERN % k
@@ -379,7 +388,7 @@ def verify_shards(folder: Path) -> dict:
             problems.append(f"{name} cannot be read as a tar file ({e}).")
             continue
         if len(samples) != entry["count"]:
-            problems.append(f"{name} holds {len(samples)} samples where the manifest says {entry['count']}.")
+            problems.append(f"{name} holds {count(len(samples), 'sample')} where the manifest says {entry['count']}.")
         for sample in samples:
             key = sample["__key__"]
             total += 1
@@ -407,7 +416,7 @@ def verify_shards(folder: Path) -> dict:
     if settings_path.is_file():
         try:
             settings = json.loads(settings_path.read_text())
-            expected = {f"{c}-{i:06d}" for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
+            expected = {sample_key(c, i) for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
             filtered = "filter" in settings
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             problems.append(f"{SETTINGS_FILE} is unreadable, so the samples cannot be checked against the plan.")
@@ -421,7 +430,7 @@ def verify_shards(folder: Path) -> dict:
             problems.append(f"{len(absent)} planned samples are missing (first: {absent[0]}).")
         unplanned = sorted(set(seen) - expected)
         if unplanned:
-            problems.append(f"{len(unplanned)} samples were not planned (first: {unplanned[0]}).")
+            problems.append(f"{count(len(unplanned), 'sample')} {'was' if len(unplanned) == 1 else 'were'} not planned (first: {unplanned[0]}).")
     if dict(per_class) != manifest["per_class"] and not any("cannot be read" in p or "is missing" in p for p in problems):
         problems.append("The per-class totals differ from the manifest's.")
     return {"folder": str(folder), "shards": len(listed), "samples": total, "per_class": dict(sorted(per_class.items())),

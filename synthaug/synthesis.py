@@ -44,12 +44,12 @@ from synthaug.shards import (
     describe_shard,
     encode_png,
     encode_sample,
-    partial_name,
     read_shard,
     shard_name,
     write_manifest,
     write_shard,
 )
+from synthaug.words import count
 
 log = logging.getLogger(__name__)
 
@@ -514,11 +514,6 @@ def generate_shards(
                                      dataclasses.asdict(gen.schema), filter_info)
         state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((folder.path / MANIFEST).read_text())
-
-
-def count(n: int, noun: str) -> str:
-    """'1 image', '2 images'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def write_shards(

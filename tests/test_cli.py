@@ -164,7 +164,7 @@ def test_inspect_reports_unreadable_files(imagefolder_tree, tmp_path):
     result = run("inspect", f"imagefolder:{imagefolder_tree}", "-r", "8", "--grid", str(tmp_path / "g.png"))
     assert result.exit_code == 0 and "Unreadable files skipped: 1" in result.output
     strict = run("inspect", f"imagefolder:{imagefolder_tree}", "-r", "8", "--strict")
-    assert "1 image files could not be read" in one_sentence_error(strict)
+    assert "1 image file could not be read" in one_sentence_error(strict)
 
 
 @pytest.mark.parametrize(

@@ -241,7 +241,7 @@ def test_missing_files_and_empty_classes(cub_tree):
     ds = load_dataset(f"cub:{cub_tree}", resolution=8)
     assert ds.num_classes == 2 and len(ds.skipped) == 4
     assert "file not found (images.txt line 9)" in ds.skipped[0][1]
-    assert any("1 classes have no readable images" in n and "'Anna Hummingbird' (classes.txt line 3)" in n for n in ds.notes)
+    assert any("1 class has no readable images" in n and "'Anna Hummingbird' (classes.txt line 3)" in n for n in ds.notes)
     with pytest.raises(SynthaugError, match="could not be read"):
         load_dataset(f"cub:{cub_tree}", resolution=8, strict=True)
     shutil.rmtree(cub_tree / "images")

@@ -112,6 +112,8 @@ def test_train_killed_five_times_resumes_to_the_same_weights(straight_run, tmp_p
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == list(range(1, 17))  # every step logged exactly once
     assert not list((tmp_path / "run").glob(".*.tmp")) and not list((tmp_path / "run").glob("*.old"))
+    info, straight = (json.loads((p / "run.json").read_text()) for p in (tmp_path / "run", straight_run))
+    assert (info["step"], info["kimg"], info["finished"]) == (straight["step"], straight["kimg"], True) == (16, straight["kimg"], True)
 
 
 VARIANTS = {

@@ -39,8 +39,8 @@ def setting(shots: int) -> dict:
             f"{aug} + {g2.label} x2": arm(Arm("y", augment=True, synthetic="main", ratio=2.0), [0.83, 0.86, 0.86], REAL, "k2"),
             "synthetic only (CAS)": arm(Arm("c", real=False, synthetic="main"), [0.6, 0.62, 0.64], REAL, "k2")}
     validation = {"real": arm(Arm("real"), [0.7, 0.71, 0.72]), aug: arm(Arm(aug, augment=True), [0.72, 0.73, 0.74]),
-                  f"{aug} + {g1.label} x0.5": arm(Arm("a"), [0.73, 0.74, 0.75]),
-                  f"{aug} + {g2.label} x0.5": arm(Arm("b"), [0.75, 0.76, 0.77])}
+                  f"{aug} + {g1.label} x0.5": arm(Arm("a", augment=True, synthetic="main", ratio=0.5), [0.73, 0.74, 0.75], None, "k1"),
+                  f"{aug} + {g2.label} x0.5": arm(Arm("b", augment=True, synthetic="main", ratio=0.5), [0.75, 0.76, 0.77], None, "k2")}
     headline = f"{aug} + {g2.label} x0.5"
     gain = paired_gain(arms[headline]["top1"]["values"], arms[aug]["top1"]["values"])
     return {"shots_per_class": shots, "train_images": 100, "synthetic_sets": sets, "arms": arms, "validation": validation,
@@ -150,3 +150,17 @@ def test_worth_real_interpolates_on_the_real_curve():
     assert worth_real(SimpleNamespace(arms={**arms, "syn": top1(0.9)}, train=s.train, shots=10, more_real=s.more_real),
                       "syn")["how"] == "at least"
     assert worth_real(SimpleNamespace(arms=arms, train=s.train, shots=0, more_real={}), "syn") is None
+
+
+def test_the_test_set_of_the_chosen_method_is_not_a_second_sweep_point_and_is_told_apart():
+    """The chosen guidance's candidate set (drawn for the sweep ratio) and its larger test set share a label: the
+    sweep lists the candidate once, and the quality table says which set each row is."""
+    from synthaug.report import sweep_points
+
+    s = setting(10)
+    big = {**s["synthetic_sets"]["k2"], "quality": quality(35.0), "ratio": 2.0}
+    s["synthetic_sets"] = {**{k: {**v, "ratio": 0.5} for k, v in s["synthetic_sets"].items()}, "k4": big}
+    assert [p["guidance"] for p in sweep_points(s)] == [1.0, 2.0]
+    assert [p["quality"]["fid"] for p in sweep_points(s)] == [41.0, 40.0]
+    labels = [r[1] for r in quality_rows({**fake_report(), "settings": [s]})]
+    assert labels == ["synthetic (guidance 1)", "synthetic (guidance 2) (drawn for x0.5)", "synthetic (guidance 2) (drawn for x2)"]

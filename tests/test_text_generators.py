@@ -308,7 +308,8 @@ def test_benchmark_accepts_a_text_recipe(parts, tmp_path, fid_weights):
     report = run_benchmark(recipe, out=tmp_path / "report", command="synthaug benchmark sd-lora")
     low, full = report["settings"]
     assert low["generator"]["run"].endswith("shots-3") and low["generator"]["train_images"] == 6
-    assert all(syn["images"] > 0 for syn in full["synthetic_sets"].values())
-    assert "real + classic aug + synthetic (guidance 2) x1" in full["arms"]
+    # the x1 arm trained on one synthetic image per real one, drawn by the sd-lora generator
+    x1 = full["arms"]["real + classic aug + synthetic (guidance 2) x1"]
+    assert x1["training_images"] == {"real": full["train_images"], "synthetic": full["train_images"]}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["text"]["prompts"] == [
         "a photo of horizontal bars", "a photo of vertical bars"]

@@ -139,7 +139,7 @@ def test_wds_unreadable_image_is_skipped_or_with_strict_one_sentence(tmp_path):
     ds = load_dataset(f"wds:{tmp_path}/a.tar", resolution=8)
     assert len(ds) == 3 and [s for s, _ in ds.skipped] == ["a.tar/k1.png"]
     line = one_sentence_error("inspect", f"wds:{tmp_path}/a.tar", "--strict", "-r", "8")
-    assert "1 image files could not be read" in line and "a.tar/k1.png" in line
+    assert "1 image file could not be read" in line and "a.tar/k1.png" in line
 
 
 def test_wds_bad_input_is_one_sentence(tmp_path, shards):
@@ -189,7 +189,7 @@ def test_hf_folder_counts_labels_names_and_splits(hf_folders, folder):
     ds = load_dataset(spec, resolution=8, label_key="label")
     assert ds.class_names == NAMES and len(ds) == 15
     assert list(ds.class_counts("train")) == [4, 4, 4] and list(ds.class_counts("test")) == [1, 1, 1]
-    assert any("1 images have no label" in n for n in ds.notes)
+    assert any("1 image has no label" in n for n in ds.notes)
     assert ds.sources[0] == "train[0]" and ds.name == f"hf-{folder}"
     assert_colours_match_labels(ds)
     again = load_dataset(spec, resolution=8, label_key="label", shots_per_class=1)

@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from synthaug import progress
 from synthaug.benchmark.stats import paired_gain, summarize
@@ -91,10 +90,20 @@ def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[i
         runs.append(train_and_score(arm, images, mixed, evaluation, levels, config, seed, flip))
         if bar is not None:
             bar.advance()
+    return arm_result(arm, training_images(arm, real, images, mixed), runs)
+
+
+def training_images(arm: Arm, real: Images | None, images: Images, mixed: Images | None) -> dict:
+    """How many real and synthetic images an arm's classifiers drew from (``images``, ``mixed``: :func:`train_data`)."""
     n_real = len(real) if arm.real and real is not None else 0
-    return {"arm": arm.describe(), "training_images": {"real": n_real, "synthetic": len(images) - n_real + len(mixed or ())},
-            "runs": runs, "top1": summarize([r["top1"] for r in runs]),
-            "macro_f1": summarize([r["macro_f1"] for r in runs]), "per_level": mean_per_level(runs)}
+    return {"real": n_real, "synthetic": len(images) - n_real + len(mixed or ())}
+
+
+def arm_result(arm: Arm, counts: dict, runs: list[dict], **extra) -> dict:
+    """An arm's result from the scores of its seeds: the one form ``evaluate``'s CAS and every benchmark arm report."""
+    return {"arm": arm.describe(), "training_images": counts, **extra, "runs": runs,
+            "top1": summarize([r["top1"] for r in runs]), "macro_f1": summarize([r["macro_f1"] for r in runs]),
+            "per_level": mean_per_level(runs)}
 
 
 def compare(results: dict[str, dict], base: str) -> None:

@@ -24,6 +24,7 @@ from synthaug.device import default_device
 from synthaug.errors import SynthaugError
 from synthaug.quality import conditioning_accuracy, face_detection, features
 from synthaug.seeds import derive_seed, numpy_rng
+from synthaug.shards import sample_key
 from synthaug.shards import SyntheticSet, held_classes, load_shard_set, map_labels
 
 FACE_FORMATS = ("celeba", "celeba-dialog")
@@ -222,7 +223,7 @@ class Evaluator:
         if self.real.config.spec.split(":")[0] in FACE_FORMATS:
             q["faces"] = face_detection(syn.images, self.device)
             q["faces_real"] = face_detection(test_px, self.device)
-        keys = [m.get("key") or f"{m['condition']}-{m['index']:06d}" for m in syn.metas]
+        keys = [m.get("key") or sample_key(m["condition"], m["index"]) for m in syn.metas]
         syn_ids = [keys[i] for i in pick["synthetic"]]
         q["memorization"] = audit({"synthetic": f_syn, "train": f_train_all, "test": f_test},
                                   {"synthetic": syn_px, "train": train.images, "test": test_px},  # read in pieces

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from synthaug import __version__, progress
-from synthaug.benchmark.arms import Arm, SyntheticPool, compare, mean_per_level, train_and_score, train_data
-from synthaug.classifier import Images
+from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, train_and_score, train_data,
+                                     training_images)
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
-from synthaug.benchmark.stats import min_detectable_effect, paired_gain, summarize
+from synthaug.benchmark.stats import min_detectable_effect, paired_gain
 from synthaug.benchmark.store import StageStore, stage_key
-from synthaug.classifier import ClassifierConfig
+from synthaug.classifier import ClassifierConfig, Images
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
@@ -51,7 +51,7 @@ from synthaug.generator.conditions import ConditionSchema, resolve_kind, sources
 from synthaug.generator.train import train_generator
 from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.runs import Run
-from synthaug.shards import SyntheticSet, load_shard_set
+from synthaug.shards import SyntheticSet, load_shard_set, sample_key
 from synthaug.synthesis import GenerateRequest, generate_shards
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,13 @@ class SyntheticSetResult:
     pool: SyntheticPool
     quality: dict | None  # None: not measured (a candidate only compared on validation)
     grid: Path  # the closest synthetic / training pairs of the memorization audit
+    ratio: float  # the largest synthetic-to-real ratio it was drawn for
 
     def describe(self) -> dict:
         manifest = self.syn.manifest
         return {"key": self.key, "method": dataclasses.asdict(self.method), "label": self.method.label,
                 "folder": str(self.folder), "images": len(self.syn.images), "quality": self.quality,
-                "filter": manifest.get("filter"), "memorization_grid": str(self.grid)}
+                "filter": manifest.get("filter"), "memorization_grid": str(self.grid), "ratio": self.ratio}
 
 
 @dataclass
@@ -299,7 +300,8 @@ class Benchmark:
                     save_png(pairs, grid, min_side=256)
                     self.store.save("quality", q_key, quality)
                 self.barrier()
-        result = SyntheticSetResult(key, identity, method, folder, syn, pool, self.store.load("quality", q_key) if measure else None, grid)
+        result = SyntheticSetResult(key, identity, method, folder, syn, pool, self.store.load("quality", q_key) if measure else None,
+                                    grid, ratio)
         setting.sets[key] = result
         return result
 
@@ -311,7 +313,7 @@ class Benchmark:
         used = {}
         for name, s in sets.items():
             rows = s.pool.rows_by_ratio.get(arm.ratio) if arm.ratio is not None else np.arange(len(s.syn.metas))
-            used[name] = [s.images, sources_sha256([f"{m['condition']}-{m['index']}" for m in (s.syn.metas[i] for i in rows)])]
+            used[name] = [s.images, sources_sha256([sample_key(m["condition"], m["index"]) for m in (s.syn.metas[i] for i in rows)])]
         key = stage_key("classifier", arm.describe(), seed, split, sources_sha256(evaluation.sources),
                         sources_sha256(real.sources) if arm.real else None, used, dataclasses.asdict(self.config),
                         ev.targets.levels, self.b.augment_flip)
@@ -327,10 +329,9 @@ class Benchmark:
         bar = progress.Task(description, total=len(mine))
 
         def save(j: Job, images: Images, mixed: Images | None, score: dict) -> None:
-            n_real = len(j.real) if j.arm.real and j.real is not None else 0
-            used = {"real": n_real, "synthetic": len(images) - n_real + (len(mixed) if mixed is not None else 0)}
             self.store.save("classifiers", j.key, {"arm": j.arm.describe(), "seed": j.seed, "split": j.split,
-                                                   "training_images": used, "score": score})
+                                                   "training_images": training_images(j.arm, j.real, images, mixed),
+                                                   "score": score})
             self.trained_classifiers += 1
             bar.advance()
 
@@ -382,11 +383,8 @@ class Benchmark:
         out = {}
         for k, (arm, sets, _) in enumerate(arms):
             mine = results[k * len(self.seeds) : (k + 1) * len(self.seeds)]
-            runs = [r["score"] for r in mine]
-            out[arm.name] = {"arm": arm.describe(), "training_images": mine[0]["training_images"],
-                             "synthetic_set": next(iter(sets.values())).key if sets else None, "runs": runs,
-                             "top1": summarize([r["top1"] for r in runs]), "macro_f1": summarize([r["macro_f1"] for r in runs]),
-                             "per_level": mean_per_level(runs)}
+            out[arm.name] = arm_result(arm, mine[0]["training_images"], [r["score"] for r in mine],
+                                       synthetic_set=next(iter(sets.values())).key if sets else None)
         return out
 
     # 3. choices on the validation split
@@ -450,7 +448,8 @@ class Benchmark:
         """The headline of one setting: the arm chosen on validation against the best real-only arm."""
         arms, c = setting.arms, setting.choices
         chosen = Method(**{**c["method"], "strengths": tuple(c["method"]["strengths"])})
-        headline = next(name for name in arms if name.endswith(f" + {chosen.label} x{c['ratio']:g}") and "classic aug" in name)
+        headline = next(name for name, a in arms.items() if a["arm"]["real"] and a["arm"]["augment"] and a["arm"]["ratio"] == c["ratio"]
+                        and a.get("synthetic_set") and setting.sets[a["synthetic_set"]].method == chosen)
         base = c["baseline"]
         gain = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[base]["runs"]])
         synthetic = [n for n, a in arms.items() if a["arm"]["synthetic"] and a["arm"]["real"]]

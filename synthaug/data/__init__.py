@@ -22,6 +22,7 @@ from synthaug.data.lookup import Match, resolve_name
 from synthaug.data.rows import RowView
 from synthaug.data.splits import assign_splits, hold_out_validation, select_shots
 from synthaug.errors import SynthaugError
+from synthaug.words import count
 
 
 # strict mode is the --strict flag on the command line and data.strict in a recipe: name both ways out
@@ -183,6 +184,23 @@ class ImageSet:
         return resolve_name(name, self.class_names, [(g.name, g.members) for g in self.groups], self.config.spec)
 
 
+def shots_note(train_labels: np.ndarray, shots: int, class_names: list[str]) -> str | None:
+    """A note when ``shots`` per class is more than some classes have for training: those keep all their images,
+    so the low-data subset is not ``shots`` per class (None when every class has enough)."""
+    counts = np.bincount(train_labels, minlength=len(class_names))
+    short = np.flatnonzero(counts < shots)
+    if not len(short):
+        return None
+    if len(short) == len(class_names):
+        return (f"shots_per_class = {shots} is more than any class has for training (the most is {int(counts.max())}), so "
+                "every training image is kept; use a smaller shots_per_class for a low-data subset.")
+    fewest = int(short[np.argmin(counts[short])])
+    one = len(short) == 1
+    return (f"shots_per_class = {shots} is more than {len(short)} of the {len(class_names)} classes {'has' if one else 'have'} "
+            f"for training (fewest: {class_names[fewest]!r} with {int(counts[fewest])}); {'it keeps all its' if one else 'those keep all their'} "
+            "training images.")
+
+
 def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     """Read a real dataset, decoding through the on-disk cache (memory-mapped: nothing is read until used).
 
@@ -213,14 +231,14 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     if config.strict and skipped:
         source, reason = skipped[0]
         raise SynthaugError(
-            f"{len(skipped)} image files could not be read{log_hint}, the first {source}: {reason}; "
+            f"{count(len(skipped), 'image file')} could not be read{log_hint}, the first {source}: {reason}; "
             f"fix or remove them, or {SKIP_UNREADABLE} to skip them."
         )
     if not len(decoded.kept):
         raise SynthaugError(f"None of the {len(catalog)} images listed in {config.spec} could be read{log_hint}; check the image folder.")
     notes = list(catalog.notes)
     if skipped:
-        notes.append(f"{len(skipped)} image files could not be read and were skipped{log_hint}.")
+        notes.append(f"{count(len(skipped), 'image file')} could not be read and were skipped{log_hint}.")
 
     kept = decoded.kept
     old_labels = catalog.labels[kept]
@@ -231,10 +249,10 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     ]
     if empty:
         if config.strict:
-            raise SynthaugError(f"{len(empty)} classes have no readable images (first: {empty[0]}); add images, or {SKIP_UNREADABLE} "
+            raise SynthaugError(f"{count(len(empty), 'class')} {'has' if len(empty) == 1 else 'have'} no readable images (first: {empty[0]}); add images, or {SKIP_UNREADABLE} "
                                 "to leave those classes out.")
         shown = ", ".join(empty[:3]) + (" ..." if len(empty) > 3 else "")
-        notes.append(f"{len(empty)} classes have no readable images and are left out: {shown}.")
+        notes.append(f"{count(len(empty), 'class')} {'has' if len(empty) == 1 else 'have'} no readable images and {'is' if len(empty) == 1 else 'are'} left out: {shown}.")
     new_index = np.full(len(catalog.class_names), -1, dtype=np.int64)
     new_index[present] = np.arange(len(present))
     labels = new_index[old_labels]
@@ -249,6 +267,10 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
     splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed)
     if note:
         notes.append(note)
+    if config.shots_per_class:
+        note = shots_note(labels[splits == "train"], config.shots_per_class, [catalog.class_names[c] for c in present])
+        if note:
+            notes.append(note)
     name = fmt.name if catalog.root is None else f"{fmt.name}-{catalog.root.name}"
     dataset = ImageSet(
         name=name,

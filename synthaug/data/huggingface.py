@@ -15,6 +15,7 @@ import numpy as np
 
 from synthaug.data.catalog import Catalog
 from synthaug.errors import SynthaugError
+from synthaug.words import count
 
 LAYOUT = (
     "a folder written by datasets' save_to_disk (a Dataset, or a DatasetDict whose train/validation/test splits "
@@ -36,12 +37,18 @@ def import_datasets():
 
 @contextlib.contextmanager
 def quiet(datasets):
-    """datasets' own progress bars off (synthaug reports its own progress), restored afterwards."""
+    """datasets' own progress bars and log lines off (synthaug reports its own progress, and a failure as one
+    sentence: datasets would print e.g. "Failed to read schema ..." before it), restored afterwards."""
+    import logging
+
     was_disabled = datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not was_disabled:
             datasets.enable_progress_bars()
 
@@ -193,7 +200,7 @@ def read_huggingface(location: str, label_key: str = "") -> Catalog:
         splits += [name] * len(keep)
         files += [f"{name or 'rows'}[{j}]" for j in keep.tolist()]
     if unlabelled:
-        notes.append(f"{unlabelled} images have no label (-1) and are left out.")
+        notes.append(f"{count(unlabelled, 'image')} {'has' if unlabelled == 1 else 'have'} no label (-1) and {'is' if unlabelled == 1 else 'are'} left out.")
     if not files:
         raise SynthaugError(f"Dataset {location!r} has no labelled images; check feature {label!r}.")
     fingerprint = json.dumps([[name, part._fingerprint, len(part), image, label,

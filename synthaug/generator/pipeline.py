@@ -42,7 +42,9 @@ class Condition:
 
     def sample_key(self, index: int) -> str:
         """The WebDataset key of image ``index`` of this condition (dot-free: webdataset splits names at dots)."""
-        return f"{self.key}-{index:06d}"
+        from synthaug.shards import sample_key
+
+        return sample_key(self.key, index)
 
 
 class Generator:

@@ -492,6 +492,12 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             lr_sched.load_state_dict(state["lr_scheduler"])
             step, nimg = state["step"], state["nimg"]
             log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
+            info = run.info()
+            if accelerator.is_main_process and (info.get("step"), info.get("finished")) != (step, step >= total_steps):
+                # a kill (or a full disk) between the state's swap and run.json's write left run.json behind the
+                # state: say what the state holds, since manifests and the benchmark copy run.json's kimg
+                info.update(kimg=round(nimg / 1000, 3), step=step, finished=step >= total_steps)
+                write_text_atomic(run.info_file, json.dumps(info, indent=1))
             if accelerator.is_main_process and not weights_intact(run):
                 # a damaged or missing model/ or ema/ (which generate refuses) is rewritten from the state
                 log.warning("Rewriting the weights in %s and %s from the training state.", run.model_dir, run.ema_dir)
