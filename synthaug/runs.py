@@ -4,7 +4,15 @@
     runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...)
     runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
     runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
-    runs/<name>/run.json          id, progress, whether training finished, the latest grid
+    runs/<name>/run.json          id, progress, processes, whether training finished, the latest grid
+    runs/<name>/filter/           the confidence filter classifier (generate --min-confidence), trained once
+
+What ``synthaug benchmark`` adds beside them (training leaves both alone):
+
+    runs/<name>/shots-K/          a run folder as above: the generator trained on the K-shots subset
+    runs/<name>/benchmark/        report.json, report.md, plots, grids (or --out)
+    runs/<name>/benchmark/stages/ judge/<key>/, synthetic/<key>/ (shard sets), quality/<key>.json (+ .png),
+                                  classifiers/<key>.json: every stage keyed by what determines it (reused)
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -313,3 +314,22 @@ def test_benchmark_accepts_a_text_recipe(parts, tmp_path, fid_weights):
     assert x1["training_images"] == {"real": full["train_images"], "synthetic": full["train_images"]}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["text"]["prompts"] == [
         "a photo of horizontal bars", "a photo of vertical bars"]
+
+
+@pytest.mark.parametrize("backend", ["sd-lora", "text-unet"])
+def test_real_guided_variations_work_for_the_text_backends(parts, tmp_path, backend):
+    """`generate --from-real` on both text backends (sd-lora through the VAE latents): the run's own real images
+    are the sources, each sample records its source and strength, and a strength near 0 keeps the source."""
+    sets = (sd_sets if backend == "sd-lora" else text_unet_sets)(parts, tmp_path / "run")
+    run = train_generator(load_recipe(None, sets))
+    manifest = write_shards(run.path, tmp_path / "v", ["1", "2"], per_class=2, steps=4, from_real=True, strength=0.5)
+    metas = [s["json"] for s in read_samples(tmp_path / "v")]
+    sources = set(run.training_images().sources)
+    assert manifest["num_samples"] == 4 and all(m["source"] in sources and m["strength"] == 0.5 for m in metas)
+    assert all(m["steps_run"] == 2 for m in metas)  # half of the 4 steps, as img2img pipelines do
+    if backend == "text-unet":  # (sd-lora's random tiny VAE does not reconstruct images, so only pixel space here)
+        gen, train = Generator.load(run.path, device="cpu"), run.training_images()
+        image = torch.from_numpy(np.asarray(train.images[:1])).permute(0, 3, 1, 2)
+        kept = gen.vary(image, [train.class_names[train.labels[0]]], strength=0.02, seed=0, steps=50)
+        noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, image.shape)).float()
+        assert (kept.float() - image.float()).abs().mean() < (noise - image.float()).abs().mean() / 3  # near its source
