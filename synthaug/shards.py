@@ -242,7 +242,7 @@ class SyntheticSet:
 def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
     """Read every shard a manifest lists (checking each shard's sha256 first when ``check``).
 
-    A set that fits in the resident budget (``SYNTHAUG_RESIDENT_BYTES``, 1 GiB) is decoded into memory. A larger
+    A set that fits in the resident budget (``SYNTHAUG_RESIDENT_BYTES``, 256 MiB) is decoded into memory. A larger
     one is streamed from its shards with webdataset, once, into a memory-mapped file in the cache (keyed by the
     shards' sha256), and its images are a row view of that file: memory does not grow with the set.
     """

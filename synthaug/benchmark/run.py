@@ -239,6 +239,8 @@ class Benchmark:
     def load_real(self) -> Evaluator:
         with self.timed("real data and judge"):
             full = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=0))
+            for note in full.notes if self.main else ():
+                log.info("%s: %s", self.recipe.data.spec, note)
             if not np.any(full.splits == "val"):
                 raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
                                     "none; set data.val_fraction (e.g. 0.1).")

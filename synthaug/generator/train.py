@@ -103,7 +103,7 @@ def load_trainable_state(model: Backend, state: dict) -> None:
 
 def device_budget(device: torch.device) -> int:
     """Bytes of training data held whole on ``device``: a quarter of a GPU's free memory, or on the CPU
-    $SYNTHAUG_RESIDENT_BYTES (1 GiB); a larger training set is streamed from its memory-mapped cache."""
+    $SYNTHAUG_RESIDENT_BYTES (256 MiB); a larger training set is streamed from its memory-mapped cache."""
     from synthaug.classifier import resident_bytes
 
     if device.type == "cuda":
@@ -416,6 +416,9 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         # 1. everything that can fail on the recipe, before anything in the run folder is touched (--fresh
         #    included): the data, its conditions, the model (preset, resolution, base model) and its objective
         dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
+        if accelerator.is_main_process:
+            for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
+                log.info("%s: %s", recipe.data.spec, note)
         schema = schema_from_dataset(dataset, g_cfg.condition)
         torch.manual_seed(g_cfg.seed)
         model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
