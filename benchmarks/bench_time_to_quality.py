@@ -205,6 +205,7 @@ class Yardstick:
     def __init__(self, dataset, judge: str, n: int, device, probe_images: int = 0):
         from synthaug.benchmark.evaluate import fid_kid
         from synthaug.quality import features, subsample
+        from synthaug.seeds import numpy_rng
         from synthaug.weights.fid_inception import fid_weights_path
 
         train, test = dataset.split("train"), dataset.split("test")
@@ -213,7 +214,8 @@ class Yardstick:
         self.n = int(min(n, len(self.train_x), len(test_x)))
         self.device, self.kind = device, judge
         self.weights = fid_weights_path()
-        self.test_features = features(subsample(test_x, self.n, "quality", 0, "test"), self.weights, device, cache=True)
+        pick = np.sort(numpy_rng("quality", 0, "test").permutation(len(test_x))[: self.n])  # as quality.subsample draws
+        self.test_features = features(test_x[pick], self.weights, device, cache=True)
         floor_features = features(subsample(self.train_x, self.n, "quality", 0, "train"), self.weights, device, cache=True)
         self.kid_subset = min(1000, self.n)
         self.floor = rounded(fid_kid(self.test_features, floor_features, self.kid_subset, 0))

@@ -99,6 +99,9 @@ def resident_bytes() -> int:
     return int(float(os.environ.get("SYNTHAUG_RESIDENT_BYTES", 1 << 28)))
 
 
+RELEASE_BYTES = 16 << 20  # a streamed set's memory-mapped pages are dropped from RSS after this much is read
+
+
 class Images:
     """Classifier inputs: uint8 images (N, C, R, R) at the classifier's resolution and integer targets (N, A),
     on one device; or several such parts pooled (real + synthetic), addressed as one.
@@ -144,8 +147,16 @@ class Images:
         if self.x is not None:
             return self.x[rows.to(self.x.device)]
         if self.parts is None:
-            return resize_batch(self.source.gather(rows.cpu().numpy()) if hasattr(self.source, "gather")
-                                else np.asarray(self.source)[rows.cpu().numpy()], self.resolution, self.device)
+            if not hasattr(self.source, "gather"):
+                return resize_batch(np.asarray(self.source)[rows.cpu().numpy()], self.resolution, self.device)
+            pixels = self.source.gather(rows.cpu().numpy())
+            # scattered rows fault in (and read ahead) pages all over the map, which would stay in this process's
+            # RSS: drop them once every RELEASE_BYTES read (they stay in the OS page cache)
+            self.read_bytes = getattr(self, "read_bytes", 0) + pixels.nbytes
+            if self.read_bytes >= RELEASE_BYTES:
+                self.source.release()
+                self.read_bytes = 0
+            return resize_batch(pixels, self.resolution, self.device)
         out, start = None, 0
         for part in self.parts:
             mine = (rows >= start) & (rows < start + len(part))

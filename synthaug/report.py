@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.files import write_bytes_atomic, write_text_atomic
-from synthaug.grids import label_rows, save_png, spread_classes, tile_images
+from synthaug.grids import label_rows, save_png, spread_classes, tile_images, upscale
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -359,7 +359,8 @@ def write_report(report: dict, out: Path, real, settings) -> None:
     headline = report["settings"][settings.index(top)]
     syn = top.sets[headline["arm_sets"][headline["summary"]["headline_arm"]]].syn
     grid, names = sample_grid(real, syn)
-    save_png(label_rows(grid, names) if real.num_classes > 1 else grid, out / "samples.png", min_side=600)
+    grid = upscale(grid, 600)  # enlarge the images first, so the names are drawn sharp at their own size
+    save_png(label_rows(grid, names) if real.num_classes > 1 else grid, out / "samples.png")
     for s, entry in zip(settings, report["settings"]):
         chosen = s.sets[entry["arm_sets"][entry["summary"]["headline_arm"]]]
         if chosen.grid.is_file():
