@@ -412,7 +412,7 @@ def test_fid_and_kid_of_constant_and_black_images_through_inception_are_finite(f
     grey, black = np.full((6, 8, 8, 1), 128, np.uint8), np.zeros((6, 8, 8, 1), np.uint8)
     q = fid_kid_with_floor(grey, black, grey, fid_weights, torch.device("cpu"), max_images=6, kid_subset_size=3)
     assert q["fid"] == pytest.approx(0.0, abs=1e-6) and q["floor_fid"] > 1  # grey vs grey; black vs grey
-    assert all(np.isfinite(v) for v in q.values())
+    assert all(np.all(np.isfinite(v)) for v in q.values())  # numbers and their intervals
 
 
 # -- shard folders before, while and after generate writes them ------------------------------------
