@@ -113,6 +113,7 @@ class Images:
 
     def __init__(self, x: torch.Tensor | None, y: torch.Tensor, source=None, resolution: int = 0, parts: list | None = None):
         self.x, self.y, self.source, self.resolution, self.parts = x, y, source, resolution, parts
+        self.read_bytes = 0  # read from ``source`` since its pages were last released (see gather)
 
     @classmethod
     def of(cls, images, targets, resolution: int, device: torch.device) -> Images:
@@ -151,8 +152,9 @@ class Images:
                 return resize_batch(np.asarray(self.source)[rows.cpu().numpy()], self.resolution, self.device)
             pixels = self.source.gather(rows.cpu().numpy())
             # scattered rows fault in (and read ahead) pages all over the map, which would stay in this process's
-            # RSS: drop them once every RELEASE_BYTES read (they stay in the OS page cache)
-            self.read_bytes = getattr(self, "read_bytes", 0) + pixels.nbytes
+            # RSS: drop them once every RELEASE_BYTES read (they stay in the OS page cache); training and
+            # prediction both read through here, pooled sets through each part's own gather
+            self.read_bytes += pixels.nbytes
             if self.read_bytes >= RELEASE_BYTES:
                 self.source.release()
                 self.read_bytes = 0
@@ -277,7 +279,7 @@ def train_classifier(
         images, synthetic = Images.concat([images, synthetic]), None
     model.train()
     with progress.task(description, total=config.steps, transient=True) as bar:
-        for step in range(config.steps):
+        for _ in range(config.steps):
             if synthetic is not None and mix_probability is not None:
                 from_synth = torch.rand(config.batch_size, generator=g, device=device) < mix_probability
                 i_real = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
@@ -287,8 +289,6 @@ def train_classifier(
             else:
                 rows = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
                 x, y = images.gather(rows), images.y[rows]
-            if images.x is None and step % 64 == 63:
-                release(images)  # pages of a memory-mapped source read so far: back to the OS page cache
             x = x.float() / 255.0
             if augment_images:
                 x = augment(x, g, flip)
@@ -302,15 +302,6 @@ def train_classifier(
     if not math.isfinite(loss.item()):
         raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
     return model.eval()
-
-
-def release(images: Images) -> None:
-    """Drop the resident pages of the memory-mapped sources of ``images`` (see ``RowView.release``)."""
-    for part in images.parts or [images]:
-        if part.parts:
-            release(part)
-        elif part.source is not None and hasattr(part.source, "release"):
-            part.source.release()
 
 
 @torch.inference_mode()
