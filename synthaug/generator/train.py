@@ -156,10 +156,9 @@ class TrainingImages:
         if model.encode_once:
             self.latents = self.encode_all(source, views, latent_cache if self.streamed else None)
         elif not self.streamed:
-            from synthaug.classifier import as_tensor, chunks_of
+            from synthaug.classifier import to_device_images
 
-            self.images = torch.cat([as_tensor(chunk).permute(0, 3, 1, 2).to(device)
-                                     for chunk in chunks_of(source)])  # (N, C, H, W) uint8
+            self.images = to_device_images(source, h, device)  # (N, C, H, W) uint8, filled in place (square images)
         held = "latents" if model.encode_once else "images"
         if self.streamed:
             workers = workers if workers is not None else min(4, max(1, len(os.sched_getaffinity(0)) - 1))
