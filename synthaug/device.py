@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from synthaug.errors import SynthaugError
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -25,3 +29,15 @@ def process_state(**kwargs):
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(advice: str):
+    """A GPU's out-of-memory error inside the block becomes one sentence, "The GPU ran out of memory ``advice``",
+    which names the setting that fixes it (a ``SynthaugError``, exit code 1); what was written stays."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise SynthaugError(f"The GPU ran out of memory {advice}") from None

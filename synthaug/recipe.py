@@ -30,6 +30,7 @@ Preset = Literal["tiny", "small", "base"]
 Prediction = Literal["epsilon", "v"]
 Loss = Literal["mse", "l1"]
 Schedule = Literal["cosine", "linear"]
+NoiseSampling = Literal["uniform", "lognormal"]  # training noise levels: uniform timesteps, or EDM's log-normal sigma
 LrSchedule = Literal["constant", "cosine"]  # constant or cosine decay, after the warm-up
 ConditionKind = Literal["auto", "class", "attributes"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 on a GPU that has it
@@ -81,6 +82,9 @@ class GeneratorConfig:
     min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
     schedule: Schedule = "cosine"  # the noise schedule; sd-lora: its base model's
     num_timesteps: int = 1000  # sd-lora: its base model's
+    noise_sampling: NoiseSampling = "uniform"  # lognormal: EDM's ln(sigma) ~ N(lognormal_mean, lognormal_std)
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
     duration_kimg: float = 100.0
     batch_size: int = 256
     batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
@@ -91,7 +95,9 @@ class GeneratorConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # the ceiling of the EMA decay, reached after the warm-up ramp
     ema_power: float = 0.75  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
-    flip: bool = False  # random horizontal flips
+    ema_std: float = 0.0  # > 0: EDM2's power-function EMA of this relative width instead (ema_decay, ema_power unused)
+    flip: bool = False  # random horizontal flips (the samples are flipped too)
+    augment: float = 0.0  # unet: EDM's non-leaky augmentation, each transform with this probability (samples unaffected)
     mixed_precision: MixedPrecision = "auto"
     compile: bool = False  # torch.compile the U-Net
     seed: int = 0
@@ -108,6 +114,11 @@ class GeneratorConfig:
         _check(0 <= self.cond_drop_prob < 1, "generator.cond_drop_prob must lie in [0, 1).")
         _check(self.num_timesteps >= 2, "generator.num_timesteps must be at least 2.")
         _check(0 < self.ema_decay < 1, "generator.ema_decay must lie between 0 and 1.")
+        _check(0 <= self.ema_std <= 0.28, "generator.ema_std must be 0 (off) or a relative width up to 0.28, e.g. 0.05-0.1.")
+        _check(0 <= self.augment <= 1, "generator.augment must be a probability between 0 and 1.")
+        _check(self.augment == 0 or self.backend == "unet",
+               f"generator.augment works with the unet backend only; set it to 0 for {self.backend}.")
+        _check(self.lognormal_std > 0, "generator.lognormal_std must be positive.")
         for key in ("log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "warmup_kimg", "grad_clip", "weight_decay", "dropout"):
             _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
         _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")

@@ -70,9 +70,10 @@ def build_model(g_cfg, schema: ConditionSchema, device: torch.device) -> tuple[B
 
         model = build_text_denoiser(g_cfg, schema, device).to(device)
     else:
+        from synthaug.generator.augment import AUGMENT_DIM
         from synthaug.generator.model import build_denoiser
 
-        model = build_denoiser(schema, g_cfg.preset, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
+        model = build_denoiser(schema, g_cfg.preset, augment_dim=AUGMENT_DIM if g_cfg.augment else 0, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
                                layers_per_block=g_cfg.layers_per_block, dropout=g_cfg.dropout).to(device)
     return model, training_scheduler(g_cfg.schedule, g_cfg.num_timesteps, g_cfg.prediction)
 

@@ -129,14 +129,28 @@ class Denoiser(PixelSpace, nn.Module):
     """``forward(x_t, t, condition) -> model output`` for a class (B,) or attribute (B, A) condition, in pixel
     space (a :class:`~synthaug.generator.backends.Backend`)."""
 
-    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None):
+    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None, augment_dim: int = 0):
         super().__init__()
         self.unet = unet
         self.attributes = attributes
+        # non-leaky augmentation (training only): the augmentation's condition vector, through a bias-free linear
+        # layer, is added to the timestep embedding; sampling passes none (the zero vector: exactly no change), so
+        # the layer is not part of the saved weights
+        self.augment = nn.Linear(augment_dim, unet.config.block_out_channels[0] * 4, bias=False) if augment_dim else None
+        if self.augment is not None:
+            nn.init.zeros_(self.augment.weight)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor,
+                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = condition if self.attributes is None else self.attributes(condition).to(sample.dtype)
-        return self.unet(sample, timestep, class_labels=labels).sample
+        if augment_labels is None or self.augment is None:
+            return self.unet(sample, timestep, class_labels=labels).sample
+        extra = self.augment(augment_labels.to(self.augment.weight.dtype))
+        hook = self.unet.time_embedding.register_forward_hook(lambda module, args, out: out + extra.to(out.dtype))
+        try:
+            return self.unet(sample, timestep, class_labels=labels).sample
+        finally:
+            hook.remove()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
@@ -158,7 +172,7 @@ class Denoiser(PixelSpace, nn.Module):
         return cls(unet, attributes)
 
 
-def build_denoiser(schema: ConditionSchema, preset: str = "tiny", **overrides) -> Denoiser:
+def build_denoiser(schema: ConditionSchema, preset: str = "tiny", augment_dim: int = 0, **overrides) -> Denoiser:
     """A freshly initialised denoiser for ``schema`` (see :func:`unet_config` for ``overrides``).
 
     >>> from synthaug.generator.conditions import ConditionSchema
@@ -172,4 +186,4 @@ def build_denoiser(schema: ConditionSchema, preset: str = "tiny", **overrides) -
     attributes = None
     if schema.kind == "attributes":
         attributes = AttributeEmbedding(levels=tuple(schema.attribute_levels), dim=config["block_out_channels"][0] * 4)
-    return Denoiser(unet, attributes)
+    return Denoiser(unet, attributes, augment_dim)

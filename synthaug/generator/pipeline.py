@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from synthaug.errors import SynthaugError
-from synthaug.device import default_device, inference_dtype
+from synthaug.device import default_device, inference_dtype, out_of_memory_advice
 from synthaug.generator.conditions import ConditionSchema
 from synthaug.generator.sampling import check_steps, sample_images, steps_run
 from synthaug.recipe import SamplingConfig, load_recipe
@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 # How long load() waits for a training that is swapping ema/ (two renames; it takes milliseconds).
 LOAD_RETRIES, LOAD_RETRY_WAIT_S = 50, 0.1
+
+
+def sampling_oom(sampling: SamplingConfig) -> str:
+    """What to do when drawing runs out of GPU memory (see ``device.out_of_memory_advice``)."""
+    smaller = max(1, sampling.network_batch // 2)
+    return (f"running {sampling.network_batch} rows per network call; set sampling.network_batch to {smaller} "
+            f"(--set sampling.network_batch={smaller}); images drawn with another network batch may differ in their "
+            "last bits from these.")
 
 
 @dataclass(frozen=True)
@@ -157,15 +165,16 @@ class Generator:
     def sample_conditions(self, conditions: list[Condition], seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
         """uint8 (B, H, W, C) images, one per (condition, seed), drawn ``sampling.batch_size`` at a time."""
         out = []
-        for start in range(0, len(seeds), sampling.batch_size):
-            chunk = conditions[start : start + sampling.batch_size]
-            value = torch.tensor([c.value for c in chunk], dtype=torch.long)
-            value = value[:, 0] if self.schema.kind == "class" else value
-            out.append(sample_images(
-                self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size], self.scheduler_config,
-                sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
-                network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
-            ))
+        with out_of_memory_advice(sampling_oom(sampling)):
+            for start in range(0, len(seeds), sampling.batch_size):
+                chunk = conditions[start : start + sampling.batch_size]
+                value = torch.tensor([c.value for c in chunk], dtype=torch.long)
+                value = value[:, 0] if self.schema.kind == "class" else value
+                out.append(sample_images(
+                    self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size], self.scheduler_config,
+                    sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                    network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
+                ))
         return np.concatenate(out) if out else np.zeros((0, self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
 
     def vary_conditions(self, sources: np.ndarray, conditions: list[Condition], strengths: list[float], seeds: list[int],
@@ -174,20 +183,21 @@ class Generator:
         condition at its strength with its seed; and the sampler steps each ran. Images of one strength are drawn
         ``sampling.batch_size`` at a time; an image does not depend on which others share its batch."""
         out = np.zeros((len(seeds), self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
-        for strength in sorted(set(strengths)):
-            rows = [i for i, v in enumerate(strengths) if v == strength]
-            for start in range(0, len(rows), sampling.batch_size):
-                chunk = rows[start : start + sampling.batch_size]
-                value = torch.tensor([conditions[i].value for i in chunk], dtype=torch.long)
-                value = value[:, 0] if self.schema.kind == "class" else value
-                pixels = torch.from_numpy(np.ascontiguousarray(sources[chunk])).permute(0, 3, 1, 2).to(self.device)
-                with torch.inference_mode():
-                    init = self.denoiser.encode(pixels)
-                out[chunk] = sample_images(
-                    self.denoiser, value, self.schema.null(1), [seeds[i] for i in chunk], self.scheduler_config,
-                    sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
-                    network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype, init=init, strength=strength,
-                )
+        with out_of_memory_advice(sampling_oom(sampling)):
+            for strength in sorted(set(strengths)):
+                rows = [i for i, v in enumerate(strengths) if v == strength]
+                for start in range(0, len(rows), sampling.batch_size):
+                    chunk = rows[start : start + sampling.batch_size]
+                    value = torch.tensor([conditions[i].value for i in chunk], dtype=torch.long)
+                    value = value[:, 0] if self.schema.kind == "class" else value
+                    pixels = torch.from_numpy(np.ascontiguousarray(sources[chunk])).permute(0, 3, 1, 2).to(self.device)
+                    with torch.inference_mode():
+                        init = self.denoiser.encode(pixels)
+                    out[chunk] = sample_images(
+                        self.denoiser, value, self.schema.null(1), [seeds[i] for i in chunk], self.scheduler_config,
+                        sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                        network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype, init=init, strength=strength,
+                    )
         return out, [steps_run(sampling.steps, v) if v < 1 else sampling.steps for v in strengths]
 
     def vary(self, images, conditions: list[str | int | dict], strength: float = 0.5, seed: int = 0,

@@ -26,6 +26,7 @@ import torch
 
 from synthaug import __version__, progress
 from synthaug.data import load_dataset
+from synthaug.device import out_of_memory_advice
 from synthaug.errors import SynthaugError
 from synthaug.files import (
     exclusive_lock,
@@ -37,6 +38,7 @@ from synthaug.files import (
     write_checksums,
     write_text_atomic,
 )
+from synthaug.generator.augment import apply_augmentations, draw_augmentations, lognormal_timesteps, power_ema, power_ema_gamma
 from synthaug.generator.backends import Backend, build_model, describe_backend
 from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
 from synthaug.generator.loss import DiffusionLoss
@@ -479,7 +481,10 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         warmup_steps = int(g_cfg.warmup_kimg * 1000 / g_cfg.batch_size)
         lr_sched = get_scheduler("cosine" if g_cfg.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
                                  num_warmup_steps=warmup_steps, num_training_steps=total_steps)
-        ema = EMAModel(params, decay=g_cfg.ema_decay, use_ema_warmup=True, power=g_cfg.ema_power, foreach=True)
+        if g_cfg.ema_std:  # EDM2's power-function EMA: its window is a fixed share of the run so far
+            ema = power_ema(EMAModel, power_ema_gamma(g_cfg.ema_std))(params, decay=1.0, foreach=True)
+        else:
+            ema = EMAModel(params, decay=g_cfg.ema_decay, use_ema_warmup=True, power=g_cfg.ema_power, foreach=True)
 
         # 4. resume
         step = nimg = 0
@@ -523,27 +528,42 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
         loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
         tick_time, tick_nimg = time.perf_counter(), nimg
-        with progress.task(f"training on {dataset_label(recipe.data.spec)}", total=total_nimg) as bar:
+        smaller = max((d for d in range(1, micro) if per_device % d == 0), default=0)
+        oom = (f"training {micro} images per step on each device; set generator.batch_per_device to {smaller} (or another "
+               f"divisor of {per_device}): the batch stays {g_cfg.batch_size} through gradient accumulation, and the same "
+               "command resumes from the last snapshot." if smaller else
+               "training one image per step; use a smaller generator.preset or data.resolution.")
+        with out_of_memory_advice(oom), progress.task(f"training on {dataset_label(recipe.data.spec)}", total=total_nimg) as bar:
             bar.resume(nimg)
             while nimg < total_nimg:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
                 rows = batch_rows(step, g_cfg.batch_size, len(dataset), g_cfg.seed).to(device)
-                t_all = torch.randint(0, num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
+                if g_cfg.noise_sampling == "lognormal":
+                    t_all = lognormal_timesteps(g_cfg.batch_size, alphas_cumprod, g_cfg.lognormal_mean, g_cfg.lognormal_std,
+                                                g, device)
+                else:
+                    t_all = torch.randint(0, num_timesteps, (g_cfg.batch_size,), generator=g, device=device)
                 noise_all = torch.randn((g_cfg.batch_size, *model.sample_shape), generator=g, device=device)
                 cond_all = drop_conditions(conds[rows], null, g_cfg.cond_drop_prob, g)
                 flip_all = torch.rand(g_cfg.batch_size, generator=g, device=device) < (0.5 if g_cfg.flip else 0.0)
+                aug_all = (draw_augmentations(g_cfg.batch_size, g_cfg.augment, model.sample_shape[-1], g, device)
+                           if g_cfg.augment else None)
                 net.train()
                 share = data.step_share(step, rows)
                 for m in range(accum):
                     sl = slice(rank * per_device + m * micro, rank * per_device + (m + 1) * micro)
                     x0 = data.take(share, slice(m * micro, (m + 1) * micro), flip_all[sl])
                     t, noise = t_all[sl], noise_all[sl]
+                    extra = ()
+                    if aug_all is not None:
+                        x0, labels = apply_augmentations(x0, aug_all[sl])
+                        extra = (labels,)
                     x_t = train_sched.add_noise(x0, noise, t)
                     if device.type == "cuda":
                         x_t = x_t.contiguous(memory_format=torch.channels_last)
                     with accelerator.no_sync(net) if m < accum - 1 else torch.enable_grad():
-                        out = net(x_t, t, cond_all[sl])
+                        out = net(x_t, t, cond_all[sl], *extra)
                         loss = loss_fn(out, x0, noise, alphas_cumprod[t])
                         accelerator.backward(loss / accum)
                     loss_sum += loss.detach()
