@@ -203,3 +203,22 @@ def test_gpu_check_keeps_a_recipe_in_a_child_process_within_its_limit(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r = json.loads(out.read_text())["recipes"]["cars"]
     assert r["status"] == "ok" and r["time_limit_s"] > 0 and "train_compiled" in r["stages"]
+
+
+@pytest.mark.slow
+def test_every_gpu_recipe_states_the_cost_its_flop_count_gives():
+    """The training cost written in each GPU recipe's header is what benchmarks/recipe_cost.py computes today."""
+    import re
+
+    import recipe_cost
+
+    for name in recipe_cost.CONDITIONS:
+        row = recipe_cost.cost(name)
+        assert row["training_pflop"] == pytest.approx(row["duration_kimg"] * 1e3 * row["forward_gflop_per_image"] * 1e9
+                                                      * (2 if name == "birds-sd-lora" else 3) / 1e15, rel=1e-3)
+        header = (BENCHMARKS.parent / "recipes" / f"{name}.toml").read_text()
+        stated = re.search(r"Cost, computed from FLOP counts.*?: ([\d.]+) GFLOP\n# per image forward, ([\d,]+) PFLOP for "
+                           r"([\d,]+) kimg: about ([\d.]+)-([\d.]+) h", header, re.S)
+        assert stated, name
+        assert float(stated[1]) == row["forward_gflop_per_image"] and int(stated[2].replace(",", "")) == round(row["training_pflop"])
+        assert (float(stated[4]), float(stated[5])) == tuple(row["training_hours_h100"])
