@@ -246,7 +246,11 @@ def reference_training(files, schema, model, method: ReferenceMethod, batch_size
     torch.manual_seed(seed)
     noise_scheduler = training_scheduler(method.schedule, 1000, method.prediction)
     optimizer = torch.optim.AdamW(model.parameters(), lr=method.lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    loader = torch.utils.data.DataLoader(Files(), batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
+    # shuffled epochs of whole batches, as the example's loader gives; a set smaller than one batch (a few shots per
+    # class) repeats within an epoch, so every step still has the batch synthaug's side has (drop_last alone would
+    # give no batch at all)
+    sampler = torch.utils.data.RandomSampler(Files(), num_samples=max(len(files), batch_size))
+    loader = torch.utils.data.DataLoader(Files(), batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=True)
     lr_scheduler = get_scheduler("cosine" if method.lr_schedule == "cosine" else "constant_with_warmup", optimizer=optimizer,
                                  num_warmup_steps=method.warmup_steps, num_training_steps=num_steps or 10**9)
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)

@@ -222,3 +222,23 @@ def test_every_gpu_recipe_states_the_cost_its_flop_count_gives():
         assert stated, name
         assert float(stated[1]) == row["forward_gflop_per_image"] and int(stated[2].replace(",", "")) == round(row["training_pflop"])
         assert (float(stated[4]), float(stated[5])) == tuple(row["training_hours_h100"])
+
+
+def test_the_reference_trains_full_batches_on_a_set_smaller_than_one_batch(tmp_path):
+    """10 images and a batch of 16 (a few shots per class): the reference still steps, with the full batch
+    (it once looped forever: drop_last left no batch at all)."""
+    from harness import ReferenceMethod, reference_training
+    from PIL import Image
+
+    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.generator.model import build_denoiser
+
+    files = []
+    for i in range(10):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        files.append((tmp_path / f"{i}.png", i % 2))
+    schema = ConditionSchema("class", ("a", "b"), (0, 1), resolution=8, channels=1)
+    model = build_denoiser(schema, "tiny", base_channels=8)
+    steps = reference_training(files, schema, model, ReferenceMethod(warmup_steps=1), 16, "cpu")
+    seen = [next(steps) for _ in range(3)]
+    assert [s.step for s in seen] == [1, 2, 3] and [s.images for s in seen] == [16, 32, 48]
