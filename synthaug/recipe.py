@@ -36,6 +36,9 @@ ConditionKind = Literal["auto", "class", "attributes"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 on a GPU that has it
 Sampler = Literal["ddpm", "ddim", "dpm++2m", "unipc", "euler"]
 Pretrained = Literal["none", "offline", "hub"]  # offline: registry-package ImageNet weights; hub: timm download
+# finetune: every weight of the classifier trains; linear-probe: a frozen ImageNet backbone whose features are
+# extracted once per image set, with only a linear head trained per seed (affordable on a CPU)
+ClassifierProtocol = Literal["finetune", "linear-probe"]
 
 BACKENDS = typing.get_args(Backend)
 PRESETS = typing.get_args(Preset)
@@ -44,6 +47,7 @@ LOSSES = typing.get_args(Loss)
 CONDITION_KINDS = typing.get_args(ConditionKind)
 SAMPLERS = typing.get_args(Sampler)
 PRETRAINED = typing.get_args(Pretrained)
+PROTOCOLS = typing.get_args(ClassifierProtocol)
 SPLITS = typing.get_args(Split)
 LEVELS = typing.get_args(Level)
 
@@ -77,12 +81,12 @@ class GeneratorConfig:
     dropout: float = 0.0
     condition: ConditionKind = "auto"
     cond_drop_prob: float = 0.1  # probability of the null condition, for classifier-free guidance
-    prediction: Prediction = "epsilon"  # sd-lora: its base model's
+    prediction: Prediction = "v"  # sd-lora: its base model's
     loss: Loss = "mse"
-    min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma weighting (e.g. 5); 0: none (with v and lognormal: EDM's weighting)
     schedule: Schedule = "cosine"  # the noise schedule; sd-lora: its base model's
     num_timesteps: int = 1000  # sd-lora: its base model's
-    noise_sampling: NoiseSampling = "uniform"  # lognormal: EDM's ln(sigma) ~ N(lognormal_mean, lognormal_std)
+    noise_sampling: NoiseSampling = "lognormal"  # EDM's ln(sigma) ~ N(lognormal_mean, lognormal_std); or uniform timesteps
     lognormal_mean: float = -1.2
     lognormal_std: float = 1.2
     duration_kimg: float = 100.0
@@ -180,6 +184,8 @@ class BenchmarkConfig:
 
     classifier: str = "test_resnet"  # a timm model name
     pretrained: Pretrained = "none"
+    protocol: ClassifierProtocol = "finetune"  # linear-probe: frozen backbone (needs pretrained weights) + linear head
+    probe_views: int = 4  # linear-probe with classic augmentation: augmented views per image whose features are cached
     classifier_resolution: int = 16
     steps: int = 120
     batch_size: int = 64
@@ -209,6 +215,10 @@ class BenchmarkConfig:
         _check(self.seeds >= 2, "benchmark.seeds must be at least 2 (intervals and paired tests need them).")
         _check(self.steps > 0 and self.batch_size > 0 and self.judge_steps > 0, "benchmark steps and batch_size must be positive.")
         _check(self.classifier_resolution > 0, "benchmark.classifier_resolution must be positive.")
+        _check(self.protocol != "linear-probe" or self.pretrained != "none",
+               "benchmark.protocol linear-probe trains only a head on a frozen backbone, which needs ImageNet weights; "
+               "set benchmark.pretrained to offline or hub.")
+        _check(self.probe_views >= 1, "benchmark.probe_views must be at least 1.")
         _check(len(self.shots_per_class) > 0 and all(k >= 0 for k in self.shots_per_class),
                "benchmark.shots_per_class must list 0 (all) or positive counts.")
         _check(all(r > 0 for r in self.synthetic_ratios), "benchmark.synthetic_ratios must be positive.")

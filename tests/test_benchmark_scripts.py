@@ -98,13 +98,13 @@ def test_time_to_quality_applies_model_settings_to_both_sides_and_method_setting
     import bench_time_to_quality as ttq
 
     args = ttq.parse_args(["--set", "generator.base_channels=16", "--set", "generator.lr=1e-3",
-                           "--variant", "a", "--variant", "b", "--set", "generator.prediction=v"])
+                           "--variant", "a", "--variant", "b", "--set", "generator.prediction=epsilon"])
     assert args.settings == ["generator.base_channels=16", "generator.lr=1e-3"]
-    assert args.variants == [{"name": "a", "settings": []}, {"name": "b", "settings": ["generator.prediction=v"]}]
+    assert args.variants == [{"name": "a", "settings": []}, {"name": "b", "settings": ["generator.prediction=epsilon"]}]
     base, recipes = ttq.recipes_for(ttq.DATA["digits"], args.settings, args.variants, Path("/tmp/unused"))
     assert base.generator.base_channels == 16 and base.generator.lr == 2e-3  # the reference: model size only
     assert recipes["a"].generator.base_channels == 16 and recipes["a"].generator.lr == 1e-3
-    assert recipes["b"].generator.prediction == "v" and recipes["a"].generator.prediction == "epsilon"
+    assert recipes["b"].generator.prediction == "epsilon" and recipes["a"].generator.prediction == "v"
     with pytest.raises(SystemExit, match="both sides must share; give it before the first --variant"):
         ttq.parse_args(["--variant", "a", "--set", "generator.batch_size=64"])
     with pytest.raises(SystemExit, match="chosen by this benchmark"):

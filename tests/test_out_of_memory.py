@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 from conftest import TINY
-from test_cli import one_sentence_error, run
+from test_cli import run
+from test_reliability import error_line
 
 import synthaug.generator.pipeline as pipeline_module
 from synthaug.errors import SynthaugError
@@ -26,7 +27,7 @@ def test_training_out_of_memory_names_batch_per_device_and_keeps_the_last_snapsh
 
     monkeypatch.setattr(Denoiser, "forward", forward_until_step_three)
     settings = [a for s in TINY for a in ("--set", s)]
-    line = one_sentence_error(run("train", *settings, "--out", str(tmp_path / "r")))
+    line = error_line(run("train", *settings, "--out", str(tmp_path / "r")))  # after the training's own log lines
     assert "The GPU ran out of memory training 32 images per step on each device" in line
     assert "set generator.batch_per_device to 16" in line and "resumes from the last snapshot" in line
     assert json.loads((tmp_path / "r" / "state" / "state.json").read_text())["step"] == 2
@@ -44,4 +45,4 @@ def test_sampling_out_of_memory_names_network_batch(digits_run, monkeypatch):
     monkeypatch.setattr(pipeline_module, "sample_images", out_of_memory)
     gen = Generator.load(digits_run.path)
     with pytest.raises(SynthaugError, match=r"running 8 rows per network call; set sampling.network_batch to 4"):
-        gen.sample(["3"], n=2)
+        gen.sample(["3"], n=16)  # more rows than the network batch: the recipe's 8 rows per call

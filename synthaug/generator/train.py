@@ -50,8 +50,11 @@ from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between a run and its resumption (how long, how often to report).
-RESUMABLE_CHANGES = {"duration_kimg", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile"}
+# Keys that may change between a run and its resumption: how long, how often to report, and how each step is
+# computed (precision, compilation, and how a device's share of the batch is split into micro-batches: what a GPU
+# that ran out of memory is told to lower)
+RESUMABLE_CHANGES = {"duration_kimg", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile",
+                     "batch_per_device"}
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
