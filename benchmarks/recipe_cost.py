@@ -94,7 +94,7 @@ def cost(name: str) -> dict:
             "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
             "forward_gflop_per_image": round(f / 1e9, 2), "duration_kimg": g.duration_kimg,
             "training_pflop": round(train / 1e15, 1), "training_hours_h100": hours(train),
-            "draw_1000_tflop": round(draw / 1e12, 1), "draw_1000_seconds_h100": [round(h * 3600, 1) for h in hours(draw)]}
+            "draw_1000_tflop": round(draw / 1e12, 1), "draw_1000_seconds_h100": [round(draw / (PEAK_TFLOPS * 1e12 * m), 1) for m in MFU]}
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class ConfidenceFilter:
         from synthaug.classifier import Images
 
         x = Images.of(images, np.zeros((len(images), len(self.levels)), np.int64), self.config.resolution, self.device)
-        probs = head_probabilities(self.model, x, self.levels)
+        probs = head_probabilities(self.model, x, self.levels, cache=False)  # candidates are seen once: keep no features
         intended = np.asarray(intended).reshape(len(images), -1)
         out = np.ones(len(images))
         for a, p in enumerate(probs):

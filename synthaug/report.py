@@ -192,6 +192,11 @@ def answer_lines(report: dict) -> list[str]:
     return lines
 
 
+def classifier_text(c: dict) -> str:
+    """Which classifier and protocol (fine-tuned, or a linear probe on a frozen backbone); older reports were fine-tuned."""
+    return c.get("description") or f"{c['model']}, fine-tuned ({c['pretrained']} weights)"
+
+
 def render_markdown(report: dict) -> str:
     d, c = report["dataset"], report["classifier"]
     faces = has_faces(report)
@@ -209,7 +214,7 @@ def render_markdown(report: dict) -> str:
         *answer_lines(report),
         "## Does synthetic data help? (real test split)",
         "",
-        f"Classifier `{c['model']}` (weights: {c['pretrained']}), {c['steps']} steps of {c['batch_size']} images at "
+        f"Classifier: {classifier_text(c)}; {c['steps']} steps of {c['batch_size']} images at "
         f"{c['resolution']} px for every arm, seeds {c['seeds']}. Intervals are 95% t-intervals over seeds; gains are "
         "paired by seed (the same seed starts every arm from the same weights), and * marks p < 0.05 (paired t-test). "
         "Every synthetic arm is on top of classic augmentation; `Nx real` arms have N times the real images.",

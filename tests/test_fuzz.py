@@ -19,7 +19,9 @@ CHOICES = {f"{section}.{name}": typing.get_args(hint)
            for section, cls in SECTIONS.items() for name, hint in typing.get_type_hints(cls).items()
            if typing.get_origin(hint) is typing.Literal}
 # Backends that need another key to load at all.
-COMPANIONS = {"sd-lora": {"base_model": "/models/sd"}, "text-unet": {"text_encoder": "/models/t5"}}
+# Values that need another key set with them (full keys)
+COMPANIONS = {"sd-lora": {"generator.base_model": "/models/sd"}, "text-unet": {"generator.text_encoder": "/models/t5"},
+              "linear-probe": {"benchmark.pretrained": "offline"}}
 ALLOWED = sorted({v for values in CHOICES.values() for v in values})
 
 
@@ -50,8 +52,11 @@ def choice_settings(draw, valid: bool):
 
 
 def section_of(key: str, value) -> dict:
-    section, name = key.split(".")
-    return {section: {name: value, **COMPANIONS.get(value, {})}} if isinstance(value, str) else {section: {name: value}}
+    out: dict = {}
+    for k, v in [(key, value), *(COMPANIONS.get(value, {}).items() if isinstance(value, str) else [])]:
+        section, name = k.split(".")
+        out.setdefault(section, {})[name] = v
+    return out
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -87,7 +92,7 @@ TYPED = st.text("abcdefghijklmnopqrstuvwxyzABC0123456789+-_.", min_size=1, max_s
 def test_train_dry_run_accepts_exactly_the_allowed_values(key, data):
     allowed = CHOICES[key]
     value = data.draw(st.one_of(st.sampled_from(allowed), TYPED.filter(lambda v: v not in allowed)))
-    companions = [f"generator.{k}={v}" for k, v in COMPANIONS.get(value, {}).items()]
+    companions = [f"{k}={v}" for k, v in COMPANIONS.get(value, {}).items()]
     result = cli("train", "--set", f"{key}={value}", *[a for c in companions for a in ("--set", c)], "--dry-run")
     if value in allowed:
         assert result.exit_code == 0 and f'{key.split(".")[1]} = "{value}"' in result.output, result.output

@@ -173,7 +173,8 @@ class Evaluator:
             judge = train_classifier(train, None, self.targets.levels, judge_config, seed=derive_seed("judge"),
                                      description="judge (every real training image)")
             pred = predict(judge, self.test_images, self.targets.levels).cpu().numpy()
-            info = {"model": judge_config.model, "steps": judge_config.steps, "trained_on": "every real training image",
+            info = {"model": judge_config.model, "protocol": judge_config.protocol, "steps": judge_config.steps,
+                    "trained_on": "every real training image",
                     "train_images": len(self.train),
                     "test_score": score(pred, self.test_images.y.cpu().numpy(), self.targets.levels)}
             if judge_folder:
