@@ -255,6 +255,20 @@ def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def optimization_step(loss: torch.Tensor, optimizer, schedule) -> None:
+    """One step of a classifier's (or a probe head's) AdamW and learning-rate schedule on ``loss``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+
+
+def check_finite(loss: torch.Tensor) -> None:
+    """A training that ended on a non-finite loss is an error the user can fix."""
+    if not math.isfinite(loss.item()):
+        raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
+
+
 def head_loss(logits: torch.Tensor, targets: torch.Tensor, levels: list[int], smoothing: float) -> torch.Tensor:
     """Mean cross-entropy over the heads; the logits of head a are a contiguous block of levels[a]."""
     losses, start = [], 0
@@ -464,13 +478,9 @@ def train_linear_probe(images: Images, levels: list[int], config: ClassifierConf
                 view = torch.randint(0, num_views, (config.batch_size,), generator=g, device=device)
                 x, y = feats[rows, view], images.y[rows]
             loss = head_loss(probe.head(x), y, levels, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            optimization_step(loss, optimizer, schedule)
             bar.advance()
-    if not math.isfinite(loss.item()):
-        raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
+    check_finite(loss)
     return probe.eval()
 
 
@@ -543,13 +553,9 @@ def train_classifier(
                 x = augment(x, g, flip)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             loss = head_loss(model(x), y, levels, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            optimization_step(loss, optimizer, schedule)
             bar.advance()
-    if not math.isfinite(loss.item()):
-        raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
+    check_finite(loss)
     return model.eval()
 
 
