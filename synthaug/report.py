@@ -180,6 +180,9 @@ def answer_lines(report: dict) -> list[str]:
                   f"- Chosen on the validation split (never on test): {c['label']}; baseline {summary['baseline_arm']}. "
                   f"Gain {100 * g['mean']:+.1f} points (95% CI ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f}); "
                   f"minimum detectable effect at 80% power: {pct(summary['min_detectable_effect'])} points.",
+                  *([f"- Against real + classic aug (the same training without the synthetic images): "
+                     f"{100 * v['mean']:+.1f} points (95% CI ±{pct(v['ci95'])}, paired p = {v['p_value']:.3f})."]
+                    if (v := summary.get("gain_vs_classic_aug")) and summary["baseline_arm"] != "real + classic aug" else []),
                   f"- Highest test score among the synthetic arms: {summary['best_synthetic_arm_by_test']} "
                   "(picked on test, so optimistic; shown for completeness)."]
         if worth_text(s):

@@ -242,3 +242,22 @@ def test_the_reference_trains_full_batches_on_a_set_smaller_than_one_batch(tmp_p
     steps = reference_training(files, schema, model, ReferenceMethod(warmup_steps=1), 16, "cpu")
     seen = [next(steps) for _ in range(3)]
     assert [s.step for s in seen] == [1, 2, 3] and [s.images for s in seen] == [16, 32, 48]
+
+
+def test_compare_grid_puts_real_and_each_synthetic_set_side_by_side_per_class(digits_run, tmp_path):
+    from PIL import Image
+
+    import compare_grid
+
+    from synthaug.synthesis import write_shards
+
+    side = 8  # the digits' own size, which the tiny run trains at
+    write_shards(digits_run.path, tmp_path / "plain", per_class=3, steps=2)
+    write_shards(digits_run.path, tmp_path / "vary", per_class=3, steps=2, from_real=True, strength=0.5)
+    out = compare_grid.main(["--data", "digits", "--resolution", str(side), "--rows", "4",
+                             "--set", f"synthetic={tmp_path / 'plain'}", "--set", f"variations={tmp_path / 'vary'}",
+                             "--out", str(tmp_path / "grid.png")])
+    grid = np.asarray(Image.open(out))
+    tile = 2 * (side + 2)  # tiles of the resolution, 2 px apart, enlarged twice
+    columns = 3 * 3 + 2  # 3 real | blank | 3 synthetic | blank | 3 variations
+    assert grid.shape[0] == 2 * (4 * (side + 2) + 2) and grid.shape[1] > columns * tile  # 4 class rows and a name margin

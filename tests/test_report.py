@@ -126,6 +126,29 @@ def test_verdicts_say_what_to_do():
     assert "only a gain of about 2.0 points would be detected" in verdict("A", "B", null, 0.02)
 
 
+def test_a_win_over_real_only_must_also_beat_classic_augmentation():
+    """Validation may choose plain real as the baseline; a synthetic arm (always on top of classic augmentation) that
+    beats it but not real + classic aug is not called worth running: the gain would be classic augmentation's."""
+    over_real = paired_gain([0.184, 0.186, 0.183], [0.167, 0.169, 0.166])
+    behind_aug = paired_gain([0.184, 0.186, 0.183], [0.191, 0.192, 0.190])
+    text = verdict("A", "real", over_real, 0.01, behind_aug)
+    assert text.startswith("Not shown to help beyond classic augmentation: A beats real by +1.7 points")
+    assert "against real + classic aug (the same training without the synthetic images) it is -0.7 points" in text
+    ahead_of_aug = paired_gain([0.184, 0.186, 0.183], [0.170, 0.171, 0.170])
+    assert verdict("A", "real", over_real, 0.01, ahead_of_aug).startswith("Worth running: A beats real")
+    assert verdict("A", "real + classic aug", over_real, 0.01, over_real).startswith("Worth running")
+
+
+def test_the_answer_names_the_gain_over_classic_augmentation_when_validation_chose_real():
+    report = fake_report()
+    s = report["settings"][0]
+    s["summary"]["baseline_arm"] = "real"
+    s["summary"]["gain_vs_classic_aug"] = paired_gain([0.75, 0.76, 0.77], [0.74, 0.76, 0.78])
+    assert "- Against real + classic aug (the same training without the synthetic images): +0.0 points" in render_markdown(report)
+    s["summary"]["baseline_arm"] = "real + classic aug"
+    assert "- Against real + classic aug" not in render_markdown(report)
+
+
 def test_min_detectable_effect_known_answer():
     from scipy import stats
 
