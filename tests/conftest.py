@@ -61,6 +61,16 @@ def write_image(path: Path, colour=(200, 30, 30), size=(40, 30), box=None, box_c
     return path
 
 
+def bars(n: int, seed: int, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical (0) vs horizontal (1) bars on noise: (n, 8, 8, channels) uint8 images and (n, 1) labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, (n, 8, 8, channels)).astype(np.uint8)
+    y = np.arange(n) % 2
+    x[y == 0, :, 3:5] = 230
+    x[y == 1, 3:5, :] = 230
+    return x, y[:, None]
+
+
 def mean_colour(image: np.ndarray) -> np.ndarray:
     return image.reshape(-1, image.shape[-1]).mean(axis=0)
 

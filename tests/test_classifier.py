@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import bars
 from synthaug.benchmark.arms import Arm, SyntheticPool, compare, run_arm, train_data
 from synthaug.classifier import Images
 from synthaug.classifier import ClassifierConfig, augment, head_loss, predict, score, train_classifier
@@ -69,16 +70,6 @@ def test_augment_without_flip_never_mirrors():
     flipped = augment(x, torch.Generator().manual_seed(0), flip=True)
     right_heavy = flipped[:, :, :, 8:].mean(dim=(1, 2, 3)) > flipped[:, :, :, :8].mean(dim=(1, 2, 3))
     assert 10 < int(right_heavy.sum()) < 54  # about half are mirrored
-
-
-def bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical (0) vs horizontal (1) bars on noise, (n, 8, 8, 1) uint8."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.uint8)
-    y = np.arange(n) % 2
-    x[y == 0, :, 3:5] = 230
-    x[y == 1, 3:5, :] = 230
-    return x, y[:, None]
 
 
 def test_training_is_seeded_and_learns():

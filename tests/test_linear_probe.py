@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import bars
 from synthaug import SynthaugError, classifier
 from synthaug.classifier import (ClassifierConfig, Images, LinearProbe, frozen_backbone, load_classifier, predict,
                                  probe_features, save_classifier, train_classifier)
@@ -49,18 +50,8 @@ def fake_imagenet(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical (0) vs horizontal (1) bars on noise, (n, 8, 8, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 60, (n, 8, 8, 3)).astype(np.uint8)
-    y = np.arange(n) % 2
-    x[y == 0, :, 3:5] = 230
-    x[y == 1, 3:5, :] = 230
-    return x, y[:, None]
-
-
 def images(n: int, seed: int) -> Images:
-    return Images.of(*bars(n, seed), 8, CPU)
+    return Images.of(*bars(n, seed, channels=3), 8, CPU)
 
 
 def count_backbone_calls(in_chans: int = 3) -> list[int]:
