@@ -15,16 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from synthaug.data import load_dataset
-from synthaug.grids import label_rows, save_png, spread_classes, tile_images, upscale
-from synthaug.shards import held_classes, load_shard_set, map_labels
-
-
-def pick(rng, labels: np.ndarray, c: int, k: int) -> list[int]:
-    rows = np.flatnonzero(labels == c)
-    return list(rng.choice(rows, size=min(k, len(rows)), replace=False)) if len(rows) else []
+from synthaug.grids import label_rows, save_png, upscale
+from synthaug.report import sample_grid
+from synthaug.shards import load_shard_set
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -38,31 +32,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
 
     real = load_dataset(args.data, resolution=args.resolution).split("train")
-    sets = []
-    for item in args.set:
-        label, _, folder = item.partition("=")
-        syn = load_shard_set(Path(folder))
-        sets.append((label, syn, map_labels(syn.class_names, real.class_names, present=held_classes(syn))[syn.labels]))
-    rng = np.random.default_rng(0)
-    blank = np.full(real.images.shape[1:], 255, dtype=np.uint8)
-    k = args.per_side
-    tiles, names = [], []
-    for c in spread_classes(real.num_classes, args.rows):
-        row = [real.images[i] for i in pick(rng, real.labels, c, k)]
-        row += [blank] * (k - len(row))
-        for _, syn, labels in sets:
-            chosen = [syn.images[i] for i in pick(rng, labels, c, k)]
-            row += [blank] + chosen + [blank] * (k - len(chosen))
-        tiles += row
-        names.append(real.class_names[c])
-    ncol = k * (1 + len(sets)) + len(sets)
-    grid = tile_images(np.stack(tiles), ncol)
+    named = [item.partition("=") for item in args.set]
+    grid, names = sample_grid(real, *(load_shard_set(Path(folder)) for _, _, folder in named),
+                              per_side=args.per_side, max_rows=args.rows)
     grid = upscale(grid, 2 * max(grid.shape[:2]))  # 2x, nearest neighbour: small pixels stay visible
-    grid = label_rows(grid, names)
-    header = "columns: real | " + " | ".join(label for label, _, _ in sets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(grid, args.out)
-    print(f"wrote {args.out} ({header})")
+    save_png(label_rows(grid, names), args.out)
+    print(f"wrote {args.out} (columns: real | {' | '.join(label for label, _, _ in named)})")
     return args.out
 
 

@@ -335,23 +335,25 @@ def plot_guidance_sweep(report: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def sample_grid(real, syn, per_side: int = 4, max_rows: int = 10) -> np.ndarray:
-    """Per class: ``per_side`` real images, a blank, then ``per_side`` synthetic ones; rows labelled by class."""
+def sample_grid(real, *synthetic, per_side: int = 4, max_rows: int = 10) -> tuple[np.ndarray, list[str]]:
+    """Per class: ``per_side`` real images, then a blank and ``per_side`` images of each synthetic set; rows labelled
+    by class (the names are returned with the grid)."""
     from synthaug.shards import held_classes, map_labels
 
     rng = np.random.default_rng(0)
     classes = spread_classes(real.num_classes, max_rows)
-    syn_labels = map_labels(syn.class_names, real.class_names, present=held_classes(syn))[syn.labels] if (syn.labels >= 0).all() else syn.labels
+    pools = [(real.images, real.labels)]
+    for syn in synthetic:
+        labels = map_labels(syn.class_names, real.class_names, present=held_classes(syn))[syn.labels] if (syn.labels >= 0).all() else syn.labels
+        pools.append((syn.images, labels))
     blank = np.full(real.images.shape[1:], 255, dtype=np.uint8)
     tiles = []
     for c in classes:
-        for pool, labels in ((real.images, real.labels), (syn.images, syn_labels)):
+        for k, (pool, labels) in enumerate(pools):
             rows = np.flatnonzero(labels == c) if real.num_classes > 1 else np.arange(len(pool))
             pick = rng.choice(rows, size=min(per_side, len(rows)), replace=False) if len(rows) else []
-            tiles += [pool[i] for i in pick] + [blank] * (per_side - len(pick))
-            if pool is real.images:
-                tiles.append(blank)
-    return tile_images(np.stack(tiles), 2 * per_side + 1), [real.class_names[c] for c in classes]
+            tiles += ([blank] if k else []) + [pool[i] for i in pick] + [blank] * (per_side - len(pick))
+    return tile_images(np.stack(tiles), len(pools) * (per_side + 1) - 1), [real.class_names[c] for c in classes]
 
 
 def write_report(report: dict, out: Path, real, settings) -> None:
