@@ -25,8 +25,11 @@ from synthaug.errors import SynthaugError
 from synthaug.recipe import Sampler
 from synthaug.words import count
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich draws 80 columns when it is not writing to a terminal, which wraps tables and log lines in a log file;
+# logs get 160 unless COLUMNS says otherwise (a terminal keeps its own width).
+_LOG_WIDTH = None if "COLUMNS" in os.environ else 160
+console = Console(width=None if sys.stdout.isatty() else _LOG_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _LOG_WIDTH)
 log = logging.getLogger("synthaug")
 
 
