@@ -104,7 +104,8 @@ def check_recipe_methods_ran(name: str, report: dict) -> None:
         assert any(a.startswith("real + classic aug, 2x real") for a in arms)  # "worth N real images"
         tested = [m for m in s["choices"]["tested"]]
         assert any(m["strengths"] for m in tested), "real-guided variations are tried"
-        assert any(m["min_confidence"] for m in tested), "confidence filtering is tried"
+        if b.min_confidences:  # faces-cpu leaves filtering out by measurement (its header)
+            assert any(m["min_confidence"] for m in tested), "confidence filtering is tried"
         assert s["choices"]["method"]["strengths"] or s["choices"]["method"]["guidance"] in b.guidance_sweep
         measured = [q for q in (syn["quality"] for syn in s["synthetic_sets"].values()) if q and q.get("fid") is not None]
         assert measured and all("memorization" in q for q in measured)
@@ -115,6 +116,7 @@ def test_cub_cpu_recipe_runs_end_to_end_on_a_tiny_made_up_cub(tmp_path, fid_weig
     tree = write_cub(tmp_path / "CUB_200_2011")
     report, output = run_cpu_recipe("cub-cpu", f"cub:{tree}", tmp_path)
     check_recipe_methods_ran("cub-cpu", report)
+    assert load_recipe(RECIPES / "cub-cpu.toml").benchmark.min_confidences, "cub-cpu filters by confidence"
     assert report["dataset"]["classes"] == 3
     assert "Does synthetic data help?" in output
 
