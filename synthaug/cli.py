@@ -183,6 +183,31 @@ def check_manifest_dataset(folder: Path) -> None:
                             f"{fmt.name}:PATH with its new place.")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or `kill`'s stop), raised where the command is so that it stops as after Ctrl-C:
+    workers stopped, finished files kept, no traceback."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """While a command runs, SIGTERM raises Terminated in it instead of killing the process on the spot."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def command(*args, **kwargs):
     """Register a command whose user mistakes (SynthaugError, an OS error) print one sentence and exit 1."""
 
@@ -192,10 +217,14 @@ def command(*args, **kwargs):
             try:
                 # Bars for a person at a terminal; plain lines at a steady interval in a log file or a pipe
                 # (where rich's live bars print nothing, or a blank line for each finished bar).
-                with progress.enabled(err_console) if err_console.is_terminal else progress.lines(sys.stderr):
+                with terminate_as_interrupt(), \
+                        progress.enabled(err_console) if err_console.is_terminal else progress.lines(sys.stderr):
                     return fn(*a, **k)
             except SynthaugError as e:
                 fail(str(e))
+            except Terminated:
+                fail("Stopped by SIGTERM; files already written are kept, and running the same command again "
+                     "continues.", 143)
             except KeyboardInterrupt:
                 fail("Interrupted; files already written are kept, and running the same command again continues.", 130)
             except OSError as e:  # a full disk, a read-only or missing folder: the OS's reason, then what to do

@@ -64,3 +64,61 @@ def test_two_benchmarks_on_one_folder_are_refused(tmp_path):
     out.mkdir()
     with exclusive_lock(out / ".lock", "test"), pytest.raises(SynthaugError, match="Another synthaug process is writing the benchmark folder"):
         run_benchmark(bars_recipe(bars, tmp_path / "run"), out=out)
+
+
+WORKERS_THEN_DIE = """
+import os, signal, sys, time
+from synthaug.benchmark.run import cpu_worker_pool
+pool = cpu_worker_pool(2)
+futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+time.sleep(1.0)  # both workers have taken a run
+print(" ".join(str(p) for p in pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIG)
+"""
+
+
+def alive(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has died and waits to be reaped
+    except FileNotFoundError:
+        return False
+    except OSError:
+        os.kill(pid, 0)
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_classifier_workers_die_with_a_killed_benchmark(signal_name):
+    """A benchmark stopped by SIGKILL (or SIGTERM outside the CLI) used to leave its workers training on."""
+    import subprocess
+    import time
+
+    proc = subprocess.run([sys.executable, "-c", WORKERS_THEN_DIE.replace("signal.SIG)", f"signal.{signal_name})")],
+                          capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2, proc.stderr
+    deadline = time.time() + 10
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
+def test_an_aborted_pool_stops_its_running_workers_at_once():
+    import time
+
+    from synthaug.benchmark.run import cpu_worker_pool, stop_pool
+
+    pool = cpu_worker_pool(2)
+    futures = [pool.submit(time.sleep, 60) for _ in range(3)]
+    time.sleep(1.0)
+    pids = list(pool._processes)
+    started = time.time()
+    stop_pool(pool, abort=True)
+    while any(alive(p) for p in pids) and time.time() - started < 10:  # the pool's own thread may reap them
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+    assert all(f.done() for f in futures)  # cancelled, or failed with the broken pool: none runs on

@@ -97,6 +97,25 @@ def test_ctrl_c_exits_130_and_says_what_is_kept(monkeypatch):
     assert result.exit_code == 130 and "Error: Interrupted; files already written are kept" in result.output
 
 
+def test_sigterm_exits_143_says_what_is_kept_and_restores_the_handler(monkeypatch):
+    import os
+    import signal
+    import time
+
+    import synthaug.data
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(synthaug.data, "load_dataset", terminated)
+    result = run("inspect", "digits")
+    assert result.exit_code == 143 and "Error: Stopped by SIGTERM; files already written are kept" in result.output
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_datasets_lists_every_format():
     result = run("datasets")
     assert result.exit_code == 0

@@ -362,21 +362,13 @@ class Benchmark:
         if self.device.type != "cpu" or self.workers < 2:
             return None
         if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            import torch.multiprocessing  # noqa: F401 - tensors travel to the workers through shared memory
-
-            # fork (as DataLoader workers do) where there is one: spawn would run a user's script again in every
-            # worker unless it guards its top level with `if __name__ == "__main__"`
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                             initializer=torch.set_num_threads, initargs=(1,))
+            self._pool = cpu_worker_pool(self.workers)
         return self._pool
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: after their queued runs, or (``abort``: the run failed or was interrupted) at once."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            stop_pool(self._pool, abort)
             self._pool = None
 
     def run_arms(self, ev: Evaluator, setting: ShotsSetting, arms: list[tuple[Arm, dict, ImageSet | None]], split: str) -> dict:
@@ -500,6 +492,62 @@ class Benchmark:
         return report
 
 
+def cpu_worker_pool(workers: int):
+    """``workers`` single-threaded processes for classifier runs, which die with the process that started them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch.multiprocessing  # noqa: F401 - tensors travel to the workers through shared memory
+
+    # fork (as DataLoader workers do) where there is one: spawn would run a user's script again in every worker
+    # unless it guards its top level with `if __name__ == "__main__"`
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=start_worker)
+
+
+def start_worker() -> None:
+    """A classifier worker: one thread, and (on Linux) killed when its parent dies, so that a benchmark stopped by
+    SIGTERM or SIGKILL leaves no workers training on."""
+    import ctypes
+    import os
+    import signal
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    if sys.platform.startswith("linux"):
+        try:
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def stop_pool(pool, abort: bool = False) -> None:
+    """Shut a worker pool down; ``abort`` cancels queued runs and kills running ones instead of waiting for them."""
+    if not abort:
+        pool.shutdown(cancel_futures=True)
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()
+    for proc in processes:
+        proc.join(timeout=10)
+
+
+@contextlib.contextmanager
+def closing_on_error(bench: Benchmark):
+    """``bench.close()`` when the block ends; an error or an interrupt stops its workers at once."""
+    try:
+        yield bench
+    except BaseException:
+        bench.close(abort=True)
+        raise
+    bench.close()
+
+
 def resolve_workers(workers: int, device: torch.device, processes: int) -> int:
     """How many single-threaded classifier workers one process runs: ``benchmark.workers``, or (0) one per CPU core
     this process has (its share when several processes run), and 1 on a GPU."""
@@ -606,7 +654,7 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
     started = time.time()
     bench = Benchmark(recipe, Path(out or recipe.run_path / "benchmark"), default_device(device), fresh)
     command = command or " ".join(shlex.quote(a) for a in ["synthaug", *sys.argv[1:]])
-    with bench.lock(), contextlib.closing(bench):
+    with bench.lock(), closing_on_error(bench):
         ev = bench.load_real()                                                                 # 1. real data, judge
         settings = [bench.prepare_setting(ev, shots) for shots in recipe.benchmark.shots_per_class]  # 2. generators
         for setting in settings:
