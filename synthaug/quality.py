@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthaug import progress
 from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,14 @@ def features(images, weights: Path | None, device: torch.device, cache: bool = F
         if intact is False:
             log.warning("The feature cache %s is damaged (it does not match %s.sha256); computing the features again.",
                         path, path.name)
-    parts = [np.asarray(inception_features(as_tensor(chunk), weights, device), dtype=np.float64)
-             for chunk in chunks_of(images, 256)]
+    parts = []
+    # a line at start and end (and at the usual interval) for big sets: thousands of images at 299 px take minutes on
+    # a CPU, which the benchmark's quality stage otherwise spends in silence
+    with progress.task(f"Inception features of {len(images):,} images", total=len(images),
+                       transient=len(images) < 1024) as bar:
+        for chunk in chunks_of(images, 256):
+            parts.append(np.asarray(inception_features(as_tensor(chunk), weights, device), dtype=np.float64))
+            bar.advance(len(chunk))
     out = np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM))
     if path is not None:
         buffer = io.BytesIO()
@@ -128,6 +135,7 @@ def face_detection(images: np.ndarray, device: torch.device, threshold: float = 
         raise ValueError("face_detection needs at least one image")
     mtcnn = MTCNN(keep_all=False, device=device)
     scores = []
+    bar = progress.Task(f"MTCNN on {len(images):,} images", total=len(images), transient=len(images) < 1024)
     for start in range(0, len(images), batch_size):
         batch = [Image.fromarray(im[..., 0] if im.shape[2] == 1 else im).convert("RGB") for im in images[start : start + batch_size]]
         if batch[0].size[0] < 64:  # MTCNN's smallest face is 20 px; upscale small images
@@ -136,6 +144,8 @@ def face_detection(images: np.ndarray, device: torch.device, threshold: float = 
         for p in probs:
             value = None if p is None else np.asarray(p, dtype=object).reshape(-1)[0]
             scores.append(0.0 if value is None else float(value))  # detect() returns object arrays under numpy 2
+        bar.advance(len(batch))
+    bar.close()
     scores = np.array(scores, dtype=np.float64)
     return {"n": int(len(scores)), "threshold": threshold, "detection_rate": float((scores >= threshold).mean()),
             "mean_confidence": float(scores.mean())}
