@@ -135,17 +135,16 @@ def face_detection(images: np.ndarray, device: torch.device, threshold: float = 
         raise ValueError("face_detection needs at least one image")
     mtcnn = MTCNN(keep_all=False, device=device)
     scores = []
-    bar = progress.Task(f"MTCNN on {len(images):,} images", total=len(images), transient=len(images) < 1024)
-    for start in range(0, len(images), batch_size):
-        batch = [Image.fromarray(im[..., 0] if im.shape[2] == 1 else im).convert("RGB") for im in images[start : start + batch_size]]
-        if batch[0].size[0] < 64:  # MTCNN's smallest face is 20 px; upscale small images
-            batch = [im.resize((160, 160), Image.Resampling.BICUBIC) for im in batch]
-        _, probs = mtcnn.detect(batch)
-        for p in probs:
-            value = None if p is None else np.asarray(p, dtype=object).reshape(-1)[0]
-            scores.append(0.0 if value is None else float(value))  # detect() returns object arrays under numpy 2
-        bar.advance(len(batch))
-    bar.close()
+    with progress.task(f"MTCNN on {len(images):,} images", total=len(images), transient=len(images) < 1024) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = [Image.fromarray(im[..., 0] if im.shape[2] == 1 else im).convert("RGB") for im in images[start : start + batch_size]]
+            if batch[0].size[0] < 64:  # MTCNN's smallest face is 20 px; upscale small images
+                batch = [im.resize((160, 160), Image.Resampling.BICUBIC) for im in batch]
+            _, probs = mtcnn.detect(batch)
+            for p in probs:
+                value = None if p is None else np.asarray(p, dtype=object).reshape(-1)[0]
+                scores.append(0.0 if value is None else float(value))  # detect() returns object arrays under numpy 2
+            bar.advance(len(batch))
     scores = np.array(scores, dtype=np.float64)
     return {"n": int(len(scores)), "threshold": threshold, "detection_rate": float((scores >= threshold).mean()),
             "mean_confidence": float(scores.mean())}
