@@ -32,6 +32,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -490,10 +491,20 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def run_child(name: str, plan: Plan, work: Path, timeout: float, dry: bool) -> dict:
+def scaled_plans(limit_s: float) -> dict[str, Plan]:
+    """The plans with their time shares, and their training steps, scaled to a command limit other than LIMIT_S
+    (a shorter check measures the same rates over fewer steps, at least 12)."""
+    scale = limit_s / LIMIT_S
+    return {name: dataclasses.replace(plan, budget_s=plan.budget_s * scale,
+                                      steps=max(min(plan.steps, 12), round(plan.steps * min(1.0, scale))))
+            for name, plan in PLANS.items()}
+
+
+def run_child(name: str, plan: Plan, work: Path, timeout: float, dry: bool, limit_s: float = LIMIT_S) -> dict:
     """One recipe in a child process that is killed (with everything it started) at ``timeout`` seconds."""
     result_path = work / f"{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--work", str(work / name), "--result", str(result_path)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--work", str(work / name), "--result", str(result_path),
+           "--limit-s", str(limit_s)]
     cmd += ["--dry"] if dry else []
     start = time.perf_counter()
     child = subprocess.Popen(cmd, start_new_session=True)
@@ -539,7 +550,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", default=list(PLANS), choices=list(PLANS), help="default: all")
     parser.add_argument("--dry", action="store_true", help="every stage on the CPU at toy size (seconds), for the tests")
-    parser.add_argument("--limit-s", type=float, default=LIMIT_S, help="the whole command's time limit (default 480)")
+    parser.add_argument("--limit-s", type=float, default=LIMIT_S,
+                        help="the whole command's time limit (default 480; each recipe's share scales with it)")
     parser.add_argument("--isolate", action="store_true", help="a child process per recipe also in --dry (always on a GPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/gpu_<device>.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -553,7 +565,7 @@ def main() -> None:
     if args.child:  # one recipe, in its own process
         args.work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("SYNTHAUG_CACHE", str(args.work / "cache"))
-        run_recipe(args.child, PLANS[args.child], args.work, args.result, args.dry, device)
+        run_recipe(args.child, scaled_plans(args.limit_s)[args.child], args.work, args.result, args.dry, device)
         return
     if not args.dry and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU is visible; run this on a GPU machine, or use --dry on a CPU.")
@@ -561,12 +573,13 @@ def main() -> None:
     out = args.out or RESULTS / f"gpu_{device_slug(name)}.json"
     deadline = started + args.limit_s - 10  # time to write the results
     results = {}
+    plans = scaled_plans(args.limit_s)
     with tempfile.TemporaryDirectory(prefix="synthaug-gpu-check-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("SYNTHAUG_CACHE", str(work / "cache"))  # fresh caches: nothing of the user's is touched
         for i, recipe in enumerate(args.recipes):
-            plan = PLANS[recipe]
-            later = sum(PLANS[r].budget_s for r in args.recipes[i + 1 :])
+            plan = plans[recipe]
+            later = sum(plans[r].budget_s for r in args.recipes[i + 1 :])
             limit = deadline - time.perf_counter() - later  # its share and whatever the recipes before it left
             if limit < min(20.0, plan.budget_s / 2):
                 results[recipe] = {"recipe": recipe, "status": f"skipped: {max(0.0, limit):.0f} s left of its share", "stages": {}}
@@ -584,7 +597,7 @@ def main() -> None:
                 results[recipe] = json.loads((work / f"{recipe}.json").read_text())
                 results[recipe]["wall_s"] = round(time.perf_counter() - t0, 1)
             else:
-                results[recipe] = run_child(recipe, plan, work, limit, args.dry)
+                results[recipe] = run_child(recipe, plan, work, limit, args.dry, args.limit_s)
         total = round(time.perf_counter() - started, 1)
         payload = {"device": name, "dry": args.dry, "limit_s": args.limit_s, "total_s": total,
                    "torch": torch.__version__, "recipes": results}

@@ -426,9 +426,14 @@ def train_command(
     set_: Sets = [],  # noqa: B006 - typer needs a literal default
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: the recipe's run_dir, else runs/<name>).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run folder's progress and start over.")] = False,
+    minutes: Annotated[Optional[float], typer.Option(
+        "--minutes", help="Train for this many minutes of wall-clock time (summed over resumptions), at most "
+        "generator.duration_kimg; the same as --set generator.duration_minutes=N.")] = None,
     dry_run: DryRun = False,
 ) -> None:
     """Train (or resume) a recipe's conditional diffusion generator in its run folder."""
+    if minutes is not None:
+        set_ = [*set_, f"generator.duration_minutes={minutes!r}"]
     resolved = resolve_recipe(recipe, set_, run_dir=out)
     if not dry_run:
         check_output_path(resolved.run_path, "--out" if out else "run_dir")
@@ -439,7 +444,9 @@ def train_command(
 
     run = train_generator(resolved, fresh=fresh)
     info = run.info()
-    console.print(f"Trained {run.path}: {info.get('kimg', 0):g} kimg; EMA weights in {run.ema_dir}", highlight=False, soft_wrap=True)
+    spent = f" in {info['train_seconds'] / 60:.1f} min" if info.get("train_seconds") else ""
+    console.print(f"Trained {run.path}: {info.get('kimg', 0):g} kimg{spent}; EMA weights in {run.ema_dir}", highlight=False,
+                  soft_wrap=True)
     if run.latest_grid is not None:  # the grid training wrote (recorded in run.json), never a file it did not write
         console.print(f"Sample grid: {run.latest_grid}", highlight=False, soft_wrap=True)
 

@@ -90,6 +90,9 @@ class GeneratorConfig:
     lognormal_mean: float = -1.2
     lognormal_std: float = 1.2
     duration_kimg: float = 100.0
+    # > 0: train for this many minutes of wall-clock time (the training loop's, summed over resumptions), stopping
+    # at duration_kimg at the latest; the learning-rate schedule still runs over duration_kimg
+    duration_minutes: float = 0.0
     batch_size: int = 256
     batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
     lr: float = 2e-3
@@ -112,6 +115,8 @@ class GeneratorConfig:
     def __post_init__(self):
         check_choices(self, "generator")
         _check(self.duration_kimg > 0, "generator.duration_kimg must be positive.")
+        _check(self.duration_minutes >= 0, "generator.duration_minutes must be 0 (train for duration_kimg) or a positive "
+               "number of minutes.")
         _check(self.batch_size > 0, "generator.batch_size must be positive.")
         _check(self.batch_per_device >= 0, "generator.batch_per_device must be 0 (auto) or positive.")
         _check(self.lr > 0, "generator.lr must be positive.")
@@ -282,7 +287,13 @@ def _coerce(value, hint, key: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SynthaugError(f"{key} must be a number, not {value!r}.")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a whole number too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise SynthaugError(f"{key} must be a finite number, not {value!r}.")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise SynthaugError(f"{key} must be a string, not {value!r}.")

@@ -380,3 +380,61 @@ def test_streamed_training_data_gives_the_same_run_as_data_held_on_the_device(tm
     a = load_file(held.ema_dir / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(streamed.ema_dir / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class FakeClock:
+    """The training loop's clock, advancing ``tick`` seconds at every reading (one reading per step)."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_budget_stops_within_one_log_interval_and_resumes_to_the_same_total(tmp_path, monkeypatch):
+    # 10 s a step, a log every step, a budget of 1 minute and a cap of 100 steps: the budget stops it at step 6
+    budget = ["generator.duration_minutes=1", "generator.duration_kimg=3.2"]
+    monkeypatch.setattr(train_module, "clock", FakeClock(10.0))
+    straight = train_generator(tiny_recipe(tmp_path / "a", *budget))
+    info = json.loads(straight.info_file.read_text())
+    assert info["finished"] is True and info["step"] == 6 and 60 <= info["train_seconds"] < 60 + 10
+    log = [json.loads(line) for line in straight.log_file.read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6] and [e["train_s"] for e in log] == [10, 20, 30, 40, 50, 60]
+    assert "duration_minutes = 1.0" in straight.recipe_file.read_text()
+
+    # killed after its step-2 snapshot, then resumed: the 20 s it had trained count, and it ends where the first did
+    real_snapshot = train_module.save_snapshot
+
+    def snapshot_then_die(run, *args, **kwargs):
+        real_snapshot(run, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_snapshot", snapshot_then_die)
+    monkeypatch.setattr(train_module, "clock", FakeClock(10.0))
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(tiny_recipe(tmp_path / "b", *budget))
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["train_seconds"] == 20
+    monkeypatch.setattr(train_module, "save_snapshot", real_snapshot)
+    monkeypatch.setattr(train_module, "clock", FakeClock(10.0))
+    resumed = train_generator(tiny_recipe(tmp_path / "b", *budget))
+    assert json.loads(resumed.info_file.read_text())["step"] == 6
+    a = load_file(straight.ema_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed.ema_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # the same command again has nothing to do; a larger budget trains on; a smaller one than trained is refused
+    monkeypatch.setattr(train_module, "clock", FakeClock(10.0))
+    assert json.loads(train_generator(tiny_recipe(tmp_path / "a", *budget)).info_file.read_text())["step"] == 6
+    longer = train_generator(tiny_recipe(tmp_path / "a", "generator.duration_minutes=1.5", "generator.duration_kimg=3.2"))
+    assert json.loads(longer.info_file.read_text())["step"] == 9
+    with pytest.raises(SynthaugError, match="already trained for 1.50 minutes, more than generator.duration_minutes = 1"):
+        train_generator(tiny_recipe(tmp_path / "a", *budget))
+
+
+def test_the_kimg_cap_ends_a_time_budgeted_run_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "clock", FakeClock(0.001))
+    run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_minutes=5"))
+    info = json.loads(run.info_file.read_text())
+    assert info["finished"] is True and info["step"] == 4 and info["train_seconds"] < 1  # duration_kimg 0.128: 4 steps

@@ -53,8 +53,13 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption: how long, how often to report, and how each step is
 # computed (precision, compilation, and how a device's share of the batch is split into micro-batches: what a GPU
 # that ran out of memory is told to lower)
-RESUMABLE_CHANGES = {"duration_kimg", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile",
+RESUMABLE_CHANGES = {"duration_kimg", "duration_minutes", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile",
                      "batch_per_device"}
+
+
+def clock() -> float:
+    """Seconds on the training loop's clock (read once per step; the time budget and images/s use it)."""
+    return time.perf_counter()
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -305,8 +310,16 @@ def weights_intact(run: Run) -> bool:
         return False
 
 
-def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg) -> None:
-    """A run may be trained longer, never shorter: recipe.toml would record a duration it did not train."""
+def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg, seconds: float = 0.0) -> None:
+    """A run may be trained longer, never shorter: recipe.toml would record a duration it did not train. A time
+    budget overshoots by up to one log interval, so only a budget changed to less than the time trained is refused."""
+    old_minutes = load_recipe(run.recipe_file).generator.duration_minutes if run.recipe_file.is_file() else 0.0
+    if g_cfg.duration_minutes and seconds > g_cfg.duration_minutes * 60 and old_minutes != g_cfg.duration_minutes:
+        raise SynthaugError(
+            f"{run.path} has already trained for {seconds / 60:.2f} minutes, more than generator.duration_minutes = "
+            f"{g_cfg.duration_minutes:g} asks for; set generator.duration_minutes to {math.ceil(seconds / 60 * 100) / 100:g} "
+            "or more to keep or continue it, or start over with --fresh (or use another run folder, --set run_dir=...)."
+        )
     if nimg > total_nimg:
         raise SynthaugError(
             f"{run.path} has already trained {nimg / 1000:g} kimg, more than generator.duration_kimg = "
@@ -356,9 +369,10 @@ def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
 
 
 def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool,
-                  grid: str | None = None, processes: int = 1) -> None:
+                  grid: str | None = None, processes: int = 1, seconds: float = 0.0) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically; then
-    run.json (progress, the processes that trained, and ``grid``: the latest sample grid, relative to the run folder)."""
+    run.json (progress, the processes that trained, ``grid``: the latest sample grid, relative to the run folder,
+    and ``train_seconds``: the training loop's wall time so far, over every resumption)."""
     save_weights(run, model, ema, train_sched)
     with folder_atomic(run.state_dir) as tmp:
         state = {
@@ -368,12 +382,14 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
             "lr_scheduler": lr_sched.state_dict(),
             "step": step,
             "nimg": nimg,
+            "train_seconds": seconds,
         }
         torch.save(state, tmp / "training_state.pt")
-        meta = {"step": step, "nimg": nimg, "finished": finished, "sha256": sha256_file(tmp / "training_state.pt")}
+        meta = {"step": step, "nimg": nimg, "finished": finished, "train_seconds": round(seconds, 3),
+                "sha256": sha256_file(tmp / "training_state.pt")}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     info = run.info()
-    info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, processes=processes)
+    info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, processes=processes, train_seconds=round(seconds, 3))
     info.update({"grid": grid} if grid else {})
     write_text_atomic(run.info_file, json.dumps(info, indent=1))
 
@@ -430,6 +446,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
         total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
         total_nimg = total_steps * g_cfg.batch_size
+        budget_s = g_cfg.duration_minutes * 60  # 0: no time budget
 
         # 2. the run folder: start over, resume, or begin
         if fresh and accelerator.is_main_process:
@@ -444,15 +461,18 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         state = load_state(run)
         info = run.info()
         trained_steps = state["step"] if state is not None else int(info.get("step", 0))
+        trained_s = float(state.get("train_seconds", 0.0) if state is not None else info.get("train_seconds", 0.0))
+        out_of_time = bool(budget_s) and trained_s >= budget_s  # a time-budgeted run that has used its budget
         if trained_steps:
             check_resumable(run, recipe)  # so the batch size, and images per step, are the run's
-            check_duration(run, trained_steps * g_cfg.batch_size, total_nimg, g_cfg)
+            check_duration(run, trained_steps * g_cfg.batch_size, total_nimg, g_cfg, trained_s)
         # A run whose state/ is gone but which had snapshotted (run.json counts its steps) is refused rather
         # than resumed from its weights: without the optimizer moments, the EMA's step count and the learning
         # rate schedule it would silently become a different training than its recipe and log describe (a
         # resumed run equals an uninterrupted one, everywhere else), and starting over would overwrite its
         # weights and log. A finished run with intact weights needs no state: there is nothing left to train.
-        finished_without_state = state is None and trained_steps == total_steps and bool(info.get("finished"))
+        finished_without_state = (state is None and bool(trained_steps) and bool(info.get("finished"))
+                                  and (trained_steps == total_steps or out_of_time))
         if state is None and trained_steps and not (finished_without_state and weights_intact(run)):
             raise SynthaugError(
                 f"{run.state_dir} is missing, so {run.path} (trained {trained_steps} steps) cannot continue exactly nor "
@@ -492,7 +512,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         # 4. resume
         step = nimg = 0
         if finished_without_state:
-            step, nimg = total_steps, total_nimg
+            step, nimg = trained_steps, trained_steps * g_cfg.batch_size
             log.info("%s has finished training (its training state was removed); nothing to do.", run.path)
         if state is not None:
             load_trainable_state(model, state["model"])
@@ -503,10 +523,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             step, nimg = state["step"], state["nimg"]
             log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
             info = run.info()
-            if accelerator.is_main_process and (info.get("step"), info.get("finished")) != (step, step >= total_steps):
+            finished = step >= total_steps or out_of_time
+            if accelerator.is_main_process and (info.get("step"), info.get("finished")) != (step, finished):
                 # a kill (or a full disk) between the state's swap and run.json's write left run.json behind the
                 # state: say what the state holds, since manifests and the benchmark copy run.json's kimg
-                info.update(kimg=round(nimg / 1000, 3), step=step, finished=step >= total_steps)
+                info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, train_seconds=round(trained_s, 3))
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
             if accelerator.is_main_process and not weights_intact(run):
                 # a damaged or missing model/ or ema/ (which generate refuses) is rewritten from the state
@@ -515,8 +536,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         del state
         # what the network denoises: held on the device, or streamed (a VAE backend encodes the images, and their
         # mirror images, once here)
+        if out_of_time:
+            log.info("%s has used its time budget (%.2f of generator.duration_minutes = %g); nothing to do.", run.path,
+                     trained_s / 60, g_cfg.duration_minutes)
         data = None
-        if nimg < total_nimg:
+        if nimg < total_nimg and not out_of_time:
             data = TrainingImages(model, dataset.images, g_cfg.flip, device, g_cfg.seed, g_cfg.batch_size,
                                   slice(rank * per_device, (rank + 1) * per_device), step, total_steps,
                                   latent_cache_path(recipe, run, dataset) if model.encode_once else None)
@@ -530,15 +554,17 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         next_grid = nimg + g_cfg.grid_every_kimg * 1000
         grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
         loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
-        tick_time, tick_nimg = time.perf_counter(), nimg
+        loop_start = tick_time = clock()
+        tick_nimg = nimg
         smaller = max((d for d in range(1, micro) if per_device % d == 0), default=0)
         oom = (f"training {micro} images per step on each device; set generator.batch_per_device to {smaller} (or another "
                f"divisor of {per_device}): the batch stays {g_cfg.batch_size} through gradient accumulation, and the same "
                "command resumes from the last snapshot." if smaller else
                "training one image per step; use a smaller generator.preset or data.resolution.")
-        with out_of_memory_advice(oom), progress.task(f"training on {dataset_label(recipe.data.spec)}", total=total_nimg) as bar:
+        what = f"training on {dataset_label(recipe.data.spec)}" + (f" for {g_cfg.duration_minutes:g} min" if budget_s else "")
+        with out_of_memory_advice(oom), progress.task(what, total=total_nimg) as bar:
             bar.resume(nimg)
-            while nimg < total_nimg:
+            while nimg < total_nimg and not out_of_time:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
                 rows = batch_rows(step, g_cfg.batch_size, len(dataset), g_cfg.seed).to(device)
@@ -583,7 +609,13 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
 
                 # (b) log, grid and snapshot on their schedules (the only host-device syncs)
                 done = nimg >= total_nimg
-                log_now, snapshot_now = nimg >= next_log or done, nimg >= next_snapshot or done
+                log_now = nimg >= next_log or done
+                now = clock()
+                seconds = trained_s + now - loop_start
+                if budget_s and log_now and not done:  # the budget is checked where the processes sync anyway
+                    out_of_time = accelerator.reduce(torch.tensor(float(seconds >= budget_s), device=device), "sum").item() > 0
+                    done = out_of_time
+                snapshot_now = nimg >= next_snapshot or done
                 if log_now or snapshot_now:
                     # the loss of every step since the last check, summed on the device: the only host-device sync
                     mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
@@ -594,11 +626,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                             f"{run.state_dir}; lower generator.lr and run the same command again."
                         )
                 if log_now:
-                    now = time.perf_counter()
                     ips = (nimg - tick_nimg) / max(now - tick_time, 1e-9)
                     if accelerator.is_main_process:
                         entry = {"kimg": round(nimg / 1000, 3), "step": step, "loss": round(mean_loss, 6),
-                                 "images_per_s": round(ips, 1), "lr": lr_sched.get_last_lr()[0], "time": time.time()}
+                                 "images_per_s": round(ips, 1), "lr": lr_sched.get_last_lr()[0], "time": time.time(),
+                                 "train_s": round(seconds, 2)}
                         with open(run.log_file, "a") as f:
                             f.write(json.dumps(entry) + "\n")
                     bar.advance(0, info=f"{ips:,.0f} img/s  loss {mean_loss:.4f}")
@@ -616,7 +648,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 if snapshot_now:
                     if accelerator.is_main_process:
                         save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid,
-                                      processes=world)
+                                      processes=world, seconds=seconds)
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
                     next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
