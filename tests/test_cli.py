@@ -252,6 +252,16 @@ def test_train_dry_run_rejects_bad_recipe_values(setting, message):
     assert one_sentence_error(run("train", "--set", setting, "--dry-run")) == f"Error: {message}"
 
 
+def test_train_minutes_sets_the_time_budget_and_bad_budgets_are_one_sentence():
+    result = run("train", "--minutes", "2.5", "--dry-run")
+    assert result.exit_code == 0 and "duration_minutes = 2.5" in result.output
+    assert one_sentence_error(run("train", "--minutes", "-1", "--dry-run")) == (
+        "Error: generator.duration_minutes must be 0 (train for duration_kimg) or a positive number of minutes.")
+    for bad in ("inf", "nan", "1e400"):
+        assert one_sentence_error(run("train", "--minutes", bad, "--dry-run")).startswith(
+            "Error: generator.duration_minutes must be a finite number")
+
+
 def test_train_dry_run_rejects_schedule_keys_for_sd_lora():
     line = one_sentence_error(run("train", "--set", "generator.backend=sd-lora", "--set", "generator.base_model=/m",
                                   "--set", "generator.schedule=linear", "--dry-run"))

@@ -433,6 +433,15 @@ def test_a_time_budget_stops_within_one_log_interval_and_resumes_to_the_same_tot
         train_generator(tiny_recipe(tmp_path / "a", *budget))
 
 
+def test_a_time_budget_is_checked_every_step_not_only_at_log_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "clock", FakeClock(10.0))
+    run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_minutes=1", "generator.duration_kimg=3.2",
+                                      "generator.log_every_kimg=0.32"))  # a log line every 10 steps
+    info = json.loads(run.info_file.read_text())
+    assert info["finished"] is True and info["step"] == 6 and info["train_seconds"] == 60
+    assert [json.loads(line)["step"] for line in run.log_file.read_text().splitlines()][-1] == 6  # the last step is logged
+
+
 def test_the_kimg_cap_ends_a_time_budgeted_run_too(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "clock", FakeClock(0.001))
     run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_minutes=5"))

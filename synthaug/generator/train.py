@@ -562,8 +562,10 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                "command resumes from the last snapshot." if smaller else
                "training one image per step; use a smaller generator.preset or data.resolution.")
         what = f"training on {dataset_label(recipe.data.spec)}" + (f" for {g_cfg.duration_minutes:g} min" if budget_s else "")
-        with out_of_memory_advice(oom), progress.task(what, total=total_nimg) as bar:
-            bar.resume(nimg)
+        # the bar counts images seen, or with a time budget the budget's seconds (its eta is then the budget's end)
+        with out_of_memory_advice(oom), progress.task(what, total=budget_s or total_nimg) as bar:
+            bar.resume(min(trained_s, budget_s) if budget_s else nimg)
+            shown = min(trained_s, budget_s)
             while nimg < total_nimg and not out_of_time:
                 # (a) all randomness of this step, drawn for the global batch
                 g = step_generator(g_cfg.seed, step, device)
@@ -605,17 +607,23 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 ema.step(params)
                 step += 1
                 nimg += g_cfg.batch_size
-                bar.advance(g_cfg.batch_size)
+                if not budget_s:
+                    bar.advance(g_cfg.batch_size)
 
                 # (b) log, grid and snapshot on their schedules (the only host-device syncs)
                 done = nimg >= total_nimg
-                log_now = nimg >= next_log or done
                 now = clock()
                 seconds = trained_s + now - loop_start
-                if budget_s and log_now and not done:  # the budget is checked where the processes sync anyway
-                    out_of_time = accelerator.reduce(torch.tensor(float(seconds >= budget_s), device=device), "sum").item() > 0
-                    done = out_of_time
-                snapshot_now = nimg >= next_snapshot or done
+                if budget_s and not done and (world == 1 or step % 16 == 0):
+                    # every step on one process (a host clock, no device sync); several processes agree every 16 steps
+                    over = seconds >= budget_s
+                    if world > 1:
+                        over = accelerator.reduce(torch.tensor(float(over), device=device), "sum").item() > 0
+                    out_of_time = done = over
+                log_now, snapshot_now = nimg >= next_log or done, nimg >= next_snapshot or done
+                if budget_s:
+                    bar.advance(min(seconds, budget_s) - shown)
+                    shown = min(seconds, budget_s)
                 if log_now or snapshot_now:
                     # the loss of every step since the last check, summed on the device: the only host-device sync
                     mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
@@ -633,7 +641,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                                  "train_s": round(seconds, 2)}
                         with open(run.log_file, "a") as f:
                             f.write(json.dumps(entry) + "\n")
-                    bar.advance(0, info=f"{ips:,.0f} img/s  loss {mean_loss:.4f}")
+                    bar.advance(0, info=(f"{nimg / 1000:,.1f} kimg  " if budget_s else "") + f"{ips:,.0f} img/s  loss {mean_loss:.4f}")
                     loss_sum.zero_()
                     loss_count = 0
                     tick_time, tick_nimg = now, nimg
