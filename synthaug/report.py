@@ -25,14 +25,22 @@ def interval(s: dict) -> str:
     return f"{pct(s['mean'])} ± {pct(s['ci95'])}"
 
 
+def images_text(counts: dict | None) -> str:
+    """The images an arm's classifiers drew from: real + synthetic (a filtered set may supply fewer than asked)."""
+    if not counts:
+        return "—"
+    return f"{counts['real']:,} + {counts['synthetic']:,}" if counts["synthetic"] else f"{counts['real']:,}"
+
+
 def arm_rows(setting: dict) -> list[list[str]]:
-    """Rows of the test table for one low-data setting: arm, top-1 +- CI, macro-F1, gain over real only, p."""
+    """Rows of the test table for one low-data setting: arm, images, top-1 +- CI, macro-F1, gain over real only, p."""
     rows = []
     for name, arm in setting["arms"].items():
         gain = arm.get("gain_over_real")
         rows.append([
             shots_text(setting),
             name,
+            images_text(arm.get("training_images")),
             interval(arm["top1"]),
             pct(arm["macro_f1"]["mean"]),
             "—" if gain is None else f"{100 * gain['mean']:+.1f} ± {pct(gain['ci95'])}",
@@ -56,8 +64,8 @@ def validation_rows(setting: dict) -> list[list[str]]:
     """The candidates compared on the validation split, the chosen ones marked."""
     c = setting["choices"]
     chosen = {c["baseline"], method_arm(setting, setting["validation"], c["method"], c["ratio"])}
-    return [[shots_text(setting), name + (" **(chosen)**" if name in chosen else ""), interval(r["top1"])]
-            for name, r in setting["validation"].items()]
+    return [[shots_text(setting), name + (" **(chosen)**" if name in chosen else ""), images_text(r.get("training_images")),
+             interval(r["top1"])] for name, r in setting["validation"].items()]
 
 
 def kid_text(q: dict) -> str:
@@ -161,8 +169,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-ARM_HEADER = ["shots/class", "arm", "top-1 % (mean ± 95% CI)", "macro-F1 %", "gain vs real (pp)", "paired p"]
-VALIDATION_HEADER = ["shots/class", "candidate (validation split)", "top-1 % (mean ± 95% CI)"]
+ARM_HEADER = ["shots/class", "arm", "images (real + synthetic)", "top-1 % (mean ± 95% CI)", "macro-F1 %", "gain vs real (pp)",
+              "paired p"]
+VALIDATION_HEADER = ["shots/class", "candidate (validation split)", "images (real + synthetic)", "top-1 % (mean ± 95% CI)"]
 QUALITY_HEADER = ["shots/class", "synthetic set", "FID [95% CI] (floor)", "KID x1000 [95% CI] (floor)", "n",
                   "conditioning acc. %", "CAS top-1 %", "memorization % (Inception / pixels)"]
 FACES_HEADER = ["faces detected % (real)", "MTCNN confidence (real)"]
@@ -185,6 +194,10 @@ def answer_lines(report: dict) -> list[str]:
                     if (v := summary.get("gain_vs_classic_aug")) and summary["baseline_arm"] != "real + classic aug" else []),
                   f"- Highest test score among the synthetic arms: {summary['best_synthetic_arm_by_test']} "
                   "(picked on test, so optimistic; shown for completeness)."]
+        for x in c.get("not_candidates", []):
+            lines.append(f"- Not a candidate: {x['label']} kept {x['kept']:,} of the {x['asked']:,} synthetic images "
+                         f"x{c['ratio']:g} asks for (less than {pct(c.get('min_kept_share', 0.1), 0)}%), so it was neither "
+                         "chosen nor ranked.")
         if worth_text(s):
             lines.append(f"- {worth_text(s)}")
         headline_set = s["synthetic_sets"].get(s["arm_sets"].get(summary["headline_arm"], ""), {})

@@ -254,6 +254,24 @@ def test_a_synthetic_set_holding_real_test_images_is_refused(bars_tree, tmp_path
         run_benchmark(recipe, out=tmp_path / "report")
 
 
+def test_a_filtered_set_that_kept_almost_nothing_is_neither_chosen_nor_ranked(bars_tree, tmp_path, fid_weights):
+    # a 3-step filter is never 99.99% sure of a bar: the filtered set keeps nothing, and its arm is real + classic
+    # aug in all but name, so it must not become the headline (nor "best on test") by matching it
+    recipe = bars_recipe(bars_tree, tmp_path / "run", "benchmark.shots_per_class=[0]", "benchmark.min_confidences=[0.9999]",
+                         "benchmark.max_draws=1", "benchmark.strengths=[]", "benchmark.guidance_sweep=[2.0]")
+    report = run_benchmark(recipe, out=tmp_path / "report")
+    (s,) = report["settings"]
+    (excluded,) = s["choices"]["not_candidates"]
+    assert excluded["label"].endswith("filtered p>=0.9999") and excluded["kept"] < 0.1 * excluded["asked"]
+    assert "filtered" not in s["choices"]["label"] and "filtered" not in s["summary"]["headline_arm"]
+    assert "filtered" not in s["summary"]["best_synthetic_arm_by_test"]
+    assert all(m["min_confidence"] == 0 for m in s["choices"]["tested"])  # not drawn again for the test split
+    filtered = next(v for v in s["synthetic_sets"].values() if v["method"]["min_confidence"])
+    assert filtered["kept"]["0.5"] == {"kept": excluded["kept"], "asked": excluded["asked"]}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"kept {excluded['kept']} of the {excluded['asked']} synthetic images x0.5 asks for" in md
+
+
 def test_evaluate_a_shard_set(digits_run, tmp_path, fid_weights):
     out = tmp_path / "s"
     generate_shards(digits_run.path, GenerateRequest(classes=("1", "7"), num=6), out,

@@ -66,9 +66,9 @@ def test_arm_rows_show_the_report_numbers():
     rows = arm_rows(setting(10))
     assert [r[1] for r in rows][:2] == ["real", "real + classic aug"] and len(rows) == 5
     real, aug = rows[0], rows[1]
-    assert real[0] == "10" and real[2] == "82.0 ± 5.0" and real[4] == "—" and real[5] == "—"
+    assert real[0] == "10" and real[3] == "82.0 ± 5.0" and real[5] == "—" and real[6] == "—"
     gain = paired_gain([0.81, 0.84, 0.85], REAL)
-    assert aug[4] == f"{100 * gain['mean']:+.1f} ± {100 * gain['ci95']:.1f}" and aug[5] == f"{gain['p_value']:.3f}"
+    assert aug[5] == f"{100 * gain['mean']:+.1f} ± {100 * gain['ci95']:.1f}" and aug[6] == f"{gain['p_value']:.3f}"
     assert arm_rows(setting(0))[0][0] == "all"
 
 
@@ -187,3 +187,20 @@ def test_the_test_set_of_the_chosen_method_is_not_a_second_sweep_point_and_is_to
     assert [p["quality"]["fid"] for p in sweep_points(s)] == [41.0, 40.0]
     labels = [r[1] for r in quality_rows({**fake_report(), "settings": [s]})]
     assert labels == ["synthetic (guidance 1)", "synthetic (guidance 2) (drawn for x0.5)", "synthetic (guidance 2) (drawn for x2)"]
+
+
+def test_arms_say_how_many_images_they_drew_from_and_near_empty_sets_are_named():
+    s = setting(10)
+    headline = s["summary"]["headline_arm"]
+    s["arms"]["real"]["training_images"] = {"real": 100, "synthetic": 0}
+    s["arms"][headline]["training_images"] = {"real": 100, "synthetic": 1250}
+    rows = {r[1]: r for r in arm_rows(s)}
+    assert rows["real"][2] == "100" and rows[headline][2] == "100 + 1,250"
+    assert rows["real + classic aug"][2] == "—"  # an older report without the counts
+    s["choices"]["not_candidates"] = [{"label": "synthetic (guidance 2), filtered p>=0.9", "kept": 3, "asked": 50}]
+    s["choices"]["min_kept_share"] = 0.1
+    report = fake_report()
+    report["settings"][0] = s
+    md = render_markdown(report)
+    assert ("Not a candidate: synthetic (guidance 2), filtered p>=0.9 kept 3 of the 50 synthetic images x0.5 asks for "
+            "(less than 10%), so it was neither chosen nor ranked.") in md

@@ -56,6 +56,9 @@ from synthaug.synthesis import GenerateRequest, generate_shards
 
 log = logging.getLogger(__name__)
 CLASSIC = "real + classic aug"  # the arm every synthetic arm is built on: real images with classic augmentation
+# A synthetic set that supplies less than this share of the images its ratio asks for (a filter that kept almost
+# nothing) is no candidate: its arm is real + classic augmentation in all but name, and cannot be chosen or called best.
+MIN_KEPT_SHARE = 0.1
 
 
 # -- what each setting trains on and draws -----------------------------------------------------
@@ -117,6 +120,13 @@ def synthetic_request(train: ImageSet, targets: Targets, ratio: float, method: M
     return GenerateRequest(attributes=conds, counts=tuple(math.ceil(ratio * m) for m in multiplicity), **extra)
 
 
+def asked_for(train_counts: np.ndarray, ratio: float, kind: str) -> int:
+    """How many synthetic images ``ratio`` asks for (what :func:`take_ratio` takes from a set that has them all)."""
+    if kind == "class":
+        return int(np.round(ratio * train_counts).astype(int).sum())
+    return int(round(ratio * int(train_counts.sum())))
+
+
 def take_ratio(syn_targets: np.ndarray, syn_metas: list[dict], train_counts: np.ndarray, ratio: float,
                kind: str) -> np.ndarray:
     """Rows of the synthetic set for ``ratio`` synthetic images per real image: per class, the images with the
@@ -149,12 +159,22 @@ class SyntheticSetResult:
     quality: dict | None  # None: not measured (a candidate only compared on validation)
     grid: Path  # the closest synthetic / training pairs of the memorization audit
     ratio: float  # the largest synthetic-to-real ratio it was drawn for
+    asked: dict[float, int] = field(default_factory=dict)  # ratio -> synthetic images that ratio asks for
+
+    def kept(self, ratio: float) -> int:
+        """Synthetic images the set supplies at ``ratio`` (fewer than asked when a filter rejected some)."""
+        return len(self.pool.rows_by_ratio[ratio])
+
+    def candidate(self, ratio: float) -> bool:
+        """Whether the set may be chosen, or called best: it supplies at least MIN_KEPT_SHARE of what ``ratio`` asks."""
+        return self.kept(ratio) > 0 and self.kept(ratio) >= MIN_KEPT_SHARE * self.asked[ratio]
 
     def describe(self) -> dict:
         manifest = self.syn.manifest
         return {"key": self.key, "method": dataclasses.asdict(self.method), "label": self.method.label,
                 "folder": str(self.folder), "images": len(self.syn.images), "quality": self.quality,
-                "filter": manifest.get("filter"), "memorization_grid": str(self.grid), "ratio": self.ratio}
+                "filter": manifest.get("filter"), "memorization_grid": str(self.grid), "ratio": self.ratio,
+                "kept": {f"{r:g}": {"kept": self.kept(r), "asked": a} for r, a in sorted(self.asked.items())}}
 
 
 @dataclass
@@ -293,6 +313,7 @@ class Benchmark:
         counts = ev.targets.counts(setting.train)
         ratios = {*self.b.synthetic_ratios, self.b.sweep_ratio}
         pool = SyntheticPool(images, {r: take_ratio(intended, syn.metas, counts, r, ev.targets.kind) for r in ratios if r <= ratio})
+        asked = {r: asked_for(counts, r, ev.targets.kind) for r in ratios if r <= ratio}
         q_key = stage_key("quality", key, sources_sha256(setting.train.sources), sources_sha256(ev.test.sources),
                           self.b.fid_max_images, self.b.kid_subset_size, self.b.fid_weights, ev.judge_info)
         grid = self.store.root / "quality" / f"{q_key}.png"
@@ -304,7 +325,7 @@ class Benchmark:
                     self.store.save("quality", q_key, quality)
                 self.barrier()
         result = SyntheticSetResult(key, identity, method, folder, syn, pool, self.store.load("quality", q_key) if measure else None,
-                                    grid, ratio)
+                                    grid, ratio, asked)
         setting.sets[key] = result
         return result
 
@@ -385,6 +406,7 @@ class Benchmark:
     # 3. choices on the validation split
     def choose(self, ev: Evaluator, setting: ShotsSetting) -> None:
         b, ratio = self.b, self.b.sweep_ratio
+        excluded: list[dict] = []  # filtered sets that kept too few images to be candidates
         aug = Arm(CLASSIC, augment=True)
         candidates = [(Arm("real"), {}, None), (aug, {}, None)]
         plain = {g: self.synthetic_set(ev, setting, Method(g), ratio) for g in b.guidance_sweep}
@@ -405,12 +427,17 @@ class Benchmark:
                 filtered = [self.synthetic_set(ev, setting, dataclasses.replace(chosen.method, min_confidence=p), ratio,
                                                measure=False) for p in b.min_confidences]
                 results.update(self.run_arms(ev, setting, [(self.synthetic_arm(s, ratio), {"main": s}, None) for s in filtered], "val"))
-                methods.append(best(filtered).method)
-                chosen = best([chosen, best(filtered)])
+                usable = [s for s in filtered if s.candidate(ratio)]  # a filter that kept (almost) nothing is no candidate
+                excluded = [{"label": s.method.label, "kept": s.kept(ratio), "asked": s.asked[ratio]}
+                            for s in filtered if not s.candidate(ratio)]
+                if usable:
+                    methods.append(best(usable).method)
+                    chosen = best([chosen, best(usable)])
             setting.validation.update(results)
             baseline = max(["real", aug.name], key=lambda n: results[n]["top1"]["mean"])
         setting.choices = {"guidance": guidance, "method": dataclasses.asdict(chosen.method), "label": chosen.method.label,
-                           "baseline": baseline, "ratio": ratio, "tested": [dataclasses.asdict(m) for m in methods]}
+                           "baseline": baseline, "ratio": ratio, "tested": [dataclasses.asdict(m) for m in methods],
+                           "not_candidates": excluded, "min_kept_share": MIN_KEPT_SHARE}
 
     def synthetic_arm(self, s: SyntheticSetResult, ratio: float, augment: bool = True) -> Arm:
         return Arm(f"real{' + classic aug' if augment else ''} + {s.method.label} x{ratio:g}", augment=augment,
@@ -449,7 +476,10 @@ class Benchmark:
         gain = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[base]["runs"]])
         synthetic = [n for n, a in arms.items() if a["arm"]["synthetic"] and a["arm"]["real"]]
         mde = min_detectable_effect([[r["top1"] for r in arms[n]["runs"]] for n in synthetic], [r["top1"] for r in arms[base]["runs"]])
-        best_by_test = max(synthetic, key=lambda n: arms[n]["top1"]["mean"])
+        # the best on test among arms whose set supplies what their ratio asks (a near-empty filtered set is no contender)
+        contenders = [n for n in synthetic if arms[n]["arm"]["ratio"] is None
+                      or setting.sets[arms[n]["synthetic_set"]].candidate(arms[n]["arm"]["ratio"])]
+        best_by_test = max(contenders or synthetic, key=lambda n: arms[n]["top1"]["mean"])
         # every synthetic arm is on top of classic augmentation: against real + classic aug, the same training without
         # the synthetic images, is what the synthetic images themselves add (reported even when validation chose real)
         versus_aug = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[CLASSIC]["runs"]])
