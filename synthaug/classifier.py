@@ -66,7 +66,9 @@ class ClassifierConfig:
         if self.protocol == "linear-probe":
             return (f"{self.model}, frozen ImageNet backbone ({self.pretrained} weights) + linear probe (features cached; "
                     f"{self.probe_views} augmented views per image for classic augmentation)")
-        return f"{self.model}, fine-tuned ({self.pretrained} weights)"
+        if self.pretrained == "none":
+            return f"{self.model}, trained from scratch"
+        return f"{self.model}, fine-tuned from ImageNet weights ({self.pretrained})"
 
     @classmethod
     def from_benchmark(cls, b=None, **changes) -> ClassifierConfig:

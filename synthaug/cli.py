@@ -477,7 +477,8 @@ def generate_command(
     min_confidence: Annotated[float, typer.Option("--min-confidence", help="Keep an image only when a classifier trained "
                                                   "on the run's real images gives its class at least this probability "
                                                   "(0: keep all).")] = 0.0,
-    max_draws: Annotated[int, typer.Option("--max-draws", help="With --min-confidence: candidates drawn at most per image.")] = 8,
+    max_draws: Annotated[Optional[int], typer.Option("--max-draws", help="With --min-confidence: candidates drawn at most per "
+                                                     "image (default 8).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
 ) -> None:
     """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
@@ -494,6 +495,9 @@ def generate_command(
         raise SynthaugError(f"--strength {strength!r} is not a number or a list of numbers; write e.g. 0.5 or 0.3,0.6.") from None
     if (strength != "0.5") and not from_real:
         raise SynthaugError("--strength only applies to real-guided variations; add --from-real.")
+    if max_draws is not None and not min_confidence:
+        raise SynthaugError("--max-draws only applies to confidence filtering; add --min-confidence P (e.g. 0.5).")
+    max_draws = 8 if max_draws is None else max_draws
     request = GenerateRequest(classes=tuple(class_ or ()), species=(species,) if species else (),
                               attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class,
                               from_real=from_real, strengths=strengths, min_confidence=min_confidence, max_draws=max_draws)

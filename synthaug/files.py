@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -48,6 +50,49 @@ def _umask() -> int:
     return mask
 
 
+def _nearest_existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+
+
+def as_os_error(error: BaseException, path: Path) -> OSError | None:
+    """``error``, raised while writing ``path``, as the OSError it stands for, naming ``path``; None when it is not a
+    failed write. An OSError without a file name (a failed ``write()``) gets ``path``; the writers that do not raise
+    OSError (safetensors' SafetensorError 'I/O error: ... (os error 28)', torch.save's RuntimeError 'file write
+    failed') get the errno in their message, else ENOSPC when the disk is full, else EIO."""
+    if isinstance(error, OSError):
+        if error.filename:
+            return error
+        return OSError(error.errno, error.strerror or str(error), str(path))
+    text = str(error)
+    if not (type(error).__name__ == "SafetensorError" or isinstance(error, RuntimeError)):
+        return None
+    code = re.search(r"os error (\d+)", text)
+    if code:
+        number = int(code.group(1))
+    elif re.search(r"write failed|failed writing|I/O error|unexpected pos", text, re.IGNORECASE):
+        try:
+            full = shutil.disk_usage(_nearest_existing(Path(path))).free < 1 << 20
+        except OSError:
+            full = False
+        number = errno.ENOSPC if full else errno.EIO
+    else:
+        return None
+    return OSError(number, os.strerror(number), str(path))
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Inside the block, a failed write is an OSError naming ``path`` (see :func:`as_os_error`), so that the command
+    line says which file could not be written and why (a full disk), instead of a writer's own exception."""
+    try:
+        yield
+    except Exception as e:
+        converted = as_os_error(e, path)
+        if converted is None or converted is e:
+            raise
+        raise converted from e
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
@@ -55,7 +100,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with writing(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -85,13 +130,14 @@ def folder_atomic(path: Path) -> Iterator[Path]:
     mask = _umask()
     try:
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the usual permissions, as mkdir would
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                # the usual file permissions too: safetensors writes its files 0600, whatever the umask
-                os.chmod(f, 0o666 & ~mask)
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        with writing(path):  # a writer that fails inside (torch.save, safetensors, a full disk) names the folder
+            yield tmp
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    # the usual file permissions too: safetensors writes its files 0600, whatever the umask
+                    os.chmod(f, 0o666 & ~mask)
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
         old = path.with_name(path.name + ".old")
         if old.exists():
             shutil.rmtree(old)

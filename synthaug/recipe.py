@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from synthaug.data.config import DataConfig, Level, Split, check_choice, check_choices
+from synthaug.data.config import MAX_SEED, DataConfig, Level, Split, bounded, check_bounds, check_choice, check_choices
 from synthaug.errors import SynthaugError
 
 # The allowed values of every enumerated recipe key, declared once here; the modules that implement
@@ -73,44 +73,44 @@ class GeneratorConfig:
     base_model: str = ""  # sd-lora: a local Stable Diffusion folder (diffusers layout) or a hub id
     text_encoder: str = ""  # text-unet: a local T5 or CLIP text encoder folder (with its tokenizer)
     prompt_template: str = "a photo of a {class}"  # text backends: the prompt of a class
-    lora_rank: int = 4  # sd-lora: rank of the LoRA on the U-Net's attention projections
+    lora_rank: int = bounded(4, 1, 1024)  # sd-lora: rank of the LoRA on the U-Net's attention projections
     preset: Preset = "tiny"
-    base_channels: int = 0  # 0: the preset's
-    channel_mult: tuple[int, ...] = ()  # (): the preset's
-    layers_per_block: int = 0  # 0: the preset's
-    dropout: float = 0.0
+    base_channels: int = bounded(0, 0, 4096)  # 0: the preset's
+    channel_mult: tuple[int, ...] = bounded((), 1, 64)  # (): the preset's
+    layers_per_block: int = bounded(0, 0, 16)  # 0: the preset's
+    dropout: float = bounded(0.0, 0, 0.99)
     condition: ConditionKind = "auto"
-    cond_drop_prob: float = 0.1  # probability of the null condition, for classifier-free guidance
+    cond_drop_prob: float = bounded(0.1, 0, 0.99)  # probability of the null condition, for classifier-free guidance
     prediction: Prediction = "v"  # sd-lora: its base model's
     loss: Loss = "mse"
-    min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma weighting (e.g. 5); 0: none (with v and lognormal: EDM's weighting)
+    min_snr_gamma: float = bounded(0.0, 0, 1000)  # > 0: Min-SNR-gamma weighting (e.g. 5); 0: none (with v and lognormal: EDM's weighting)
     schedule: Schedule = "cosine"  # the noise schedule; sd-lora: its base model's
-    num_timesteps: int = 1000  # sd-lora: its base model's
+    num_timesteps: int = bounded(1000, 2, 100_000)  # sd-lora: its base model's
     noise_sampling: NoiseSampling = "lognormal"  # EDM's ln(sigma) ~ N(lognormal_mean, lognormal_std); or uniform timesteps
-    lognormal_mean: float = -1.2
-    lognormal_std: float = 1.2
-    duration_kimg: float = 100.0
+    lognormal_mean: float = bounded(-1.2, -10, 10)
+    lognormal_std: float = bounded(1.2, 0, 10)
+    duration_kimg: float = bounded(100.0, 0, 1e7)
     # > 0: train for this many minutes of wall-clock time (the training loop's, summed over resumptions), stopping
     # at duration_kimg at the latest; the learning-rate schedule still runs over duration_kimg
-    duration_minutes: float = 0.0
-    batch_size: int = 256
-    batch_per_device: int = 0  # 0: batch_size / number of devices (no accumulation)
-    lr: float = 2e-3
+    duration_minutes: float = bounded(0.0, 0, 1e6)
+    batch_size: int = bounded(256, 1, 65536)
+    batch_per_device: int = bounded(0, 0, 65536)  # 0: batch_size / number of devices (no accumulation)
+    lr: float = bounded(2e-3, 0, 10)
     lr_schedule: LrSchedule = "cosine"
-    warmup_kimg: float = 5.0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    warmup_kimg: float = bounded(5.0, 0, 1e7)
+    weight_decay: float = bounded(0.0, 0, 10)
+    grad_clip: float = bounded(1.0, 0, 1e6)
     ema_decay: float = 0.999  # the ceiling of the EMA decay, reached after the warm-up ramp
-    ema_power: float = 0.75  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
+    ema_power: float = bounded(0.75, 0, 10)  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
     ema_std: float = 0.0  # > 0: EDM2's power-function EMA of this relative width instead (ema_decay, ema_power unused)
     flip: bool = False  # random horizontal flips (the samples are flipped too)
     augment: float = 0.0  # unet: EDM's non-leaky augmentation, each transform with this probability (samples unaffected)
     mixed_precision: MixedPrecision = "auto"
     compile: bool = False  # torch.compile the U-Net
-    seed: int = 0
-    log_every_kimg: float = 5.0
-    snapshot_every_kimg: float = 50.0
-    grid_every_kimg: float = 50.0
+    seed: int = bounded(0, 0, MAX_SEED)
+    log_every_kimg: float = bounded(5.0, 0, 1e7)
+    snapshot_every_kimg: float = bounded(50.0, 0, 1e7)
+    grid_every_kimg: float = bounded(50.0, 0, 1e7)
 
     def __post_init__(self):
         check_choices(self, "generator")
@@ -131,7 +131,8 @@ class GeneratorConfig:
         for key in ("log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "warmup_kimg", "grad_clip", "weight_decay", "dropout"):
             _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
         _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")
-        _check(self.base_channels >= 0 and self.layers_per_block >= 0, "generator.base_channels and layers_per_block must not be negative.")
+        _check(self.base_channels >= 0, "generator.base_channels must not be negative.")
+        _check(self.layers_per_block >= 0, "generator.layers_per_block must not be negative.")
         _check(self.backend != "sd-lora" or bool(self.base_model),
                "The sd-lora backend needs generator.base_model, a local Stable Diffusion folder or a hub id.")
         if self.backend == "sd-lora":  # a default value passes: resolved recipe.toml files state every key
@@ -147,6 +148,7 @@ class GeneratorConfig:
         except (KeyError, IndexError, ValueError):
             raise SynthaugError(f"generator.prompt_template {self.prompt_template!r} may only contain the placeholder "
                                 "{class}, e.g. \"a photo of a {class}, a bird\".") from None
+        check_bounds(self, "generator")
 
 
 @dataclass(frozen=True)
@@ -159,20 +161,23 @@ class SamplingConfig:
     """
 
     sampler: Sampler = "dpm++2m"
-    steps: int = 20
-    guidance: float = 2.0  # classifier-free guidance scale: 1 = conditional only, 0 = unconditional
-    seed: int = 0
-    batch_size: int = 256  # images in flight per process
-    network_batch: int = 256  # rows per network call (part of the reproducibility contract)
-    images_per_shard: int = 1000
+    steps: int = bounded(20, 1, 10_000)
+    guidance: float = bounded(2.0, 0, 100)  # classifier-free guidance scale: 1 = conditional only, 0 = unconditional
+    seed: int = bounded(0, 0, MAX_SEED)
+    batch_size: int = bounded(256, 1, 65536)  # images in flight per process
+    network_batch: int = bounded(256, 1, 65536)  # rows per network call (part of the reproducibility contract)
+    images_per_shard: int = bounded(1000, 1, 10**6)
 
     def __post_init__(self):
         check_choices(self, "sampling")
         _check(self.steps > 0, "sampling.steps must be positive.")
-        _check(self.guidance >= 0 and math.isfinite(self.guidance), "The guidance scale must be 0 or more (1 means no guidance).")
-        _check(self.batch_size > 0 and self.network_batch > 0, "sampling.batch_size and network_batch must be positive.")
+        _check(self.guidance >= 0 and math.isfinite(self.guidance),
+               "sampling.guidance: the guidance scale must be 0 or more (1 means no guidance).")
+        _check(self.batch_size > 0, "sampling.batch_size must be positive.")
+        _check(self.network_batch > 0, "sampling.network_batch must be positive.")
         _check(self.images_per_shard > 0, "sampling.images_per_shard must be positive.")
         _check(self.seed >= 0, "sampling.seed must not be negative.")
+        check_bounds(self, "sampling")
 
     def replace(self, **chosen) -> SamplingConfig:
         """These settings with every given (not None) value replaced: how command options and library
@@ -190,35 +195,36 @@ class BenchmarkConfig:
     classifier: str = "test_resnet"  # a timm model name
     pretrained: Pretrained = "none"
     protocol: ClassifierProtocol = "finetune"  # linear-probe: frozen backbone (needs pretrained weights) + linear head
-    probe_views: int = 4  # linear-probe with classic augmentation: augmented views per image whose features are cached
-    classifier_resolution: int = 16
-    steps: int = 120
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seeds: int = 8
-    shots_per_class: tuple[int, ...] = (10,)  # 0 = every training image
-    synthetic_ratios: tuple[float, ...] = (0.5, 1.0)  # synthetic images per real image
+    probe_views: int = bounded(4, 1, 64)  # linear-probe with classic augmentation: augmented views per image whose features are cached
+    classifier_resolution: int = bounded(16, 1, 4096)
+    steps: int = bounded(120, 1, 10**7)
+    batch_size: int = bounded(64, 1, 65536)
+    lr: float = bounded(2e-3, 0, 10)
+    weight_decay: float = bounded(0.05, 0, 10)
+    seeds: int = bounded(8, 2, 1000)
+    shots_per_class: tuple[int, ...] = bounded((10,), 0, 10**6)  # 0 = every training image
+    synthetic_ratios: tuple[float, ...] = bounded((0.5, 1.0), 0, 100)  # synthetic images per real image
     mix_probability: float = 0.0  # > 0 adds an arm drawing each batch image from synthetic with this probability
     augment_flip: bool = False  # horizontal flips in the classic augmentation (not for digits)
     # Choices made on the validation split (data.val_fraction), never on the test split:
-    guidance_sweep: tuple[float, ...] = (1.5, 3.0)  # guidance scales tried
+    guidance_sweep: tuple[float, ...] = bounded((1.5, 3.0), 0, 100)  # guidance scales tried
     strengths: tuple[float, ...] = (0.4, 0.7)  # real-guided variation strengths tried (empty: no variation arms)
     min_confidences: tuple[float, ...] = (0.9,)  # confidence-filter thresholds tried (empty: no filtered arm)
-    max_draws: int = 8  # a filtered image draws at most this many candidates
-    sweep_ratio: float = 0.5  # synthetic images per real image in the arms that compare the candidates
-    real_multiples: tuple[int, ...] = (2, 4)  # "worth N real images": real-only arms with this many times the shots
-    workers: int = 0  # single-threaded CPU processes that train classifiers side by side (0: one per core; 1 on a GPU)
-    judge_steps: int = 300  # the conditioning-accuracy classifier, trained on every real training image
-    low_shot_duration_kimg: float = 30.0  # generator training for shots_per_class > 0 (0: the recipe's)
-    fid_max_images: int = 100  # at most this many images per side of an FID/KID
-    kid_subset_size: int = 1000  # clamped to the smaller set
+    max_draws: int = bounded(8, 1, 1000)  # a filtered image draws at most this many candidates
+    sweep_ratio: float = bounded(0.5, 0, 100)  # synthetic images per real image in the arms that compare the candidates
+    real_multiples: tuple[int, ...] = bounded((2, 4), 2, 100)  # "worth N real images": real-only arms with this many times the shots
+    workers: int = bounded(0, 0, 1024)  # single-threaded CPU processes that train classifiers side by side (0: one per core; 1 on a GPU)
+    judge_steps: int = bounded(300, 1, 10**7)  # the conditioning-accuracy classifier, trained on every real training image
+    low_shot_duration_kimg: float = bounded(30.0, 0, 1e7)  # generator training for shots_per_class > 0 (0: the recipe's)
+    fid_max_images: int = bounded(100, 2, 10**7)  # at most this many images per side of an FID/KID
+    kid_subset_size: int = bounded(1000, 2, 10**7)  # clamped to the smaller set
     fid_weights: str = ""  # "": offline package or cache; a path; or "download" (torch-fidelity, needs internet)
 
     def __post_init__(self):
         check_choices(self, "benchmark")
         _check(self.seeds >= 2, "benchmark.seeds must be at least 2 (intervals and paired tests need them).")
-        _check(self.steps > 0 and self.batch_size > 0 and self.judge_steps > 0, "benchmark steps and batch_size must be positive.")
+        for key in ("steps", "batch_size", "judge_steps"):
+            _check(getattr(self, key) > 0, f"benchmark.{key} must be positive.")
         _check(self.classifier_resolution > 0, "benchmark.classifier_resolution must be positive.")
         _check(self.protocol != "linear-probe" or self.pretrained != "none",
                "benchmark.protocol linear-probe trains only a head on a frozen backbone, which needs ImageNet weights; "
@@ -228,15 +234,17 @@ class BenchmarkConfig:
                "benchmark.shots_per_class must list 0 (all) or positive counts.")
         _check(all(r > 0 for r in self.synthetic_ratios), "benchmark.synthetic_ratios must be positive.")
         _check(0 <= self.mix_probability < 1, "benchmark.mix_probability must lie in [0, 1).")
-        _check(all(g >= 0 for g in self.guidance_sweep), "The guidance scales of benchmark.guidance_sweep must be 0 or more.")
-        _check(self.sweep_ratio > 0 and self.fid_max_images > 1 and self.kid_subset_size > 1,
-               "benchmark.sweep_ratio, fid_max_images and kid_subset_size must be positive.")
+        _check(all(g >= 0 for g in self.guidance_sweep), "benchmark.guidance_sweep: the guidance scales must be 0 or more.")
+        _check(self.sweep_ratio > 0, "benchmark.sweep_ratio must be positive.")
+        for key in ("fid_max_images", "kid_subset_size"):
+            _check(getattr(self, key) > 1, f"benchmark.{key} must be at least 2.")
         _check(self.low_shot_duration_kimg >= 0, "benchmark.low_shot_duration_kimg must not be negative.")
         _check(all(0 < v <= 1 for v in self.strengths), "benchmark.strengths must lie in (0, 1]; e.g. [0.3, 0.5, 0.7].")
         _check(all(0 < v < 1 for v in self.min_confidences), "benchmark.min_confidences must lie in (0, 1); e.g. [0.5, 0.9].")
         _check(self.max_draws >= 1, "benchmark.max_draws must be at least 1.")
         _check(self.workers >= 0, "benchmark.workers must be 0 (one per CPU core) or positive.")
         _check(all(m > 1 for m in self.real_multiples), "benchmark.real_multiples must be whole numbers above 1; e.g. [2, 4].")
+        check_bounds(self, "benchmark")
 
 
 @dataclass(frozen=True)

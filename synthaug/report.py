@@ -21,6 +21,27 @@ def shots_text(setting: dict) -> str:
     return str(setting["shots_per_class"] or "all")
 
 
+def per_class_text(setting: dict) -> str:
+    """How many real images per class a setting has, in words: what was asked, and what the classes hold where that is
+    less (a class holding 6 images gives 6 of '10 per class'), or the range for all images."""
+    shots, held = setting["shots_per_class"], setting.get("per_class")  # held: [fewest, most] per class; older reports lack it
+    if held is None:
+        return f"{shots or 'all'} real images per class"
+    low, high = held
+    span = f"{low}" if low == high else f"{low}-{high}"
+    if not shots:
+        return f"all real images ({span} per class)"
+    if low < shots:
+        return f"{shots} real images per class asked (the classes hold {span})"
+    return f"{shots} real images per class"
+
+
+def dataset_title(report: dict) -> str:
+    """What a report is about: the dataset (its name), and the recipe when the two differ."""
+    name, recipe = report["dataset"].get("name"), report["recipe"]["name"]
+    return recipe if not name or name == recipe else f"{name} (recipe {recipe})"
+
+
 def interval(s: dict) -> str:
     return f"{pct(s['mean'])} ± {pct(s['ci95'])}"
 
@@ -184,7 +205,8 @@ def answer_lines(report: dict) -> list[str]:
     for s in report["settings"]:
         summary, c = s["summary"], s["choices"]
         g = summary["gain"]
-        lines += [f"**{shots_text(s)} real images per class.** {summary['verdict']}",
+        text = per_class_text(s)
+        lines += [f"**{text[0].upper() + text[1:]}.** {summary['verdict']}",
                   "",
                   f"- Chosen on the validation split (never on test): {c['label']}; baseline {summary['baseline_arm']}. "
                   f"Gain {100 * g['mean']:+.1f} points (95% CI ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f}); "
@@ -209,15 +231,19 @@ def answer_lines(report: dict) -> list[str]:
 
 
 def classifier_text(c: dict) -> str:
-    """Which classifier and protocol (fine-tuned, or a linear probe on a frozen backbone); older reports were fine-tuned."""
-    return c.get("description") or f"{c['model']}, fine-tuned ({c['pretrained']} weights)"
+    """Which classifier and protocol (trained from scratch, fine-tuned, or a linear probe on a frozen backbone)."""
+    if c.get("protocol") == "linear-probe" and c.get("description"):
+        return c["description"]
+    if c.get("pretrained", "none") == "none":
+        return f"{c['model']}, trained from scratch"
+    return f"{c['model']}, fine-tuned from ImageNet weights ({c['pretrained']})"
 
 
 def render_markdown(report: dict) -> str:
     d, c = report["dataset"], report["classifier"]
     faces = has_faces(report)
     parts = [
-        f"# synthaug benchmark: {report['recipe']['name']}",
+        f"# synthaug benchmark: {dataset_title(report)}",
         "",
         f"Command: `{report['command']}`  ",
         f"Dataset: `{d['spec']}` ({d['train_images']} training / {d.get('val_images', 0)} validation / {d['test_images']} test "
@@ -312,9 +338,9 @@ def plot_accuracy_vs_ratio(report: dict, path: Path) -> None:
             ax.axhline(100 * arms[name]["top1"]["mean"], color="k", linestyle=style[1:], linewidth=1, label=name)
         ax.set_xlabel("synthetic images per real image (on top of classic augmentation)")
         ax.set_ylabel("top-1 on real test (%)")
-        ax.set_title(f"{shots_text(s)} real images per class")
+        ax.set_title(per_class_text(s), fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{report['recipe']['name']}: accuracy vs synthetic ratio (95% CI over seeds)")
+    fig.suptitle(f"{dataset_title(report)}: accuracy vs synthetic ratio (95% CI over seeds)")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -342,8 +368,8 @@ def plot_guidance_sweep(report: dict, path: Path) -> None:
         ax2.set_ylabel("%")
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
-        ax.set_title(f"{shots_text(s)} real images per class")
-    fig.suptitle("guidance: quality vs conditioning vs validation accuracy")
+        ax.set_title(per_class_text(s), fontsize=9)
+    fig.suptitle(f"{dataset_title(report)}: guidance, quality vs conditioning vs validation accuracy")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -54,6 +54,9 @@ from synthaug.words import count
 log = logging.getLogger(__name__)
 
 
+MAX_IMAGES = 5_000_000  # one generation's plan is held in memory (about 200 bytes an image): at most 1 GB of plan
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """What to draw: class names (or ``all_classes``), NABirds-style species, or attribute conditions,
@@ -77,14 +80,17 @@ class GenerateRequest:
             raise SynthaugError("Say what to draw with exactly one of --class, --species, --attr or --all-classes.")
         if self.num < 0 or self.per_class < 0 or any(c < 0 for c in self.counts):
             raise SynthaugError("--num and --per-class must be positive.")
+        if max(self.num, self.per_class, *self.counts, 0) > MAX_IMAGES:
+            raise SynthaugError(f"--num and --per-class may ask for at most {MAX_IMAGES:,} images; draw a larger set as "
+                                "several sets into separate --out folders (with different --seed values).")
         if sum(bool(x) for x in (self.num, self.per_class, self.counts)) != 1 or (self.counts and not any(self.counts)):
             raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
         if not self.strengths or not all(0 < v <= 1 for v in self.strengths):
             raise SynthaugError("--strength must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.")
         if not 0 <= self.min_confidence < 1:
             raise SynthaugError("--min-confidence must lie in [0, 1), e.g. 0.9.")
-        if self.max_draws < 1:
-            raise SynthaugError("--max-draws must be at least 1.")
+        if not 1 <= self.max_draws <= 1000:
+            raise SynthaugError("--max-draws must be at least 1 and at most 1,000.")
 
     def counts_for(self, n_conditions: int) -> list[int]:
         if self.counts:
@@ -185,6 +191,10 @@ def plan_generation(gen: Generator, request: GenerateRequest, sampling: Sampling
     gen.check_sampling(sampling)
     conditions = resolve_conditions(gen, request)
     counts = request.counts_for(len(conditions))
+    if sum(counts) > MAX_IMAGES:
+        raise SynthaugError(f"{sum(counts):,} images ({len(conditions):,} conditions) are more than one generation plans "
+                            f"({MAX_IMAGES:,}); draw a larger set as several sets into separate --out folders (with "
+                            "different --seed values).")
     identity = run_identity(gen)
     settings = {
         "run_weights_sha256": identity["weights_sha256"],

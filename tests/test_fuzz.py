@@ -6,6 +6,7 @@ from __future__ import annotations
 import tarfile
 import typing
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -221,3 +222,47 @@ def test_any_text_written_into_a_recipe_reads_back_the_same(text):
     import tomllib
 
     assert tomllib.loads(f"x = {_toml_value(text)}")["x"] == text
+
+
+# -- numbers: every numeric recipe key and command option refuses non-finite and absurd values ---------------
+
+NUMERIC = {f"{section}.{name}": hint for section, cls in SECTIONS.items() for name, hint in typing.get_type_hints(cls).items()
+           if hint in (int, float) or typing.get_args(hint)[:1] in ((int,), (float,))}
+ABSURD = ["nan", "inf", "-inf", "1e308", "1e400", "-1e308", "99999999999999999999", "-99999999999999999999"]
+
+
+def test_every_numeric_key_is_fuzzed():
+    assert {"generator.lr", "generator.batch_size", "generator.duration_minutes", "sampling.guidance", "data.seed",
+            "benchmark.synthetic_ratios", "benchmark.guidance_sweep"} <= set(NUMERIC)
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC))
+@pytest.mark.parametrize("value", ABSURD)
+def test_non_finite_and_huge_numbers_fail_at_load_naming_the_key(key, value):
+    listed = typing.get_origin(NUMERIC[key]) is tuple
+    try:
+        load_recipe(None, [f"{key}={'[' + value + ']' if listed else value}"])
+    except SynthaugError as e:
+        assert str(e).startswith(key) and "\n" not in str(e), str(e)
+    else:
+        raise AssertionError(f"{key} = {value} loaded")
+
+
+NUMBER_OPTIONS = {
+    "train": ["--minutes"],
+    "generate": ["--num", "--per-class", "--guidance", "--steps", "--seed", "--batch-size", "--shard-size", "--min-confidence"],
+    "inspect": ["--resolution", "--shots-per-class", "--seed"],
+}
+
+
+@pytest.mark.parametrize("command, option", [(c, o) for c, options in NUMBER_OPTIONS.items() for o in options])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308", "99999999999999999999"])
+def test_non_finite_and_huge_command_options_are_one_sentence(command, option, value, digits_run, tmp_path):
+    args = {"train": ["train", "--dry-run"],
+            "generate": ["generate", "--run", digits_run.path, "--out", tmp_path / "out", "--class", "3",
+                         *(["--num", "2"] if option not in ("--num", "--per-class") else [])],
+            "inspect": ["inspect", "digits", "--grid", tmp_path / "grid.png"]}[command]
+    result = cli(*args, option, value)
+    assert result.exit_code == 1, result.output
+    error_line(result)
+    assert not (tmp_path / "out" / "manifest.json").exists()

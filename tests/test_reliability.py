@@ -360,3 +360,39 @@ def test_a_second_generate_into_the_same_folder_refuses(digits_run, tmp_path):
 def test_bad_input_is_one_sentence_and_exit_1(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert message in error_line(cli(*args))
+
+
+@pytest.mark.parametrize("failure", ["torch", "safetensors", "bare"])
+def test_a_full_disk_in_any_writer_is_one_sentence_naming_the_file(tmp_path, monkeypatch, failure):
+    """torch.save raises RuntimeError and safetensors a SafetensorError when the disk fills, and a failed write() an
+    OSError without a file name: each ends as the one sentence naming what could not be written."""
+    import shutil
+
+    import safetensors.torch
+
+    if failure == "torch":
+        def fail(*a, **k):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8388736 vs 8388624")
+
+        monkeypatch.setattr(train_module.torch, "save", fail)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 0))  # full
+        where = "state"
+    elif failure == "safetensors":
+        def fail(*a, **k):
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(safetensors.torch, "save_file", fail)
+        where = "model"
+    else:
+        import synthaug.files as files
+
+        def fail(fd, mode):
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a failed f.write() raises it: no file name
+
+        monkeypatch.setattr(files.os, "fdopen", fail)
+        where = "run.json"  # the first file training writes
+    run_dir = tmp_path / "run"
+    result = cli("train", "--set", f"run_dir={run_dir}", *[a for s in TINY for a in ("--set", s)])
+    line = error_line(result)
+    assert f"Could not write or read {run_dir / where}" in line and "No space left on device" in line, line

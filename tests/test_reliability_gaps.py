@@ -122,7 +122,7 @@ def test_the_corrected_steps_run_into_the_same_folder(digits_run, tmp_path):
     (["train", "--set", "sampling.images_per_shard=0", "--dry-run"], "sampling.images_per_shard must be positive."),
     (["generate", "--class", "3", "--num", "2", "--steps", "0"], "sampling.steps must be positive."),
     (["generate", "--class", "3", "--num", "2", "--shard-size", "0"], "sampling.images_per_shard must be positive."),
-    (["generate", "--class", "3", "--num", "2", "--batch-size", "0"], "sampling.batch_size and network_batch must be positive."),
+    (["generate", "--class", "3", "--num", "2", "--batch-size", "0"], "sampling.batch_size must be positive."),
 ])
 def test_zero_steps_and_shard_sizes_are_one_sentence(digits_run, tmp_path, args, message):
     if args[0] == "generate":

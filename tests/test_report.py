@@ -204,3 +204,25 @@ def test_arms_say_how_many_images_they_drew_from_and_near_empty_sets_are_named()
     md = render_markdown(report)
     assert ("Not a candidate: synthetic (guidance 2), filtered p>=0.9 kept 3 of the 50 synthetic images x0.5 asks for "
             "(less than 10%), so it was neither chosen nor ranked.") in md
+
+
+def test_labels_say_what_the_classes_hold_what_the_dataset_is_and_how_the_classifier_trained():
+    from synthaug.classifier import ClassifierConfig
+    from synthaug.report import classifier_text, dataset_title, per_class_text
+
+    s = setting(10)
+    assert per_class_text(s) == "10 real images per class"  # an older report: no counts
+    s["per_class"] = [3, 6]  # classes smaller than the 10 asked for
+    assert per_class_text(s) == "10 real images per class asked (the classes hold 3-6)"
+    s["per_class"] = [10, 10]
+    assert per_class_text(s) == "10 real images per class"
+    assert per_class_text({"shots_per_class": 0, "per_class": [22, 22]}) == "all real images (22 per class)"
+    report = fake_report()
+    report["settings"][0]["per_class"] = [3, 6]
+    assert "**10 real images per class asked (the classes hold 3-6).**" in render_markdown(report)
+    report["dataset"]["name"] = "imagefolder-bars"
+    assert render_markdown(report).startswith("# synthaug benchmark: imagefolder-bars (recipe tiny)")
+    scratch = ClassifierConfig.from_benchmark(steps=3)  # test_resnet, no pretrained weights
+    assert scratch.describe() == "test_resnet, trained from scratch" and "none weights" not in classifier_text(report["classifier"])
+    assert classifier_text(report["classifier"]) == "test_resnet, trained from scratch"
+    assert classifier_text({"model": "m", "pretrained": "offline"}) == "m, fine-tuned from ImageNet weights (offline)"

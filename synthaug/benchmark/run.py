@@ -508,7 +508,8 @@ class Benchmark:
             "judge": ev.judge_info,
             "fid_weights": describe_fid_weights(ev.fid_weights),
             "fid_resize": RESIZE_MODE,
-            "settings": [{"shots_per_class": s.shots, "train_images": len(s.train), "generator": s.generator,
+            "settings": [{"shots_per_class": s.shots, "train_images": len(s.train), "per_class": per_class_range(s.train, targets),
+                          "generator": s.generator,
                           "choices": s.choices, "validation": s.validation, "arms": s.arms, "arm_sets": s.arm_sets,
                           "synthetic_sets": {k: v.describe() for k, v in s.sets.items()}, "summary": self.summary(s)}
                          for s in settings],
@@ -520,6 +521,15 @@ class Benchmark:
             write_report(report, self.out, full, settings)
         self.barrier()
         return report
+
+
+def per_class_range(train: ImageSet, targets: Targets) -> list[int] | None:
+    """[fewest, most] real training images of a class (over the classes the setting has); None for attribute targets."""
+    if targets.kind != "class":
+        return None
+    counts = np.bincount(train.labels, minlength=train.num_classes)
+    counts = counts[counts > 0]
+    return [int(counts.min()), int(counts.max())] if len(counts) else None
 
 
 def cpu_worker_pool(workers: int):

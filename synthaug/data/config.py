@@ -3,7 +3,9 @@ check that every enumerated (``Literal``) field of a recipe section holds one of
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +34,34 @@ def check_choices(config, section: str) -> None:
     built in code is checked as strictly as one read from a file."""
     for name, hint in _choice_fields(type(config)).items():
         check_choice(getattr(config, name), hint, f"{section}.{name}")
+
+
+MAX_SEED = 2**63 - 1
+
+
+def bounded(default, low: float, high: float):
+    """A numeric recipe field (or a tuple of numbers) whose every value must lie in [low, high]: declared once with
+    the field, checked by :func:`check_bounds` when a section is built, in code or from a file, so an absurd value
+    (a guidance of 1e308, a batch of 10^20 images) is one sentence at load instead of a hang or garbage later."""
+    return dataclasses.field(default=default, metadata={"bounds": (low, high)})
+
+
+def _number(x: float) -> str:
+    """A bound as a person reads it: 65,536 or 1e+07 as 10,000,000; 0.99 as it is."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def check_bounds(config, section: str) -> None:
+    """Every field declared with :func:`bounded` holds finite values within its bounds."""
+    for f in dataclasses.fields(config):
+        if "bounds" not in f.metadata:
+            continue
+        low, high = f.metadata["bounds"]
+        value = getattr(config, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+                raise SynthaugError(f"{section}.{f.name} = {v!r} is out of range; use a value from {_number(low)} to "
+                                    f"{_number(high)}.")
 
 
 @dataclass(frozen=True)
@@ -66,8 +96,8 @@ class DataConfig:
     split: Split = "auto"
     test_fraction: float = 0.2
     val_fraction: float = 0.0
-    shots_per_class: int = 0
-    seed: int = 0
+    shots_per_class: int = bounded(0, 0, 10**6)
+    seed: int = bounded(0, 0, MAX_SEED)
     strict: bool = False
 
     def __post_init__(self):
@@ -75,8 +105,9 @@ class DataConfig:
         if not 0 <= self.resolution <= 4096:
             raise SynthaugError(f"data.resolution {self.resolution} is out of range; use 0 (default) or a side up to 4096 pixels.")
         if self.shots_per_class < 0:
-            raise SynthaugError(f"shots_per_class must be 0 (all) or positive, not {self.shots_per_class}.")
+            raise SynthaugError(f"data.shots_per_class must be 0 (all) or positive, not {self.shots_per_class}.")
         if not 0 < self.test_fraction < 1:
-            raise SynthaugError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}; use e.g. 0.2.")
+            raise SynthaugError(f"data.test_fraction must lie between 0 and 1, not {self.test_fraction}; use e.g. 0.2.")
         if not 0 <= self.val_fraction < 1:
             raise SynthaugError(f"data.val_fraction must lie in [0, 1), not {self.val_fraction}; use e.g. 0.1, or 0 for no validation split.")
+        check_bounds(self, "data")
