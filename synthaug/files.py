@@ -93,6 +93,21 @@ def writing(path: Path) -> Iterator[None]:
         raise converted from e
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate a (sparse) file's whole size on disk now, so that a full disk is an OSError naming it here rather
+    than a SIGBUS killing the process when a memory-mapped write reaches the missing block (where the file system
+    cannot allocate ahead, this does nothing)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)

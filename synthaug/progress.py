@@ -117,8 +117,9 @@ class PlainLines:
             self.last = now
             self.write(self.status())
 
-    def close(self) -> None:
-        self.write(f"done, {self.status()} in {duration(time.monotonic() - self.start)}")
+    def close(self, stopped: bool = False) -> None:
+        """The last line: 'done' when the loop finished, 'stopped at' when an error or an interrupt ended it."""
+        self.write(f"{'stopped at' if stopped else 'done,'} {self.status()} in {duration(time.monotonic() - self.start)}")
 
 
 class Task:
@@ -145,11 +146,12 @@ class Task:
         fields = {} if info is None else {"info": info}
         _progress.update(self._id, advance=n, **fields)
 
-    def close(self) -> None:
-        """Stop drawing once every bar is done, so later output lands below the bars."""
+    def close(self, stopped: bool = False) -> None:
+        """Stop drawing once every bar is done, so later output lands below the bars; ``stopped``: the loop was ended
+        by an error or an interrupt, which its last plain line says instead of 'done'."""
         global _progress
         if self._lines is not None:
-            self._lines.close()
+            self._lines.close(stopped)
             self._lines = None
         if self._id is None or _progress is None:
             return
@@ -167,8 +169,10 @@ def task(description: str, total: float | None = None, transient: bool = False) 
     t = Task(description, total, transient)
     try:
         yield t
-    finally:
-        t.close()
+    except BaseException:
+        t.close(stopped=True)
+        raise
+    t.close()
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.errors import SynthaugError
-from synthaug.files import sha256_file, write_text_atomic
+from synthaug.files import reserve_space, sha256_file, write_text_atomic
 from synthaug.words import count
 
 SHARD_PATTERN = "synth-%06d.tar"
@@ -130,7 +130,7 @@ def read_shard(path: Path) -> list[dict]:
     so a repeated key (or a repeated file within a key) shows up as a second sample.
     """
     samples: list[dict] = []
-    with tarfile.open(path) as tar:
+    with tarfile.open(path, "r:") as tar:  # shards are plain tars (not compressed): one reason when one is not
         for member in tar:
             if not member.isfile():
                 continue
@@ -185,6 +185,26 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise SynthaugError(f"{path} is not a synthaug manifest ({MANIFEST_FORMAT}); point at a synthaug shard folder.")
     return manifest
+
+
+def read_settings(folder: Path) -> dict | None:
+    """A set's ``generation.json`` (the settings that determine its images), or None when it is missing or damaged
+    (not a JSON object naming the conditions and counts)."""
+    try:
+        settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(settings, dict) and isinstance(settings.get("conditions"), list) and isinstance(settings.get("counts"), list)
+    return settings if ok else None
+
+
+def settings_from_manifest(folder: Path) -> dict | None:
+    """The generation settings a finished set's manifest recorded (what rebuilds a damaged ``generation.json``)."""
+    try:
+        settings = json.loads((Path(folder) / MANIFEST).read_text()).get("settings")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) and isinstance(settings.get("conditions"), list) else None
 
 
 def _generate_is_running(folder: Path) -> bool:
@@ -313,6 +333,7 @@ def _stream_to_memmap(paths: list[Path], manifest: dict, shape) -> tuple[object,
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{key}.npy.partial"
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    reserve_space(partial)  # a full disk: an error naming the file, not a SIGBUS at a mapped write
     labels, metas = [], []
     stream = wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False).to_tuple("png", "cls", "json")
     for i, (png, cls, meta) in enumerate(stream):
@@ -385,7 +406,8 @@ def verify_shards(folder: Path) -> dict:
         try:
             samples = read_shard(path)
         except (tarfile.TarError, EOFError, OSError) as e:
-            problems.append(f"{name} cannot be read as a tar file ({e}).")
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")  # one line, not tarfile's list
+            problems.append(f"{name} cannot be read as a tar file ({reason}).")
             continue
         if len(samples) != entry["count"]:
             problems.append(f"{name} holds {count(len(samples), 'sample')} where the manifest says {entry['count']}.")
@@ -411,15 +433,19 @@ def verify_shards(folder: Path) -> dict:
                 per_class[meta["class_name"]] += 1
             except (ValueError, KeyError, TypeError):
                 problems.append(f"{key} in {name} has unreadable metadata.")
-    settings_path = folder / SETTINGS_FILE
     expected, filtered = None, False
-    if settings_path.is_file():
+    settings = read_settings(folder)
+    if settings is None:  # damaged or deleted: the manifest's copy is the plan, and generate rebuilds the file from it
+        state = "damaged" if (folder / SETTINGS_FILE).exists() else "missing"
+        problems.append(f"{SETTINGS_FILE} is {state}; the samples were checked against the settings in {MANIFEST} instead, "
+                        f"and running the same synthaug generate command again rebuilds it from {MANIFEST}.")
+        settings = settings_from_manifest(folder)
+    if settings is not None:
         try:
-            settings = json.loads(settings_path.read_text())
             expected = {sample_key(c, i) for c, n in zip(settings["conditions"], settings["counts"]) for i in range(n)}
             filtered = "filter" in settings
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            problems.append(f"{SETTINGS_FILE} is unreadable, so the samples cannot be checked against the plan.")
+        except (KeyError, TypeError):
+            problems.append(f"The settings in {MANIFEST} are unreadable, so the samples cannot be checked against the plan.")
     if expected is not None:
         absent = sorted(expected - set(seen))
         kept = {name: c["kept"] for name, c in (manifest.get("filter") or {}).get("per_class", {}).items()}

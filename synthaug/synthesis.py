@@ -41,6 +41,8 @@ from synthaug.shards import (
     MANIFEST,
     SETTINGS_FILE,
     SHARD_PATTERN,
+    read_settings,
+    settings_from_manifest,
     describe_shard,
     encode_png,
     encode_sample,
@@ -303,11 +305,17 @@ class OutputFolder:
         out.mkdir(parents=True, exist_ok=True)
         settings_path = out / SETTINGS_FILE
         ours = [*out.glob("synth-*.tar"), *out.glob(".synth-*.tar.partial"), out / MANIFEST, settings_path]
+        if read_settings(out) is None and (rebuilt := settings_from_manifest(out)) is not None and not overwrite:
+            # a damaged or deleted generation.json of a finished set: its manifest recorded the same settings
+            log.warning("%s is %s; rebuilt it from %s.", settings_path, "damaged" if settings_path.exists() else "missing",
+                        out / MANIFEST)
+            write_text_atomic(settings_path, json.dumps(rebuilt, indent=1, sort_keys=True) + "\n")
         if settings_path.exists() and not overwrite:
-            try:
-                previous = json.loads(settings_path.read_text())
-            except json.JSONDecodeError:
-                previous = None
+            previous = read_settings(out)
+            if previous is None:
+                raise SynthaugError(f"{settings_path} is damaged and there is no finished {MANIFEST} to rebuild it from, so "
+                                    f"what {out} holds is unknown; pass --overwrite to draw the set again, or use another "
+                                    "--out folder.")
             if previous != plan.settings:
                 changed = sorted(k for k in set(plan.settings) | set(previous or {}) if (previous or {}).get(k) != plan.settings.get(k))
                 raise SynthaugError(

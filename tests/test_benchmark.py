@@ -303,6 +303,18 @@ def test_cli_evaluate_with_missing_weights_is_one_sentence(digits_run, tmp_path)
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("kind", ["junk", "empty", "folder"])
+def test_cli_evaluate_with_bad_weights_is_one_sentence_not_an_abort(digits_run, tmp_path, kind):
+    out = tmp_path / "s"
+    generate_shards(digits_run.path, GenerateRequest(classes=("1",), num=2), out, SamplingConfig(steps=2, network_batch=8))
+    bad = tmp_path / "weights.pth"
+    bad.mkdir() if kind == "folder" else bad.write_bytes(b"" if kind == "empty" else b"junk bytes")
+    for args, env in ((["--set", f"benchmark.fid_weights={bad}"], {}), ([], {"SYNTHAUG_FID_WEIGHTS": str(bad)})):
+        result = CliRunner().invoke(app, ["evaluate", "--synthetic", str(out), *args], env={"COLUMNS": "200", **env})
+        assert result.exit_code == 1 and str(bad) in result.output and "Aborted" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
 @pytest.mark.data
 def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, fid_weights):
     """`synthaug benchmark recipes/cub.toml` on the real CUB subset, shrunk to about a minute: 2 images per class, a

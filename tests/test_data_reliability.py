@@ -472,10 +472,24 @@ def test_a_deleted_manifest_is_reported_and_the_same_generate_rebuilds_it(shard_
     assert {p.name: p.stat().st_mtime_ns for p in shard_set.glob("synth-*.tar")} == stamps  # kept, not redrawn
 
 
-def test_an_unreadable_generation_json_is_a_problem_not_a_traceback(shard_set):
-    (shard_set / "generation.json").write_text("{ half")
+@pytest.mark.parametrize("damage", ["{bad", "{}", "[1, 2]", "deleted"])
+def test_a_damaged_or_deleted_generation_json_is_named_and_the_same_generate_rebuilds_it(shard_set, digits_run, damage):
+    original = (shard_set / "generation.json").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in shard_set.glob("synth-*.tar")}
+    if damage == "deleted":
+        (shard_set / "generation.json").unlink()
+    else:
+        (shard_set / "generation.json").write_text(damage)
     result = verify_shards(shard_set)
-    assert not result["ok"] and result["problems"] == ["generation.json is unreadable, so the samples cannot be checked against the plan."]
+    state = "missing" if damage == "deleted" else "damaged"
+    assert not result["ok"] and result["problems"] == [
+        f"generation.json is {state}; the samples were checked against the settings in manifest.json instead, and running "
+        "the same synthaug generate command again rebuilds it from manifest.json."]
+    assert result["samples"] == 16  # still checked, against the manifest's plan
+    generate_shards(digits_run.path, REQUEST, shard_set, SAMPLING)  # the same command: rebuilds, redraws nothing
+    assert json.loads((shard_set / "generation.json").read_text()) == json.loads(original)
+    assert verify_shards(shard_set)["ok"]
+    assert {p.name: p.stat().st_mtime_ns for p in shard_set.glob("synth-*.tar")} == stamps
 
 
 def digests(images) -> Counter:
@@ -509,3 +523,10 @@ def test_a_set_that_generate_is_still_writing_is_refused_until_it_is_finished(sh
     with pytest.raises(SynthaugError, match="was interrupted or its manifest was deleted; run the same synthaug generate"):
         synthaug.synthetic_dataset(shard_set)
     assert [s["__key__"] for s in read_shard(shard_set / "synth-000000.tar")]  # nothing was touched
+
+
+def test_a_shard_that_is_not_a_tar_is_one_line_in_verify(shard_set):
+    (shard_set / "synth-000001.tar").write_bytes(b"this is not a tar file at all" * 40)
+    problems = verify_shards(shard_set)["problems"]
+    unreadable = [p for p in problems if "cannot be read as a tar file" in p]
+    assert len(unreadable) == 1 and "\n" not in unreadable[0] and "method gz" not in unreadable[0], problems

@@ -78,10 +78,25 @@ def test_explicit_and_env_paths(tmp_path, monkeypatch):
     monkeypatch.setenv(fi.ENV_VAR, str(missing))
     with pytest.raises(SynthaugError, match="nope.pth"):
         fi.fid_weights_path()
-    present = tmp_path / "mine.pth"
-    present.write_bytes(b"x")
-    assert fi.fid_weights_path(present) == present  # an explicit path wins over the environment
     assert fi.fid_weights_path("download") is None
+
+
+def test_a_named_file_that_is_not_inception_weights_is_one_sentence(weights, tmp_path, monkeypatch):
+    junk, empty, folder = tmp_path / "junk.pth", tmp_path / "empty.pth", tmp_path / "folder.pth"
+    junk.write_bytes(b"\x80\x04not a pickle at all")
+    empty.write_bytes(b"")
+    folder.mkdir()
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)  # a real state dict of another network
+    for path, why in ((junk, "is not InceptionV3 weights"), (empty, "is empty"), (folder, "is a folder"),
+                      (other, "is not InceptionV3 weights")):
+        for use_env in (False, True):
+            monkeypatch.setenv(fi.ENV_VAR, str(path)) if use_env else monkeypatch.delenv(fi.ENV_VAR, raising=False)
+            with pytest.raises(SynthaugError) as e:
+                fi.fid_weights_path(None if use_env else path)
+            assert why in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setenv(fi.ENV_VAR, str(junk))
+    assert fi.fid_weights_path(weights) == weights  # an explicit path wins over the environment
 
 
 def test_nothing_found_says_how_to_get_weights(monkeypatch, tmp_path):

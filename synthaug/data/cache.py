@@ -31,7 +31,7 @@ import numpy as np
 from synthaug import progress
 from synthaug.data.catalog import Catalog
 from synthaug.data.decode import decode_image
-from synthaug.files import sha256_file, write_bytes_atomic, write_text_atomic
+from synthaug.files import sha256_file, write_bytes_atomic, write_text_atomic, writing
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,15 @@ def write_cache(folder: Path, catalog: Catalog, resolution: int, missing: dict[i
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
+        return _write_cache(folder, tmp, catalog, resolution, missing, workers, settings)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_cache(folder: Path, tmp: Path, catalog: Catalog, resolution: int, missing: dict[int, str], workers: int,
+                 settings: dict) -> Decoded:
+    with writing(folder / "images.npy"):  # a full disk (a failed write() carries no file name) names the cache file
         shape = (len(catalog), resolution, resolution, 3)
         rows = RowFile(tmp / "decoding.npy", shape)
         try:
@@ -410,9 +419,6 @@ def write_cache(folder: Path, catalog: Catalog, resolution: int, missing: dict[i
             tmp.rename(folder)
         except OSError:  # another process wrote the same cache first; theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     # Caches of older versions of the same source and settings are stale now.
     prefix = folder.name.rsplit("-", 1)[0] + "-"
     for old in folder.parent.glob(prefix + "*"):

