@@ -107,6 +107,32 @@ def test_odd_files_decode_or_are_skipped_with_a_reason_and_odd_class_names_work(
         assert json.loads(sample["json"])["class_name"] == name and "." not in key
 
 
+def test_symlinked_and_hidden_class_folders_are_left_out_and_named_in_the_notes(tmp_path):
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            write_image(root / split / name / "0.png", COLOURS[c])
+    write_image(tmp_path / "tree2" / "1.png", COLOURS[2])
+    (root / "test" / "loop").symlink_to("../../tree2")  # elsewhere, and the same images in two classes
+    (root / "train" / "alias").symlink_to("cat")  # the cat images again, under another class
+    write_image(root / "train" / "..." / "0.png", COLOURS[3])
+    write_image(root / "train" / ".cache" / "0.png", COLOURS[4])
+    (root / "train" / "dog" / "linked").symlink_to("../cat")  # a symlinked sub-folder inside a class folder
+    ds = load_dataset(f"imagefolder:{root}", resolution=8)
+    assert ds.class_names == ["cat", "dog"] and sorted(ds.sources) == ["test/cat/0.png", "test/dog/0.png",
+                                                                       "train/cat/0.png", "train/dog/0.png"]
+    notes = " ".join(ds.notes)
+    assert "2 class folders that are symbolic links were left out" in notes, ds.notes
+    assert "test/loop -> ../../tree2" in notes and "train/alias -> cat" in notes
+    assert "2 hidden folders were left out" in notes and "train/..." in notes and "train/.cache" in notes
+    assert "train/dog/linked" in notes
+    (tmp_path / "only links").mkdir()
+    (tmp_path / "only links" / "cat").symlink_to(root / "train" / "cat")
+    with pytest.raises(SynthaugError, match=r"has no class folders other than symbolic links and hidden folders, which "
+                                            r"are left out \(cat -> .*\); expected the layout"):
+        load_dataset(f"imagefolder:{tmp_path / 'only links'}", resolution=8)
+
+
 def load_without_pillow_warnings(root, resolution: int):
     """Load an imagefolder, checking that no raw DecompressionBombWarning reached the user."""
     with warnings.catch_warnings(record=True) as caught:
