@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import COLOURS, write_image
 from synthaug import __version__, progress
 from synthaug.cli import app, count, os_error_sentence
 
@@ -162,6 +163,16 @@ def test_inspect_grid_of_a_class_per_folder_dataset_has_its_class_names_at_the_l
     # tiles are solid colours: the labelled margin at the left is white paper with black text
     margin = image[:, :40]
     assert (margin < 60).all(axis=2).any() and (margin > 250).all(axis=2).mean() > 0.5
+
+
+def test_inspect_draws_a_class_named_with_a_newline_escaped(tmp_path):
+    for c, name in enumerate(("cat", "two\nlines")):
+        for k in range(2):
+            write_image(tmp_path / "odd" / name / f"{k}.png", COLOURS[c])
+    grid = tmp_path / "g.png"
+    result = run("inspect", f"imagefolder:{tmp_path / 'odd'}", "-r", "8", "--grid", str(grid))
+    assert result.exit_code == 0, result.output
+    assert grid.is_file()
 
 
 def test_inspect_uses_the_cache_the_second_time(cub_tree, tmp_path):
