@@ -26,7 +26,7 @@ from conftest import COLOURS, write_image
 from synthaug.data import cache as data_cache
 from synthaug.data import load_dataset
 from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
-from synthaug.data.splits import assign_splits
+from synthaug.data.splits import assign_splits, hold_out_validation
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock
 from synthaug.quality import features
@@ -207,6 +207,19 @@ def test_the_stratified_split_names_every_class_too_small_for_a_test_image(tmp_p
     assert "Class 'dog' has only one image" in note
     _, note = assign_splits(np.array([0, 0, 1, 1]), np.array([""] * 4), 2, class_names=["cat", "dog"])
     assert "only one image" not in note
+
+
+def test_the_validation_split_names_every_class_too_small_to_hold_an_image_out(tmp_path):
+    for name, count in (("cat", 5), ("dog", 1), ("eel", 2)):
+        for k in range(count):
+            write_image(tmp_path / "pets" / name / f"{k}.png")
+    ds = load_dataset(f"imagefolder:{tmp_path / 'pets'}", resolution=8, val_fraction=0.1)
+    assert list(ds.class_counts("val")) == [1, 0, 0]
+    assert any("2 classes have fewer than 2 training images each and keep them all for training: 'dog', 'eel'." in n
+               for n in ds.notes), ds.notes
+    splits, note = hold_out_validation(np.array([0, 0, 1]), np.array(["train"] * 3), 0.1, 0, ["cat", "dog"])
+    assert list(splits) == ["val", "train", "train"] or list(splits) == ["train", "val", "train"]
+    assert note.endswith("Class 'dog' has fewer than 2 training images and keeps them all for training.")
 
 
 def test_stanford_cars_without_its_image_folder_names_it_first(tmp_path):

@@ -45,6 +45,7 @@ from synthaug.benchmark.stats import min_detectable_effect, paired_gain
 from synthaug.benchmark.store import StageStore, stage_key
 from synthaug.classifier import ClassifierConfig, Images
 from synthaug.data import ImageSet, load_dataset
+from synthaug.data.splits import missing_validation
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import ConditionSchema, resolve_kind, sources_sha256
@@ -243,8 +244,9 @@ class Benchmark:
             for note in full.notes if self.main else ():
                 log.info("%s: %s", self.recipe.data.spec, note)
             if not np.any(full.splits == "val"):
+                why = missing_validation(full.labels, full.splits, self.recipe.data.val_fraction, full.class_names)
                 raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
-                                    "none; set data.val_fraction (e.g. 0.1).")
+                                    f"none; {why}.")
             kind = resolve_kind(self.recipe.generator.condition, full)
             train = full.split("train")
             judge = self.store.folder("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,

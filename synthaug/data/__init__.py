@@ -264,7 +264,7 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
                                  [catalog.class_names[c] for c in present])
     if note:
         notes.append(note)
-    splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed)
+    splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed, [catalog.class_names[c] for c in present])
     if note:
         notes.append(note)
     if config.shots_per_class:
