@@ -369,7 +369,7 @@ def classes_command(
     from synthaug.inspection import find_classes
 
     catalog = read_catalog(DataConfig(spec=spec, target=target, level=level))
-    found = find_classes(catalog, search)
+    found = find_classes(catalog, search, spec)
     counts = found.counts
     if found.groups:
         groups = Table(title=f"{catalog.group_kind.capitalize() or 'Group'} matching {escape(repr(search))}" if search

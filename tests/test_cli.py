@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,16 @@ def test_classes_lists_and_searches(cub_tree):
 def test_classes_misspelt_suggests_the_right_one(cub_tree):
     line = one_sentence_error(run("classes", f"cub:{cub_tree}", "--search", "Lysan Albatros"))
     assert "did you mean 'Laysan Albatross'" in line
+
+
+def test_classes_without_a_match_suggests_a_command_that_works(cub_tree):
+    spaced = cub_tree.rename(cub_tree.parent / "CUB 200")
+    line = one_sentence_error(run("classes", f"cub:{spaced}", "--search", "zzzz"))
+    suggested = re.search(r"run `(.*?)` to list them", line).group(1)
+    assert suggested == f"synthaug classes 'cub:{spaced}'"
+    listed = run(*shlex.split(suggested)[1:])
+    assert listed.exit_code == 0 and "3 of 3 classes" in listed.output
+    assert "run `synthaug classes digits`" in one_sentence_error(run("classes", "digits", "--search", "zzzz"))
 
 
 @pytest.mark.data
