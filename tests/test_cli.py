@@ -176,6 +176,16 @@ def test_inspect_draws_a_class_named_with_a_newline_escaped(tmp_path):
     assert grid.is_file()
 
 
+def test_inspect_with_an_unwritable_cache_says_not_cached(imagefolder_tree, tmp_path, monkeypatch):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "blocker" / "cache"))
+    result = run("inspect", f"imagefolder:{imagefolder_tree}", "-r", "8", "--grid", str(tmp_path / "g.png"))
+    assert result.exit_code == 0, result.output
+    assert "10 images, 2 classes, 8x8 px, 3 channels; decoded, not cached" in result.output
+    assert "built in" not in result.output
+    assert "built in, no files" in run("inspect", "digits", "--grid", str(tmp_path / "d.png")).output
+
+
 def test_inspect_uses_the_cache_the_second_time(cub_tree, tmp_path):
     first = run("inspect", f"cub:{cub_tree}", "-r", "16", "--grid", str(tmp_path / "g.png"))
     assert first.exit_code == 0 and "decoded and cached" in first.output
