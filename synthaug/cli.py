@@ -306,7 +306,7 @@ def inspect_command(
     limit: Annotated[int, typer.Option(help="Show at most this many classes (0: all).")] = 30,
 ) -> None:
     """Decode a dataset (cached) and show its splits, classes, attributes, unreadable files and a sample grid."""
-    from synthaug.data import DataConfig, load_dataset
+    from synthaug.data import DataConfig, load_dataset, parse_spec
     from synthaug.grids import save_png
     from synthaug.inspection import dataset_grid, default_grid_path
 
@@ -316,7 +316,8 @@ def inspect_command(
                         shots_per_class=shots_per_class, seed=seed, strict=strict)
     ds = load_dataset(config)
     source = f"read from the cache {ds.cache_path}" if ds.from_cache else (
-        f"decoded and cached in {ds.cache_path}" if ds.cache_path else "built in, no files")
+        f"decoded and cached in {ds.cache_path}" if ds.cache_path else "built in, no files" if parse_spec(spec)[1] is None
+        else "decoded, not cached (the cache could not be written; set SYNTHAUG_CACHE to a writable folder to keep it)")
     console.print(f"[bold]{escape(ds.name)}[/]  {escape(config.spec)}")
     console.print(f"{count(len(ds), 'image')}, {count(ds.num_classes, 'class')}, {ds.resolution}x{ds.resolution} px, "
                   f"{count(ds.channels, 'channel')}; {source}", highlight=False)
@@ -369,7 +370,7 @@ def classes_command(
     from synthaug.inspection import find_classes
 
     catalog = read_catalog(DataConfig(spec=spec, target=target, level=level))
-    found = find_classes(catalog, search)
+    found = find_classes(catalog, search, spec)
     counts = found.counts
     if found.groups:
         groups = Table(title=f"{catalog.group_kind.capitalize() or 'Group'} matching {escape(repr(search))}" if search

@@ -65,8 +65,13 @@ def default_filter_config(run: Run) -> ClassifierConfig:
 
 
 def filter_key(run: Run, config: ClassifierConfig) -> str:
+    """What determines a run's filter classifier: its real training images (their files, and where recorded their pixels
+    and labels, which a retrained run may change under the same file names) and the classifier's settings."""
     schema = json.loads(run.condition_file.read_text())
-    text = json.dumps({"sources": schema["train_sources_sha256"], "config": dataclasses.asdict(config)}, sort_keys=True)
+    identity = {"sources": schema["train_sources_sha256"], "config": dataclasses.asdict(config)}
+    if schema.get("train_pixels_sha256"):  # runs from before these were recorded keep the key of their filter
+        identity["content"] = [schema["train_pixels_sha256"], schema.get("train_labels_sha256", "")]
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -34,9 +34,26 @@ def upscale(image: np.ndarray, min_side: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 
 
+def label_text(name: str) -> str:
+    """A class name as it is drawn into an image: on one line, its control characters (newlines, tabs, escape
+    codes) and line separators written out as Python writes them in a string, so a name cannot break the text
+    layout or hide what it holds.
+
+    >>> label_text("two\\nlines"), label_text("café")
+    ('two\\\\nlines', 'café')
+    """
+    import unicodedata
+
+    def shown(c: str) -> str:  # control, format and unassigned characters (C*), line and paragraph separators
+        return repr(c)[1:-1] if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") else c
+
+    return "".join(map(shown, name))
+
+
 def label_rows(image: np.ndarray, labels: list[str], max_width: int = 200) -> np.ndarray:
     """``image`` (H, W, C) as RGB with a white margin at its left naming each of its ``len(labels)``
-    equal-height rows (e.g. the class of each row of a sample grid), in PIL's small default font.
+    equal-height rows (e.g. the class of each row of a sample grid), in PIL's small default font, each on one
+    line (:func:`label_text`).
 
     Names wider than ``max_width`` pixels are shortened with "...".
     """
@@ -52,7 +69,7 @@ def label_rows(image: np.ndarray, labels: list[str], max_width: int = 200) -> np
             text = text[:-1]
         return text + "..."
 
-    fitted = [fit(label) for label in labels]
+    fitted = [fit(label_text(label)) for label in labels]
     margin = int(max(pen.textlength(t, font=font) for t in fitted)) + 8
     rgb = image if image.shape[2] == 3 else image.repeat(3, axis=2)
     canvas = Image.new("RGB", (margin + rgb.shape[1], rgb.shape[0]), "white")

@@ -24,10 +24,11 @@ class ClassSearch:
     group_of: dict[int, str] = field(default_factory=dict)  # class index -> "id name" of its group
 
 
-def find_classes(catalog: Catalog, text: str = "") -> ClassSearch:
+def find_classes(catalog: Catalog, text: str = "", spec: str = "") -> ClassSearch:
     """Classes (and groups, e.g. NABirds species) whose names contain ``text``; all of them for "".
 
-    A group that matches brings its member classes along. No match is an error naming the closest names.
+    A group that matches brings its member classes along. No match is an error naming the closest names, or the
+    command that lists them all for ``spec`` (the dataset spec as the user wrote it; default: rebuilt from the catalog).
     """
     group_names = [g.name for g in catalog.groups]
     groups = [catalog.groups[i] for i in search_names(text, group_names)] if text else []
@@ -35,7 +36,8 @@ def find_classes(catalog: Catalog, text: str = "") -> ClassSearch:
     for g in groups:
         classes.update(g.members)
     if text and not classes and not groups:
-        raise unknown_name_error(text, catalog.class_names + group_names, str(catalog.root or catalog.format))
+        where = spec or (f"{catalog.format}:{catalog.location or catalog.root}" if catalog.root or catalog.location else catalog.format)
+        raise unknown_name_error(text, catalog.class_names + group_names, where)
     group_of = {m: f"{g.id} {g.name}" for g in catalog.groups for m in g.members}
     counts = np.bincount(catalog.labels, minlength=len(catalog.class_names))
     return ClassSearch(sorted(classes), groups, counts, group_of)

@@ -90,17 +90,18 @@ class Run:
 
     def training_images(self):
         """The real images this run's generator was trained on, exactly: its recipe's training split, checked
-        against the sha256 of sources recorded in ``condition.json`` (the no-leakage guarantee of real-guided
-        variations and of the filter classifier)."""
+        against what ``condition.json`` records of them, their files, pixels and labels, wherever they are read from (the
+        no-leakage guarantee of real-guided variations and of the filter classifier)."""
         from synthaug.data import load_dataset
-        from synthaug.generator.conditions import ConditionSchema, sources_sha256
+        from synthaug.generator.conditions import ConditionSchema, schema_from_dataset, training_data_changes
         from synthaug.recipe import load_recipe
 
         schema = ConditionSchema.load(self.condition_file)
         train = load_dataset(load_recipe(self.recipe_file).data).split("train")
-        if sources_sha256(train.sources) != schema.train_sources_sha256:
-            raise SynthaugError(f"The real training images of {schema.dataset} are no longer the ones {self.path} was trained on "
-                                "(files were added, removed or changed), so no real image can be used without leaking; "
+        changes = training_data_changes(schema, schema_from_dataset(train, schema.kind), location=False)
+        if changes:
+            raise SynthaugError(f"The real training images of {schema.dataset} are no longer the ones {self.path} was trained on: "
+                                f"{', and '.join(changes)}, so no real image can be used without leaking; "
                                 "restore the dataset, or train the run again.")
         return train
 

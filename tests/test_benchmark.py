@@ -64,6 +64,35 @@ def test_leakage_check_catches_a_generator_that_saw_more(digits_run):
         check_no_leakage(digits_run, load_dataset("digits").split("train"))  # the validation images too: more than it saw
 
 
+@pytest.mark.parametrize("images_per_class", [1, 2])
+def test_classes_too_small_for_a_validation_split_are_named(tmp_path, images_per_class):
+    for name in ("cat", "dog"):
+        for k in range(images_per_class):
+            path = tmp_path / "pets" / name / f"{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(path)
+    recipe = bars_recipe(tmp_path / "pets", tmp_path / "run", "data.val_fraction=0.1")
+    with pytest.raises(SynthaugError) as error:
+        run_benchmark(recipe, tmp_path / "out", device="cpu")
+    message = str(error.value)
+    assert "set data.val_fraction" not in message, message
+    assert "every class is too small to hold images out for validation" in message and "'cat', 'dog'" in message
+    assert "at least 2 training images" in message and message.endswith(".") and "\n" not in message
+
+
+def test_leakage_check_catches_training_images_changed_in_place(bars_tree, tmp_path):
+    from synthaug.generator.train import train_generator
+
+    recipe = bars_recipe(bars_tree, tmp_path / "run")
+    run = train_generator(recipe)
+    train = load_dataset(recipe.data).split("train")
+    assert check_no_leakage(run, train)["train_images"] == len(train)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bars_tree / train.sources[0])  # the same file name, other pixels
+    with pytest.raises(SynthaugError, match=f"not the {len(train)} this arm's classifier sees: the same files hold other "
+                                            r"pixels \(edited or replaced in place\); delete that run folder"):
+        check_no_leakage(run, load_dataset(recipe.data).split("train"))
+
+
 def write_bars(root):
     """Two classes of 16 images each: vertical vs horizontal bars."""
     rng = np.random.default_rng(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import COLOURS, write_image
 from synthaug import __version__, progress
 from synthaug.cli import app, count, os_error_sentence
 
@@ -164,6 +166,26 @@ def test_inspect_grid_of_a_class_per_folder_dataset_has_its_class_names_at_the_l
     assert (margin < 60).all(axis=2).any() and (margin > 250).all(axis=2).mean() > 0.5
 
 
+def test_inspect_draws_a_class_named_with_a_newline_escaped(tmp_path):
+    for c, name in enumerate(("cat", "two\nlines")):
+        for k in range(2):
+            write_image(tmp_path / "odd" / name / f"{k}.png", COLOURS[c])
+    grid = tmp_path / "g.png"
+    result = run("inspect", f"imagefolder:{tmp_path / 'odd'}", "-r", "8", "--grid", str(grid))
+    assert result.exit_code == 0, result.output
+    assert grid.is_file()
+
+
+def test_inspect_with_an_unwritable_cache_says_not_cached(imagefolder_tree, tmp_path, monkeypatch):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "blocker" / "cache"))
+    result = run("inspect", f"imagefolder:{imagefolder_tree}", "-r", "8", "--grid", str(tmp_path / "g.png"))
+    assert result.exit_code == 0, result.output
+    assert "10 images, 2 classes, 8x8 px, 3 channels; decoded, not cached" in result.output
+    assert "built in" not in result.output
+    assert "built in, no files" in run("inspect", "digits", "--grid", str(tmp_path / "d.png")).output
+
+
 def test_inspect_uses_the_cache_the_second_time(cub_tree, tmp_path):
     first = run("inspect", f"cub:{cub_tree}", "-r", "16", "--grid", str(tmp_path / "g.png"))
     assert first.exit_code == 0 and "decoded and cached" in first.output
@@ -210,6 +232,16 @@ def test_classes_lists_and_searches(cub_tree):
 def test_classes_misspelt_suggests_the_right_one(cub_tree):
     line = one_sentence_error(run("classes", f"cub:{cub_tree}", "--search", "Lysan Albatros"))
     assert "did you mean 'Laysan Albatross'" in line
+
+
+def test_classes_without_a_match_suggests_a_command_that_works(cub_tree):
+    spaced = cub_tree.rename(cub_tree.parent / "CUB 200")
+    line = one_sentence_error(run("classes", f"cub:{spaced}", "--search", "zzzz"))
+    suggested = re.search(r"run `(.*?)` to list them", line).group(1)
+    assert suggested == f"synthaug classes 'cub:{spaced}'"
+    listed = run(*shlex.split(suggested)[1:])
+    assert listed.exit_code == 0 and "3 of 3 classes" in listed.output
+    assert "run `synthaug classes digits`" in one_sentence_error(run("classes", "digits", "--search", "zzzz"))
 
 
 @pytest.mark.data

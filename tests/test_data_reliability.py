@@ -26,7 +26,7 @@ from conftest import COLOURS, write_image
 from synthaug.data import cache as data_cache
 from synthaug.data import load_dataset
 from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
-from synthaug.data.splits import assign_splits
+from synthaug.data.splits import assign_splits, hold_out_validation
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock
 from synthaug.quality import features
@@ -107,6 +107,32 @@ def test_odd_files_decode_or_are_skipped_with_a_reason_and_odd_class_names_work(
         assert json.loads(sample["json"])["class_name"] == name and "." not in key
 
 
+def test_symlinked_and_hidden_class_folders_are_left_out_and_named_in_the_notes(tmp_path):
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            write_image(root / split / name / "0.png", COLOURS[c])
+    write_image(tmp_path / "tree2" / "1.png", COLOURS[2])
+    (root / "test" / "loop").symlink_to("../../tree2")  # elsewhere, and the same images in two classes
+    (root / "train" / "alias").symlink_to("cat")  # the cat images again, under another class
+    write_image(root / "train" / "..." / "0.png", COLOURS[3])
+    write_image(root / "train" / ".cache" / "0.png", COLOURS[4])
+    (root / "train" / "dog" / "linked").symlink_to("../cat")  # a symlinked sub-folder inside a class folder
+    ds = load_dataset(f"imagefolder:{root}", resolution=8)
+    assert ds.class_names == ["cat", "dog"] and sorted(ds.sources) == ["test/cat/0.png", "test/dog/0.png",
+                                                                       "train/cat/0.png", "train/dog/0.png"]
+    notes = " ".join(ds.notes)
+    assert "2 class folders that are symbolic links were left out" in notes, ds.notes
+    assert "test/loop -> ../../tree2" in notes and "train/alias -> cat" in notes
+    assert "2 hidden folders were left out" in notes and "train/..." in notes and "train/.cache" in notes
+    assert "train/dog/linked" in notes
+    (tmp_path / "only links").mkdir()
+    (tmp_path / "only links" / "cat").symlink_to(root / "train" / "cat")
+    with pytest.raises(SynthaugError, match=r"has no class folders other than symbolic links and hidden folders, which "
+                                            r"are left out \(cat -> .*\); expected the layout"):
+        load_dataset(f"imagefolder:{tmp_path / 'only links'}", resolution=8)
+
+
 def load_without_pillow_warnings(root, resolution: int):
     """Load an imagefolder, checking that no raw DecompressionBombWarning reached the user."""
     with warnings.catch_warnings(record=True) as caught:
@@ -181,6 +207,19 @@ def test_the_stratified_split_names_every_class_too_small_for_a_test_image(tmp_p
     assert "Class 'dog' has only one image" in note
     _, note = assign_splits(np.array([0, 0, 1, 1]), np.array([""] * 4), 2, class_names=["cat", "dog"])
     assert "only one image" not in note
+
+
+def test_the_validation_split_names_every_class_too_small_to_hold_an_image_out(tmp_path):
+    for name, count in (("cat", 5), ("dog", 1), ("eel", 2)):
+        for k in range(count):
+            write_image(tmp_path / "pets" / name / f"{k}.png")
+    ds = load_dataset(f"imagefolder:{tmp_path / 'pets'}", resolution=8, val_fraction=0.1)
+    assert list(ds.class_counts("val")) == [1, 0, 0]
+    assert any("2 classes have fewer than 2 training images each and keep them all for training: 'dog', 'eel'." in n
+               for n in ds.notes), ds.notes
+    splits, note = hold_out_validation(np.array([0, 0, 1]), np.array(["train"] * 3), 0.1, 0, ["cat", "dog"])
+    assert list(splits) == ["val", "train", "train"] or list(splits) == ["train", "val", "train"]
+    assert note.endswith("Class 'dog' has fewer than 2 training images and keeps them all for training.")
 
 
 def test_stanford_cars_without_its_image_folder_names_it_first(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_recipe
-from synthaug import SynthaugError
+from synthaug import SynthaugError, load_dataset
 from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
 from synthaug.seeds import derive_seed
@@ -285,6 +286,21 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
         a = load_file(straight.path / folder / "unet" / "diffusion_pytorch_model.safetensors")
         b = load_file(resumed.path / folder / "unet" / "diffusion_pytorch_model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_data_sha256_covers_pixels_and_labels_but_not_row_order():
+    from synthaug.generator.conditions import training_data_sha256
+
+    ds = load_dataset("digits").subset(np.arange(40))
+    pixels, labels = training_data_sha256(ds)
+    assert training_data_sha256(ds.subset(np.arange(40)[::-1])) == (pixels, labels)  # the same images, other order
+    relabelled = dataclasses.replace(ds, labels=np.where(np.arange(40) == 7, (ds.labels + 1) % 10, ds.labels))
+    same_pixels, other_labels = training_data_sha256(relabelled)
+    assert same_pixels == pixels and other_labels != labels
+    edited = np.asarray(ds.images).copy()
+    edited[3, 0, 0] ^= 1  # one pixel of one image
+    other_pixels, same_labels = training_data_sha256(dataclasses.replace(ds, images=edited))
+    assert other_pixels != pixels and same_labels == labels
 
 
 def test_resume_with_a_different_recipe_is_refused(tmp_path):

@@ -3,6 +3,8 @@ they record, that they stay exact and resumable, and that no real image outside 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -203,3 +205,21 @@ def test_a_large_synthetic_set_is_streamed_into_a_memory_map(gen, tmp_path, monk
     assert streamed.labels.tolist() == whole.labels.tolist() and streamed.metas == whole.metas
     again = load_shard_set(out)  # decoded once: the second load maps the same file
     assert again.images.base.filename == streamed.images.base.filename
+
+
+def test_the_filter_classifier_is_keyed_by_what_the_run_saw_not_only_file_names(digits_run, tmp_path):
+    from synthaug.filtering import filter_key
+    from synthaug.runs import Run
+
+    schema = json.loads(digits_run.condition_file.read_text())
+    run = Run(tmp_path / "r")
+    run.path.mkdir()
+    keys = []
+    for change in ({}, {"train_pixels_sha256": "0" * 64}, {"train_labels_sha256": "0" * 64}):
+        run.condition_file.write_text(json.dumps({**schema, **change}))
+        keys.append(filter_key(run, FILTER))
+    assert len(set(keys)) == 3  # retrained on other pixels or labels under the same names: another filter
+    old = {k: v for k, v in schema.items() if k not in ("train_pixels_sha256", "train_labels_sha256", "train_location")}
+    run.condition_file.write_text(json.dumps(old))
+    text = json.dumps({"sources": schema["train_sources_sha256"], "config": dataclasses.asdict(FILTER)}, sort_keys=True)
+    assert filter_key(run, FILTER) == hashlib.sha256(text.encode()).hexdigest()[:16]  # a run from before keeps its filter

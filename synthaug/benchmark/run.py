@@ -45,9 +45,11 @@ from synthaug.benchmark.stats import min_detectable_effect, paired_gain
 from synthaug.benchmark.store import StageStore, stage_key
 from synthaug.classifier import ClassifierConfig, Images
 from synthaug.data import ImageSet, load_dataset
+from synthaug.data.splits import missing_validation
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
-from synthaug.generator.conditions import ConditionSchema, resolve_kind, sources_sha256
+from synthaug.generator.conditions import (ConditionSchema, resolve_kind, schema_from_dataset, sources_sha256,
+                                          training_data_changes)
 from synthaug.generator.train import train_generator
 from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.runs import Run
@@ -80,10 +82,12 @@ def check_no_leakage(run: Run, train: ImageSet) -> dict:
     """The generator must have seen exactly the real images the classifier sees, never more."""
     schema = ConditionSchema.load(run.condition_file)
     expected = sources_sha256(train.sources)
-    if schema.train_sources_sha256 != expected or schema.num_train_images != len(train):
+    changes = training_data_changes(schema, schema_from_dataset(train, schema.kind), location=False)
+    if changes or schema.num_train_images != len(train):
         raise SynthaugError(
             f"The generator in {run.path} was trained on {schema.num_train_images} real images that are not the "
-            f"{len(train)} this arm's classifier sees; delete that run folder (or pass --fresh) so the benchmark retrains it."
+            f"{len(train)} this arm's classifier sees{': ' + ', and '.join(changes) if changes else ''}; delete that run "
+            "folder (or pass --fresh) so the benchmark retrains it."
         )
     return {"run": str(run.path), "train_images": schema.num_train_images, "train_sources_sha256": expected,
             "weights_sha256": run.weights_sha256(), "kimg": run.info().get("kimg")}
@@ -263,8 +267,9 @@ class Benchmark:
             for note in full.notes if self.main else ():
                 log.info("%s: %s", self.recipe.data.spec, note)
             if not np.any(full.splits == "val"):
+                why = missing_validation(full.labels, full.splits, self.recipe.data.val_fraction, full.class_names)
                 raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
-                                    "none; set data.val_fraction (e.g. 0.1).")
+                                    f"none; {why}.")
             kind = resolve_kind(self.recipe.generator.condition, full)
             train = full.split("train")
             judge = self.store.folder("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,

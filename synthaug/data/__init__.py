@@ -8,6 +8,7 @@ Each published layout is one module behind the ``FORMATS`` registry; every one y
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,7 @@ class ImageSet:
     notes: list[str] = field(default_factory=list)
     cache_path: Path | None = None
     from_cache: bool = False
+    location: str = ""  # where the images were read from: see source_location()
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, RowView):
@@ -182,6 +184,14 @@ class ImageSet:
     def resolve(self, name: str) -> Match:
         """The classes a user's name means (exact, then case/punctuation-insensitive; groups expand)."""
         return resolve_name(name, self.class_names, [(g.name, g.members) for g in self.groups], self.config.spec)
+
+
+def source_location(catalog: Catalog) -> str:
+    """Where a catalog's images are read from: the absolute folder, or shard patterns made absolute (a relative spec
+    read from another folder names other files), else a hub id as written, or the format of a built-in dataset."""
+    if catalog.location is not None:  # shard patterns, relative to the current folder as written
+        return "|".join(os.path.abspath(part) for part in catalog.location.split("|"))
+    return catalog.format if catalog.root is None else str(catalog.root)  # parse_spec made folders absolute
 
 
 def shots_note(train_labels: np.ndarray, shots: int, class_names: list[str]) -> str | None:
@@ -264,7 +274,7 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
                                  [catalog.class_names[c] for c in present])
     if note:
         notes.append(note)
-    splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed)
+    splits, note = hold_out_validation(labels, splits, config.val_fraction, config.seed, [catalog.class_names[c] for c in present])
     if note:
         notes.append(note)
     if config.shots_per_class:
@@ -290,6 +300,7 @@ def load_dataset(spec: str | DataConfig = "digits", **overrides) -> ImageSet:
         notes=notes,
         cache_path=decoded.path,
         from_cache=decoded.from_cache,
+        location=source_location(catalog),
     )
     if config.shots_per_class:
         dataset = dataset.subset(select_shots(labels, splits, config.shots_per_class, config.seed))

@@ -7,6 +7,7 @@ resolve to their member classes. An unknown name is an error that lists the clos
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ def closest_names(query: str, names: Sequence[str], n: int = 3) -> list[str]:
 
 def unknown_name_error(query: str, names: Sequence[str], where: str, kind: str = "class") -> SynthaugError:
     close = closest_names(query, names)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"run `synthaug classes {where}` to list them."
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"run `synthaug classes {shlex.quote(where)}` to list them."
     return SynthaugError(f"No {kind} named {query!r} in {where}; {hint}")
 
 

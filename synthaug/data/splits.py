@@ -68,8 +68,7 @@ def assign_splits(
     counts = np.bincount(labels, minlength=num_classes)
     single = [int(c) for c in np.flatnonzero(counts == 1)]
     if single:
-        names = [repr(class_names[c]) if class_names is not None else str(c) for c in single]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        shown = name_classes(single, class_names)
         if len(single) == 1:
             note += f" Class {shown} has only one image, kept for training, so its test split is empty."
         else:
@@ -77,11 +76,26 @@ def assign_splits(
     return stratified_split(labels, test_fraction, seed), note
 
 
-def hold_out_validation(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, str | None]:
+def name_classes(classes, class_names: list[str] | None = None, most: int = 5) -> str:
+    """"'cat', 'dog' and 3 more": the first ``most`` classes by name (by label number without ``class_names``)."""
+    names = [repr(class_names[c]) if class_names is not None else str(c) for c in classes]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def too_small_to_hold_out(labels: np.ndarray, splits: np.ndarray) -> list[int]:
+    """The classes with fewer than 2 training images: :func:`hold_out_validation` keeps those whole for training."""
+    counts = np.bincount(labels[splits == "train"], minlength=int(labels.max(initial=-1)) + 1)
+    return [int(c) for c in np.unique(labels) if counts[c] < 2]
+
+
+def hold_out_validation(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int,
+                        class_names: list[str] | None = None) -> tuple[np.ndarray, str | None]:
     """Move a seeded ``val_fraction`` of each class's training images to a "val" split (at least one, while the
-    class keeps one for training), unless the dataset has its own validation split. Returns (splits, note)."""
+    class keeps one for training), unless the dataset has its own validation split. Returns (splits, note); the
+    note names the classes too small to hold an image out."""
     if not val_fraction or np.any(splits == "val"):
         return splits, None
+    small = too_small_to_hold_out(labels, splits)
     splits = splits.copy()
     for c in np.unique(labels):
         rows = np.flatnonzero((labels == c) & (splits == "train"))
@@ -89,8 +103,24 @@ def hold_out_validation(labels: np.ndarray, splits: np.ndarray, val_fraction: fl
             continue
         n_val = min(max(int(round(len(rows) * val_fraction)), 1), len(rows) - 1)
         splits[numpy_rng("val", seed, int(c)).permutation(rows)[:n_val]] = "val"
-    return splits, (f"{val_fraction:.0%} of each class's training images are held out as a validation split "
-                    f"(seed {seed}): no generator or classifier trains on them.")
+    note = (f"{val_fraction:.0%} of each class's training images are held out as a validation split "
+            f"(seed {seed}): no generator or classifier trains on them.")
+    if len(small) == 1:
+        note += f" Class {name_classes(small, class_names)} has fewer than 2 training images and keeps them all for training."
+    elif small:
+        note += (f" {len(small)} classes have fewer than 2 training images each and keep them all for training: "
+                 f"{name_classes(small, class_names)}.")
+    return splits, note
+
+
+def missing_validation(labels: np.ndarray, splits: np.ndarray, val_fraction: float, class_names: list[str] | None = None) -> str:
+    """Why a dataset loaded with ``val_fraction`` has no "val" split, and what to do: the end of a sentence."""
+    if not val_fraction:
+        return "set data.val_fraction (e.g. 0.1)"
+    small = too_small_to_hold_out(labels, splits)
+    return (f"data.val_fraction is {val_fraction:g}, but every class is too small to hold images out for validation "
+            f"({name_classes(small, class_names)}: a class needs at least 2 training images to hold one out); add images "
+            "until each class has at least 2 for training (3 where a stratified split takes one for testing)")
 
 
 def select_shots(labels: np.ndarray, splits: np.ndarray, shots_per_class: int, seed: int) -> np.ndarray:

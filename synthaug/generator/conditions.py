@@ -38,7 +38,11 @@ class ConditionSchema:
     group_kind: str = ""
     num_train_images: int = 0
     train_counts: tuple[int, ...] = field(default=())  # training images per class
-    train_sources_sha256: str = ""  # identifies exactly which real images the generator saw
+    train_sources_sha256: str = ""  # the file names of the real images the generator saw (sorted)
+    # what it saw in them, each image keyed by its file (see training_data_sha256); "" in runs written before
+    train_pixels_sha256: str = ""  # the decoded uint8 pixels
+    train_labels_sha256: str = ""  # the class (index and name) and attribute levels
+    train_location: str = ""  # where they were read from (a relative spec read from another folder is other data)
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +142,7 @@ def schema_from_dataset(ds, kind: str = "auto") -> ConditionSchema:
         if normalize_name(ds.config.target) in names:
             label_attribute = names.index(normalize_name(ds.config.target))
     groups = tuple((g.id, g.name, tuple(g.members)) for g in ds.groups if g.members)
+    pixels, labels = training_data_sha256(ds)
     return ConditionSchema(
         kind=kind,
         class_names=tuple(ds.class_names),
@@ -153,6 +158,9 @@ def schema_from_dataset(ds, kind: str = "auto") -> ConditionSchema:
         num_train_images=len(ds),
         train_counts=tuple(int(n) for n in ds.class_counts()),
         train_sources_sha256=sources_sha256(ds.sources),
+        train_pixels_sha256=pixels,
+        train_labels_sha256=labels,
+        train_location=ds.location,
     )
 
 
@@ -161,6 +169,49 @@ def sources_sha256(sources: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(sorted(sources)).encode()).hexdigest()
+
+
+def training_data_sha256(ds) -> tuple[str, str]:
+    """(pixels, labels): sha256s of what a generator trains on in an :class:`~synthaug.data.ImageSet`, each image
+    keyed by its source file, so the order of the rows does not count: its decoded uint8 pixels (read once, in
+    pieces), and its class index and name with its attribute levels."""
+    import hashlib
+
+    digests = np.empty((len(ds), 32), dtype=np.uint8)  # one sha256 per image
+    row = 0
+    for chunk in ds.images.iter_chunks(4096):
+        for image in chunk:
+            digests[row] = np.frombuffer(hashlib.sha256(np.ascontiguousarray(image)).digest(), dtype=np.uint8)
+            row += 1
+    pixels = hashlib.sha256(json.dumps(list(ds.images.shape[1:])).encode())
+    labels = hashlib.sha256()
+    attributes = None if ds.attributes is None else np.asarray(ds.attributes, dtype=np.int64)
+    for i in sorted(range(len(ds)), key=ds.sources.__getitem__):
+        source, label = ds.sources[i].encode() + b"\0", int(ds.labels[i])
+        pixels.update(source + digests[i].tobytes())
+        labels.update(source + f"{label}\t{ds.class_names[label]}\0".encode() + (b"" if attributes is None else attributes[i].tobytes()))
+    return pixels.hexdigest(), labels.hexdigest()
+
+
+def training_data_changes(old: ConditionSchema, new: ConditionSchema, location: bool = True) -> list[str]:
+    """How the real training images ``new`` records differ from those of ``old``, in words (empty when they are the
+    same); with ``location``, being read from another place counts too. A schema written before synthaug recorded
+    pixels and labels is compared by its file names only."""
+    changes = []
+    if location and old.train_location and old.train_location != new.train_location:
+        changes.append(f"{new.dataset} now resolves to {new.train_location}, not {old.train_location}")
+    if old.train_sources_sha256 != new.train_sources_sha256:
+        before, after = dict(zip(old.class_names, old.train_counts)), dict(zip(new.class_names, new.train_counts))
+        counts = [f"{name!r} {before.get(name, 0)} -> {after.get(name, 0)} images" for name in [*before, *(n for n in after if n not in before)]
+                  if before.get(name, 0) != after.get(name, 0)] if old.train_counts else []
+        shown = ", ".join(counts[:3]) + (f" and {len(counts) - 3} more classes" if len(counts) > 3 else "")
+        changes.append("files were added, removed or renamed" + (f" ({shown})" if counts else ""))
+    else:
+        if old.train_pixels_sha256 and old.train_pixels_sha256 != new.train_pixels_sha256:
+            changes.append("the same files hold other pixels (edited or replaced in place)")
+        if old.train_labels_sha256 and old.train_labels_sha256 != new.train_labels_sha256:
+            changes.append("the same files have other labels")
+    return changes
 
 
 def encode_dataset(schema: ConditionSchema, ds) -> np.ndarray:

@@ -41,7 +41,7 @@ from synthaug.files import (
 )
 from synthaug.generator.augment import apply_augmentations, draw_augmentations, lognormal_timesteps, power_ema, power_ema_gamma
 from synthaug.generator.backends import Backend, build_model, describe_backend
-from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset
+from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset, training_data_changes
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.sampling import loss_prediction, sample_images
 from synthaug.grids import save_png, spread_classes, tile_images
@@ -237,16 +237,15 @@ class TrainingImages:
         return self.model.encode(torch.where(mirrored[:, None, None, None], x.flip(3), x))
 
 
-def latent_cache_path(recipe: Recipe, run: Run, dataset) -> Path:
+def latent_cache_path(recipe: Recipe, run: Run, schema: ConditionSchema) -> Path:
     """Where a latent backend's training latents are cached: keyed by the base model's sha256 (VAE included), the
-    real images (their sources and the decode settings) and the flip."""
+    real images (their pixels by source file, and the decode settings) and the flip."""
     import hashlib
 
     from synthaug.data.cache import cache_root
-    from synthaug.generator.conditions import sources_sha256
 
     base = run.info().get("text", {}).get("base_model_sha256") or recipe.generator.base_model
-    key = json.dumps([base, sources_sha256(dataset.sources), dataclasses.asdict(recipe.data), recipe.generator.flip])
+    key = json.dumps([base, schema.train_pixels_sha256, dataclasses.asdict(recipe.data), recipe.generator.flip])
     return cache_root() / "latents" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
@@ -284,6 +283,23 @@ def check_resumable(run: Run, recipe: Recipe) -> None:
                     f"{run.path} was trained with {section}.{key} = {a.get(key)!r}, not {b.get(key)!r}; "
                     "use --fresh to start over, or another run folder (--set run_dir=...)."
                 )
+
+
+def check_same_images(run: Run, schema: ConditionSchema) -> None:
+    """A run resumes on the real training images it was trained on (``condition.json`` records them), read from
+    the same place: a relative spec read from another folder is another dataset."""
+    try:
+        old = ConditionSchema.load(run.condition_file) if run.condition_file.is_file() else None
+    except SynthaugError:  # damaged: training rewrites it
+        old = None
+    changes = training_data_changes(old, schema) if old is not None else []
+    if changes:
+        moved = bool(old.train_location) and old.train_location != schema.train_location
+        raise SynthaugError(
+            f"{run.path} was trained on other real images than those it would resume on: {', and '.join(changes)}; "
+            f"{'train from the folder the run was started in, or restore' if moved else 'restore'} those images, or use "
+            "--fresh to start over on these (or another run folder, --set run_dir=...)."
+        )
 
 
 def load_state(run: Run) -> dict | None:
@@ -468,6 +484,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         out_of_time = bool(budget_s) and trained_s >= budget_s  # a time-budgeted run that has used its budget
         if trained_steps:
             check_resumable(run, recipe)  # so the batch size, and images per step, are the run's
+            check_same_images(run, schema)
             check_duration(run, trained_steps * g_cfg.batch_size, total_nimg, g_cfg, trained_s)
         # A run whose state/ is gone but which had snapshotted (run.json counts its steps) is refused rather
         # than resumed from its weights: without the optimizer moments, the EMA's step count and the learning
@@ -546,7 +563,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         if nimg < total_nimg and not out_of_time:
             data = TrainingImages(model, dataset.images, g_cfg.flip, device, g_cfg.seed, g_cfg.batch_size,
                                   slice(rank * per_device, (rank + 1) * per_device), step, total_steps,
-                                  latent_cache_path(recipe, run, dataset) if model.encode_once else None)
+                                  latent_cache_path(recipe, run, schema) if model.encode_once else None)
         net = torch.compile(model) if g_cfg.compile else model
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
