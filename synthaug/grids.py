@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +52,59 @@ def label_text(name: str) -> str:
     return "".join(map(shown, name))
 
 
+@functools.cache
+def _font_files() -> tuple[str, ...]:
+    """DejaVu Sans (matplotlib ships it: Latin with accents, Greek, Cyrillic), then every font matplotlib finds on the
+    system (a CJK font where one is installed)."""
+    from matplotlib import font_manager
+
+    first = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+    return (first, *sorted({f.fname for f in font_manager.fontManager.ttflist} - {first}))
+
+
+@functools.cache
+def _coverage(path: str) -> frozenset[int]:
+    """The code points a font file has glyphs for."""
+    from matplotlib import ft2font
+
+    try:
+        return frozenset(ft2font.FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def label_font(texts: list[str], size: int = 12):
+    """A font that draws every character of ``texts`` (no empty boxes), and the texts as it draws them: the first
+    of :func:`_font_files` that has them all; else DejaVu Sans with what it lacks transliterated (accents dropped by
+    Unicode decomposition) or, failing that, written as its code point (``\\u5317``)."""
+    from PIL import ImageFont
+
+    needed = {ord(c) for t in texts for c in t if not c.isspace()}
+    for path in _font_files():
+        if needed <= _coverage(path):
+            return ImageFont.truetype(path, size), list(texts)
+    first = _font_files()[0]
+    have = _coverage(first)
+
+    def drawable(c: str) -> str:
+        if ord(c) in have or c.isspace():
+            return c
+        base = "".join(b for b in unicodedata.normalize("NFKD", c) if ord(b) in have and not unicodedata.combining(b))
+        return base or (f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+
+    return ImageFont.truetype(first, size), ["".join(map(drawable, t)) for t in texts]
+
+
 def label_rows(image: np.ndarray, labels: list[str], max_width: int = 200) -> np.ndarray:
     """``image`` (H, W, C) as RGB with a white margin at its left naming each of its ``len(labels)``
-    equal-height rows (e.g. the class of each row of a sample grid), in PIL's small default font, each on one
-    line (:func:`label_text`).
+    equal-height rows (e.g. the class of each row of a sample grid), in a small font that has their characters
+    (:func:`label_font`), each on one line (:func:`label_text`).
 
     Names wider than ``max_width`` pixels are shortened with "...".
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default(size=12)
+    font, labels = label_font([label_text(label) for label in labels])
     pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def fit(text: str) -> str:
@@ -69,7 +114,7 @@ def label_rows(image: np.ndarray, labels: list[str], max_width: int = 200) -> np
             text = text[:-1]
         return text + "..."
 
-    fitted = [fit(label_text(label)) for label in labels]
+    fitted = [fit(label) for label in labels]
     margin = int(max(pen.textlength(t, font=font) for t in fitted)) + 8
     rgb = image if image.shape[2] == 3 else image.repeat(3, axis=2)
     canvas = Image.new("RGB", (margin + rgb.shape[1], rgb.shape[0]), "white")
