@@ -26,11 +26,17 @@ from synthaug.errors import SynthaugError
 from synthaug.files import verify_checksums
 
 
-# What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all; a folder
-# that holds any of these without a run.json of ours is someone else's. Anything else (a benchmark's
-# shots-K/ runs and benchmark/ report, a user's notes) training leaves alone.
+# What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all. Anything else
+# (a benchmark's shots-K/ runs and benchmark/ report, a user's notes in a run) training leaves alone.
 RUN_ENTRIES = {"run.json", "recipe.toml", "condition.json", "log.jsonl", "grids", "model", "ema", "state",
                "model.old", "ema.old", "state.old"}
+
+
+def benchmark_entry(name: str) -> bool:
+    """What a benchmark (or a killed training) may leave in a run folder before the run's own run.json exists: its
+    lock, temporaries, the low-data runs ``shots-K/`` and the report folder ``benchmark/``."""
+    return (name in (".lock", "benchmark") or (name.startswith(".") and name.endswith(".tmp"))
+            or (name.startswith("shots-") and name[6:].isdigit()))
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,13 @@ class Run:
 
     def check_trainable(self) -> None:
         """Refuse to train into a folder that holds something other than a synthaug run: training deletes
-        and overwrites ``model/``, ``ema/``, ``state/``, ``log.jsonl`` and ``grids/``."""
+        and overwrites ``model/``, ``ema/``, ``state/``, ``log.jsonl`` and ``grids/``, and writes beside the
+        folder's other files. The root and the home folder are never a run folder."""
+        where = self.path.resolve()
+        if where == Path(where.anchor) or where == home_folder():
+            what = "the root folder" if where == Path(where.anchor) else "your home folder"
+            raise SynthaugError(f"{self.path} is {what}, and a run needs a folder of its own; choose one such as "
+                                f"{self.path / 'runs' / 'NAME'} (--set run_dir=...).")
         if not self.path.exists():
             return
         if not self.path.is_dir():
@@ -82,11 +94,13 @@ class Run:
                 return
             raise SynthaugError(f"{self.info_file} is not the run.json synthaug writes (it is damaged, or another tool's), so "
                                 f"{self.path} may not be a synthaug run; restore it, or choose another run folder (--set run_dir=...).")
-        foreign = sorted(p.name for p in self.path.iterdir() if p.name in RUN_ENTRIES)
+        # our files first in the sentence: they are what training would overwrite
+        foreign = sorted((p.name for p in self.path.iterdir() if not benchmark_entry(p.name)),
+                         key=lambda name: (name not in RUN_ENTRIES, name))
         if foreign:
             raise SynthaugError(f"{self.path} is not a synthaug run folder (it holds {', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''} but no run.json), and training would overwrite "
-                                "what it holds; choose an empty or new folder (--set run_dir=...).")
+                                "what it holds or write beside it; choose an empty or new folder (--set run_dir=...).")
 
     def training_images(self):
         """The real images this run's generator was trained on, exactly: its recipe's training split, checked
@@ -118,6 +132,14 @@ class Run:
             digest.update(name.encode())
             digest.update(weights[name].encode())
         return digest.hexdigest()
+
+
+def home_folder() -> Path | None:
+    """The user's home folder, resolved; None where there is none."""
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
 def runs_root() -> Path:

@@ -114,10 +114,68 @@ def test_train_refuses_a_folder_that_is_not_a_run(tmp_path, fresh):
 
 def test_train_leaves_what_is_not_its_own_in_a_run_folder(tmp_path):
     (tmp_path / "run" / "shots-3").mkdir(parents=True)  # a benchmark's low-data run lives inside the full one
-    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "benchmark" / "stages").mkdir(parents=True)  # and its report beside it
     train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.032"))
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's notes in a folder that is a run
+    train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.064"))
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and (tmp_path / "run" / "shots-3").is_dir()
-    assert Run(tmp_path / "run").trained
+    assert (tmp_path / "run" / "benchmark" / "stages").is_dir()
+    assert Run(tmp_path / "run").trained and Run(tmp_path / "run").info()["step"] == 2
+
+
+def home_like(root: Path) -> Path:
+    (root / "Documents").mkdir(parents=True)
+    (root / "Documents" / "letter.txt").write_text("dear")
+    (root / ".bashrc").write_text("alias ll='ls -l'\n")
+    return root
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_train_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path, fresh):
+    for folder in (home_like(tmp_path / "like-home"), tmp_path / "notes"):
+        if folder.name == "notes":
+            folder.mkdir()
+            (folder / "notes.txt").write_text("x")
+        before = snapshot(folder)
+        result = cli("train", *[a for s in TINY for a in ("--set", s)], "--set", f"run_dir={folder}", *(["--fresh"] if fresh else []))
+        line = error_line(result)
+        assert f"{folder} is not a synthaug run folder" in line and "choose an empty or new folder" in line, line
+        assert snapshot(folder) == before and not (folder / ".lock").exists()
+        assert sorted(p.name for p in folder.iterdir()) == sorted(before_names(before))
+
+
+def before_names(files: dict) -> set[str]:
+    return {name.split("/")[0] for name in files}
+
+
+def test_train_refuses_the_root_and_the_home_folder_and_expands_a_tilde(tmp_path, monkeypatch):
+    home = home_like(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(home)
+    line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", "run_dir=~", "--fresh"))
+    assert f"{home} is your home folder" in line and "--set run_dir=" in line
+    assert snapshot(home) == before and not (tmp_path / "~").exists()
+    with pytest.raises(SynthaugError, match="/ is the root folder"):
+        Run(Path("/")).check_trainable()
+    root_lock = Path("/.lock")
+    existed = root_lock.exists()
+    try:
+        line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", "run_dir=/",
+                              "--set", "data.spec=imagefolder:/nonexistent"))
+        assert existed or not root_lock.exists()  # nothing written into / (not even the lock) before the error
+    finally:
+        if root_lock.exists() and not existed:
+            root_lock.unlink()
+    # a tilde in run_dir is the home folder, not a folder named ~ in the current one
+    run = train_generator(tiny_recipe("~/runs/r", "generator.duration_kimg=0.032"))
+    assert run.path == home / "runs" / "r" and run.trained and not (tmp_path / "~").exists()
+
+
+def test_a_data_error_creates_no_run_folder(tmp_path):
+    line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", f"run_dir={tmp_path / 'new'}",
+                          "--set", "data.spec=imagefolder:/nowhere/at/all"))
+    assert "/nowhere/at/all" in line and not (tmp_path / "new").exists()
 
 
 def test_a_file_as_the_run_folder_is_one_sentence(tmp_path):

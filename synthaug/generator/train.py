@@ -400,6 +400,24 @@ def dataset_label(spec: str) -> str:
     return f"{kind}:{Path(path).name or path}" if sep and path else spec
 
 
+def build_training(recipe: Recipe, device: torch.device):
+    """What training a recipe starts from, each part checked: the real training split (and low-data subset), its
+    condition schema, the freshly initialised network with its noise schedule, and the loss. Writes nothing, so
+    anything wrong in the recipe or the data is found before a run folder is touched.
+
+    Returns:
+        (dataset, schema, model, train_sched, loss_fn)
+    """
+    g_cfg = recipe.generator
+    dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
+    schema = schema_from_dataset(dataset, g_cfg.condition)
+    torch.manual_seed(g_cfg.seed)
+    model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
+    # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
+    loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
+    return dataset, schema, model, train_sched, loss_fn
+
+
 def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     """Train (or resume) the generator of ``recipe`` in its run folder.
 
@@ -430,24 +448,19 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     accum = per_device // micro
 
     run.check_trainable()  # a folder that is not a synthaug run is neither created into nor overwritten
+    # 1. everything that can fail on the recipe, before the run folder is made or touched (--fresh included): the
+    #    data, its conditions, the model (preset, resolution, base model) and its objective
+    dataset, schema, model, train_sched, loss_fn = build_training(recipe, device)
+    if accelerator.is_main_process:
+        for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
+            log.info("%s: %s", recipe.data.spec, note)
+    total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
+    total_nimg = total_steps * g_cfg.batch_size
+    budget_s = g_cfg.duration_minutes * 60  # 0: no time budget
+
     run.path.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(run.lock_file, f"the run folder {run.path}") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        # 1. everything that can fail on the recipe, before anything in the run folder is touched (--fresh
-        #    included): the data, its conditions, the model (preset, resolution, base model) and its objective
-        dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
-        if accelerator.is_main_process:
-            for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
-                log.info("%s: %s", recipe.data.spec, note)
-        schema = schema_from_dataset(dataset, g_cfg.condition)
-        torch.manual_seed(g_cfg.seed)
-        model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
-        # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
-        loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
-        total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
-        total_nimg = total_steps * g_cfg.batch_size
-        budget_s = g_cfg.duration_minutes * 60  # 0: no time budget
-
         # 2. the run folder: start over, resume, or begin
         if fresh and accelerator.is_main_process:
             for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
