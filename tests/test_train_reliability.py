@@ -193,6 +193,51 @@ def test_the_grid_train_wrote_is_recorded_not_guessed(finished, tmp_path):
 
 # -- wrong results -----------------------------------------------------------------------------
 
+# 24 steps of 125 images: a log line at steps 1, 4, 7, ..., 22 and 24, a snapshot every 6 steps, a grid every 8
+SCHEDULES = ("generator.batch_size=125", "generator.duration_kimg=3", "generator.warmup_kimg=0.125",
+             "generator.log_every_kimg=0.375", "generator.snapshot_every_kimg=0.75", "generator.grid_every_kimg=1")
+
+
+def test_a_killed_and_resumed_run_logs_and_draws_its_grids_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    straight = train_generator(tiny_recipe(tmp_path / "a", *SCHEDULES))
+    real_clock = train_module.clock
+    readings = []
+
+    def killed_in_step_14():  # read once before the loop, then once after each step
+        readings.append(1)
+        if len(readings) == 15:
+            raise KeyboardInterrupt  # step 14 has trained, its log line at 13 is written; the last snapshot is at 12
+        return real_clock()
+
+    monkeypatch.setattr(train_module, "clock", killed_in_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+    assert json.loads((tmp_path / "b" / "state" / "state.json").read_text())["step"] == 12
+    monkeypatch.setattr(train_module, "clock", real_clock)
+    resumed = train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+
+    def logged(run):
+        return [(e["step"], e["kimg"], e["loss"], e["lr"]) for e in map(json.loads, run.log_file.read_text().splitlines())]
+
+    assert [line[0] for line in logged(straight)] == [1, 4, 7, 10, 13, 16, 19, 22, 24]
+    assert logged(resumed) == logged(straight)  # the same lines, each the mean loss of the same steps
+    grids = {p.name: sha256_file(p) for p in straight.grids_dir.glob("*.png")}
+    assert sorted(grids) == ["grid-000001kimg.png", "grid-000002kimg.png", "grid-000003kimg.png"]
+    assert {p.name: sha256_file(p) for p in resumed.grids_dir.glob("*.png")} == grids  # drawn at the same steps
+    assert snapshot(resumed.path / "ema") == snapshot(straight.path / "ema")
+
+
+def test_the_sample_grid_line_names_only_a_grid_of_the_current_settings(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    assert Run(run).latest_grid is not None  # the finished run drew one
+    args = ["train", *[a for s in TINY for a in ("--set", s)], "--out", run]
+    for duration in ("0.064", "0.128"):  # nothing to train, then trained on: no grids now (grid_every_kimg = 0)
+        result = cli(*args, "--set", f"generator.duration_kimg={duration}")
+        assert result.exit_code == 0 and "Sample grid:" not in result.output, result.output
+        assert Run(run).latest_grid is None
+    result = cli(*args, "--set", "generator.duration_kimg=0.192", "--set", "generator.grid_every_kimg=0.064")
+    assert f"Sample grid: {run / 'grids' / 'grid-000000kimg.png'}" in result.output, result.output
+
 def test_v_prediction_reaches_the_saved_schedule_and_the_loss(tmp_path, monkeypatch):
     used = []
 

@@ -369,10 +369,11 @@ def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
 
 
 def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool,
-                  grid: str | None = None, processes: int = 1, seconds: float = 0.0) -> None:
+                  grid: str | None = None, processes: int = 1, seconds: float = 0.0, loss: tuple[float, int] = (0.0, 0)) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically; then
-    run.json (progress, the processes that trained, ``grid``: the latest sample grid, relative to the run folder,
-    and ``train_seconds``: the training loop's wall time so far, over every resumption)."""
+    run.json (progress, the processes that trained, ``grid``: the latest sample grid of the current settings, relative
+    to the run folder, and ``train_seconds``: the training loop's wall time so far, over every resumption). ``loss``:
+    the loss summed over the steps since the last log line and their count, which a resumed run's next line includes."""
     save_weights(run, model, ema, train_sched)
     with folder_atomic(run.state_dir) as tmp:
         state = {
@@ -383,6 +384,8 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
             "step": step,
             "nimg": nimg,
             "train_seconds": seconds,
+            "loss_sum": loss[0],
+            "loss_count": loss[1],
         }
         torch.save(state, tmp / "training_state.pt")
         meta = {"step": step, "nimg": nimg, "finished": finished, "train_seconds": round(seconds, 3),
@@ -391,7 +394,24 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
     info = run.info()
     info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, processes=processes, train_seconds=round(seconds, 3))
     info.update({"grid": grid} if grid else {})
+    if not grid:
+        info.pop("grid", None)
     write_text_atomic(run.info_file, json.dumps(info, indent=1))
+
+
+def next_point(nimg: int, first: float, every: float, batch: int) -> int:
+    """Images seen at the next point after ``nimg`` of a schedule (log lines, grids, snapshots): the end of the step
+    that reaches ``first`` images, then of the step that reaches ``every`` images more, and so on. A function of the
+    images seen since the run began, so a resumed run logs, draws and snapshots where an uninterrupted one does.
+
+    >>> [next_point(n, 50, 96, 32) for n in (0, 64, 96, 160)]
+    [64, 160, 160, 256]
+    """
+    def steps(n: float) -> int:
+        return max(1, math.ceil(n / batch - 1e-9))  # 1e-9: 0.032 kimg * 1000 is 32 images, not 32.000000000000004
+
+    start, period = steps(first) * batch, steps(every) * batch
+    return start if nimg < start else start + ((nimg - start) // period + 1) * period
 
 
 def dataset_label(spec: str) -> str:
@@ -505,6 +525,10 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 text = describe_backend(g_cfg, schema)  # base model / text encoder sha256 and prompts, once
                 info.update({"text": text} if text else {})
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
+            record = run.info()
+            if "grid" in record and not g_cfg.grid_every_kimg:  # this run draws no grids: it names none, not an old one
+                del record["grid"]
+                write_text_atomic(run.info_file, json.dumps(record, indent=1))
             schema.save(run.condition_file)
             write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
         if device.type == "cuda":
@@ -524,6 +548,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
 
         # 4. resume
         step = nimg = 0
+        carried = (0.0, 0)
         if finished_without_state:
             step, nimg = trained_steps, trained_steps * g_cfg.batch_size
             log.info("%s has finished training (its training state was removed); nothing to do.", run.path)
@@ -534,6 +559,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             optimizer.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["lr_scheduler"])
             step, nimg = state["step"], state["nimg"]
+            carried = (state.get("loss_sum", 0.0), state.get("loss_count", 0))  # the steps since the last log line
             log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
             info = run.info()
             finished = step >= total_steps or out_of_time
@@ -561,12 +587,15 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
 
-        # 5. the loop (the first log line comes early, within 2% of the run, so a log shows progress at once)
-        next_log = nimg + min(g_cfg.log_every_kimg * 1000, max(g_cfg.batch_size, 0.02 * total_nimg))
-        next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
-        next_grid = nimg + g_cfg.grid_every_kimg * 1000
-        grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
-        loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
+        # 5. the loop: logs, grids and snapshots at points of the images seen since the run began (the first log line
+        #    comes early, within 2% of the run, so a log shows progress at once)
+        first_log, batch = min(g_cfg.log_every_kimg * 1000, max(g_cfg.batch_size, 0.02 * total_nimg)), g_cfg.batch_size
+        next_log = next_point(nimg, first_log, g_cfg.log_every_kimg * 1000, batch)
+        next_snapshot = next_point(nimg, g_cfg.snapshot_every_kimg * 1000, g_cfg.snapshot_every_kimg * 1000, batch)
+        next_grid = next_point(nimg, g_cfg.grid_every_kimg * 1000, g_cfg.grid_every_kimg * 1000, batch)
+        # the latest sample grid, recorded in run.json at each snapshot; none when this run draws none
+        grid = run.info().get("grid") if g_cfg.grid_every_kimg else None
+        loss_sum, loss_count, last_good = torch.tensor(float(carried[0]), device=device), int(carried[1]), (step, nimg)
         loop_start = tick_time = clock()
         tick_nimg = nimg
         smaller = max((d for d in range(1, micro) if per_device % d == 0), default=0)
@@ -639,7 +668,8 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     shown = min(seconds, budget_s)
                 if log_now or snapshot_now:
                     # the loss of every step since the last check, summed on the device: the only host-device sync
-                    mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
+                    summed = accelerator.reduce(loss_sum, "mean").item()
+                    mean_loss = summed / max(loss_count, 1)
                     if not math.isfinite(mean_loss):  # never snapshot a diverged model
                         raise SynthaugError(
                             f"Training diverged: the loss became {mean_loss} between step {last_good[0]} and step {step}; "
@@ -658,21 +688,21 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     loss_sum.zero_()
                     loss_count = 0
                     tick_time, tick_nimg = now, nimg
-                    next_log = nimg + g_cfg.log_every_kimg * 1000
+                    next_log = next_point(nimg, first_log, g_cfg.log_every_kimg * 1000, batch)
                 if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
                     # before the snapshot, so the snapshot's run.json names the grid of its own step
                     if accelerator.is_main_process:
                         grid = f"{run.grids_dir.name}/grid-{nimg // 1000:06d}kimg.png"
                         with ema_weights(model, ema):
                             save_grid(model.eval(), schema, dict(train_sched.config), recipe, run.path / grid, autocast)
-                    next_grid = nimg + g_cfg.grid_every_kimg * 1000
+                    next_grid = next_point(nimg, g_cfg.grid_every_kimg * 1000, g_cfg.grid_every_kimg * 1000, batch)
                 if snapshot_now:
                     if accelerator.is_main_process:
                         save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid,
-                                      processes=world, seconds=seconds)
+                                      processes=world, seconds=seconds, loss=(0.0, 0) if log_now else (summed, loss_count))
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
-                    next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
+                    next_snapshot = next_point(nimg, g_cfg.snapshot_every_kimg * 1000, g_cfg.snapshot_every_kimg * 1000, batch)
         accelerator.wait_for_everyone()
     # no accelerator.end_training(): it destroys the process group, which the caller (the benchmark) still uses
     return run
