@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthaug.errors import SynthaugError
-from synthaug.files import verify_checksums
+from synthaug.files import lock_held, verify_checksums
+
+# Written into model/ and ema/ with the weights (and covered by their checksums.json): the step they are of.
+SNAPSHOT_RECORD = "snapshot.json"
 
 
 # What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all. Anything else
@@ -70,6 +73,39 @@ class Run:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def recipe(self):
+        """The recipe this run was trained with (its ``recipe.toml``)."""
+        from synthaug.recipe import load_recipe
+
+        if not self.recipe_file.is_file():
+            raise SynthaugError(f"{self.recipe_file}, the recipe {self.path} was trained with, is missing; copy the recipe "
+                                "file it was trained with there (the run's settings are read from it).")
+        return load_recipe(self.recipe_file)
+
+    def training(self) -> bool:
+        """True while a training of this run holds its lock (tested without waiting)."""
+        return lock_held(self.lock_file)
+
+    def weights_record(self) -> dict:
+        """What ``ema/snapshot.json``, written with the EMA weights, says they are: ``step``, ``nimg`` and ``kimg``;
+        {} for weights written before that record existed."""
+        try:
+            record = json.loads((self.ema_dir / SNAPSHOT_RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def check_consistent(self, record: dict) -> None:
+        """Refuse EMA weights (``record``: their :meth:`weights_record`) of another step than run.json records: a
+        training that failed between writing the two leaves them so, and a sample's provenance would be wrong."""
+        info = self.info()
+        if record and "step" in info and record.get("step") != info["step"]:
+            raise SynthaugError(
+                f"{self.ema_dir} holds the weights of {record.get('kimg', 0):g} kimg but {self.info_file} records "
+                f"{info.get('kimg', 0):g} kimg (a training of this run stopped between writing them); run `synthaug train "
+                f"{self.recipe_file} --out {self.path}` to make them agree."
+            )
+
     @property
     def latest_grid(self) -> Path | None:
         """The last sample grid training wrote (recorded in run.json), or None."""
@@ -108,10 +144,9 @@ class Run:
         variations and of the filter classifier)."""
         from synthaug.data import load_dataset
         from synthaug.generator.conditions import ConditionSchema, sources_sha256
-        from synthaug.recipe import load_recipe
 
         schema = ConditionSchema.load(self.condition_file)
-        train = load_dataset(load_recipe(self.recipe_file).data).split("train")
+        train = load_dataset(self.recipe().data).split("train")
         if sources_sha256(train.sources) != schema.train_sources_sha256:
             raise SynthaugError(f"The real training images of {schema.dataset} are no longer the ones {self.path} was trained on "
                                 "(files were added, removed or changed), so no real image can be used without leaking; "
@@ -173,4 +208,5 @@ def open_run(path: Path) -> Run:
             raise SynthaugError(f"{run.path} holds no usable generator (no {what}); run `synthaug train {run.recipe_file} "
                                 f"--out {run.path}` to train it, or to rewrite what is missing from its training state.")
         raise SynthaugError(f"{run.path} holds no trained generator yet; run `synthaug train` for its recipe first.")
+    run.recipe()  # its settings: a missing recipe.toml is named as the run's, not taken for a recipe the user gave
     return run

@@ -3,6 +3,9 @@ tracebacks, and a generate that reads a run while train writes it. Each test fai
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import TINY, tiny_recipe
 from synthaug import SynthaugError
 from synthaug.cli import app
-from synthaug.files import folder_atomic, sha256_file, write_checksums
+from synthaug.files import exclusive_lock, folder_atomic, sha256_file, write_checksums
 from synthaug.generator import Generator
 from synthaug.generator import train as train_module
 from synthaug.generator.conditions import ConditionSchema
@@ -193,12 +196,21 @@ def test_the_grid_train_wrote_is_recorded_not_guessed(finished, tmp_path):
 
 # -- wrong results -----------------------------------------------------------------------------
 
-# 24 steps of 125 images: a log line at steps 1, 4, 7, ..., 22 and 24, a snapshot every 6 steps, a grid every 8
-SCHEDULES = ("generator.batch_size=125", "generator.duration_kimg=3", "generator.warmup_kimg=0.125",
-             "generator.log_every_kimg=0.375", "generator.snapshot_every_kimg=0.75", "generator.grid_every_kimg=1")
+# 24 steps: a log line at steps 1, 4, 7, ..., 22 and 24, a snapshot every 6 steps, a grid every 8
+SCHEDULES = ("generator.duration_kimg=0.768", "generator.log_every_kimg=0.096", "generator.snapshot_every_kimg=0.192",
+             "generator.grid_every_kimg=0.256")
 
 
 def test_a_killed_and_resumed_run_logs_and_draws_its_grids_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    grids = []
+
+    def draw(denoiser, schema, scheduler_config, recipe, path, autocast):  # a grid: which weights it was drawn from
+        weights = torch.cat([p.detach().flatten() for p in denoiser.trainable_parameters()]).numpy().tobytes()
+        grids.append((path.parent.parent.name, hashlib.sha256(weights).hexdigest()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(train_module, "save_grid", draw)
     straight = train_generator(tiny_recipe(tmp_path / "a", *SCHEDULES))
     real_clock = train_module.clock
     readings = []
@@ -221,9 +233,8 @@ def test_a_killed_and_resumed_run_logs_and_draws_its_grids_as_an_uninterrupted_o
 
     assert [line[0] for line in logged(straight)] == [1, 4, 7, 10, 13, 16, 19, 22, 24]
     assert logged(resumed) == logged(straight)  # the same lines, each the mean loss of the same steps
-    grids = {p.name: sha256_file(p) for p in straight.grids_dir.glob("*.png")}
-    assert sorted(grids) == ["grid-000001kimg.png", "grid-000002kimg.png", "grid-000003kimg.png"]
-    assert {p.name: sha256_file(p) for p in resumed.grids_dir.glob("*.png")} == grids  # drawn at the same steps
+    drawn = {run: [w for r, w in grids if r == run] for run in ("a", "b")}
+    assert len(drawn["a"]) == 3 and drawn["b"] == drawn["a"]  # at steps 8, 16 and 24, before the kill and after
     assert snapshot(resumed.path / "ema") == snapshot(straight.path / "ema")
 
 
@@ -437,3 +448,73 @@ def test_a_damaged_ema_is_reported_at_once_not_retried(finished, tmp_path, monke
     with pytest.raises(SynthaugError, match="diffusion_pytorch_model.safetensors is damaged"):
         Generator.load(run, device="cpu")
 
+
+
+def generate(run: Path, out: Path):
+    return cli("generate", "--run", run, "--class", "3", "--num", "1", "--steps", "2", "--out", out)
+
+
+def manifest_run(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["run"]
+
+
+def test_a_snapshot_that_fails_after_its_weights_leaves_no_run_that_generate_misreports(finished, tmp_path, monkeypatch):
+    run = copy_of(finished, tmp_path)
+    longer = ("generator.duration_kimg=0.128", "generator.grid_every_kimg=0.064")
+
+    def no_room(*args, **kwargs):  # the state of step 4 cannot be written (a full disk, a read-only state/)
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "state"))
+
+    monkeypatch.setattr(train_module.torch, "save", no_room)
+    with pytest.raises(OSError):
+        train_generator(tiny_recipe(run, *longer))
+    monkeypatch.undo()
+    assert json.loads((run / "state" / "state.json").read_text())["step"] == 2  # the last state written
+    line = error_line(generate(run, tmp_path / "mixed"))  # ema/ holds step 4's weights; run.json and state/ step 2's
+    assert "ema holds the weights of 0.128 kimg" in line and "run.json records 0.064 kimg" in line and "synthaug train" in line
+    assert not (tmp_path / "mixed" / "manifest.json").exists()
+    # the advice, followed with the run's own recipe (now the longer one): trained on to step 4, all of it agrees
+    other = copy_of(run, tmp_path / "other")
+    train_generator(tiny_recipe(run, *longer))
+    assert generate(run, tmp_path / "longer").exit_code == 0
+    assert manifest_run(tmp_path / "longer")["kimg"] == 0.128
+    assert manifest_run(tmp_path / "longer")["weights_sha256"] == Run(run).weights_sha256()
+    # or with the duration the run had: the weights are rewritten from the state, the finished run's again
+    train_generator(tiny_recipe(other, *TWO_STEPS))
+    assert generate(other, tmp_path / "shorter").exit_code == 0
+    assert manifest_run(tmp_path / "shorter")["kimg"] == 0.064
+    assert manifest_run(tmp_path / "shorter")["weights_sha256"] == Run(finished).weights_sha256() == Run(other).weights_sha256()
+
+
+def test_a_run_without_its_recipe_names_the_missing_file(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    (run / "recipe.toml").unlink()
+    line = error_line(generate(run, tmp_path / "o"))
+    assert f"{run / 'recipe.toml'}, the recipe {run} was trained with, is missing" in line and "give a .toml path" not in line
+    with pytest.raises(SynthaugError, match=r"recipe.toml, the recipe .* was trained with, is missing; copy"):
+        train_generator(tiny_recipe(run, *TWO_STEPS))
+
+
+def test_generate_says_when_the_run_is_still_training(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    with exclusive_lock(run / ".lock", "the run folder"):  # as a training of the run holds it
+        result = generate(run, tmp_path / "during")
+    assert result.exit_code == 0, result.output
+    assert f"{run} is still being trained" in " ".join(result.output.split()), result.output
+    result = generate(run, tmp_path / "after")
+    assert result.exit_code == 0 and "still being trained" not in result.output, result.output
+
+
+def test_testing_the_lock_does_not_make_a_training_refuse(tmp_path):
+    lock = tmp_path / ".lock"
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a generate testing whether training runs, caught in the act
+
+    def done():
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    threading.Timer(0.05, done).start()
+    with exclusive_lock(lock, "the run folder"):
+        pass

@@ -45,7 +45,7 @@ from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.sampling import loss_prediction, sample_images
 from synthaug.grids import save_png, spread_classes, tile_images
 from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
-from synthaug.runs import Run
+from synthaug.runs import SNAPSHOT_RECORD, Run
 from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def save_grid(denoiser: Backend, schema: ConditionSchema, scheduler_config: dict
 
 def check_resumable(run: Run, recipe: Recipe) -> None:
     """A run folder may be resumed by the same recipe, give or take how long and how often it reports."""
-    old, new = recipe_to_dict(load_recipe(run.recipe_file)), recipe_to_dict(recipe)
+    old, new = recipe_to_dict(run.recipe()), recipe_to_dict(recipe)
     for section in ("data", "generator"):  # sampling and benchmark settings do not touch training
         a, b = old[section], new[section]
         for key in sorted(set(a) | set(b)):
@@ -301,13 +301,17 @@ def load_state(run: Run) -> dict | None:
     return torch.load(state_path, map_location="cpu", weights_only=True)
 
 
-def weights_intact(run: Run) -> bool:
-    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256."""
+def weights_intact(run: Run, step: int) -> bool:
+    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256, of ``step`` (a
+    snapshot that failed after its weights leaves them a step the state and run.json are not at)."""
     try:
-        return all(any(name.endswith(".safetensors") for name in verify_checksums(folder))
-                   for folder in (run.model_dir, run.ema_dir))
-    except SynthaugError:
+        sums = [verify_checksums(folder) for folder in (run.model_dir, run.ema_dir)]
+        records = [json.loads((folder / SNAPSHOT_RECORD).read_text()) if SNAPSHOT_RECORD in folder_sums else {}
+                   for folder, folder_sums in zip((run.model_dir, run.ema_dir), sums)]
+    except (SynthaugError, OSError, ValueError):
         return False
+    return (all(any(name.endswith(".safetensors") for name in folder_sums) for folder_sums in sums)
+            and all(isinstance(r, dict) and r.get("step", step) == step for r in records))  # no record (older runs): as they are
 
 
 def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg, seconds: float = 0.0) -> None:
@@ -359,12 +363,14 @@ def truncate_log(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
-    """The raw and the EMA weights (diffusers layout) with the noise schedule, each folder atomically."""
+def save_weights(run: Run, model: Backend, ema, train_sched, step: int, nimg: int) -> None:
+    """The raw and the EMA weights (diffusers layout) with the noise schedule and the step they are of
+    (``snapshot.json``, which generate checks against run.json), each folder atomically."""
     for folder in (run.model_dir, run.ema_dir):
         with folder_atomic(folder) as tmp, ema_weights(model, ema, folder == run.ema_dir):
             model.save_pretrained(tmp)
             train_sched.save_pretrained(tmp / "scheduler")
+            (tmp / SNAPSHOT_RECORD).write_text(json.dumps({"step": step, "nimg": nimg, "kimg": round(nimg / 1000, 3)}) + "\n")
             write_checksums(tmp)  # checked before the weights are used
 
 
@@ -374,7 +380,7 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
     run.json (progress, the processes that trained, ``grid``: the latest sample grid of the current settings, relative
     to the run folder, and ``train_seconds``: the training loop's wall time so far, over every resumption). ``loss``:
     the loss summed over the steps since the last log line and their count, which a resumed run's next line includes."""
-    save_weights(run, model, ema, train_sched)
+    save_weights(run, model, ema, train_sched, step, nimg)
     with folder_atomic(run.state_dir) as tmp:
         state = {
             "model": trainable_state(model),
@@ -506,7 +512,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         # weights and log. A finished run with intact weights needs no state: there is nothing left to train.
         finished_without_state = (state is None and bool(trained_steps) and bool(info.get("finished"))
                                   and (trained_steps == total_steps or out_of_time))
-        if state is None and trained_steps and not (finished_without_state and weights_intact(run)):
+        if state is None and trained_steps and not (finished_without_state and weights_intact(run, trained_steps)):
             raise SynthaugError(
                 f"{run.state_dir} is missing, so {run.path} (trained {trained_steps} steps) cannot continue exactly nor "
                 "rewrite its weights; restore state/, or start over with --fresh, or train into another run folder "
@@ -568,10 +574,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 # state: say what the state holds, since manifests and the benchmark copy run.json's kimg
                 info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, train_seconds=round(trained_s, 3))
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
-            if accelerator.is_main_process and not weights_intact(run):
-                # a damaged or missing model/ or ema/ (which generate refuses) is rewritten from the state
+            if accelerator.is_main_process and not weights_intact(run, step):
+                # a damaged or missing model/ or ema/ (which generate refuses), or weights a failed snapshot wrote past
+                # the state, are rewritten from the state
                 log.warning("Rewriting the weights in %s and %s from the training state.", run.model_dir, run.ema_dir)
-                save_weights(run, model, ema, train_sched)
+                save_weights(run, model, ema, train_sched, step, nimg)
         del state
         # what the network denoises: held on the device, or streamed (a VAE backend encodes the images, and their
         # mirror images, once here)
