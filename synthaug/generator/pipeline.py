@@ -104,7 +104,7 @@ class Generator:
                 if folder_identity(path / "ema") == before:
                     if gen.run.training():
                         log.warning("%s is still being trained (a synthaug train holds %s); drawing from its latest "
-                                    "snapshot, %g kimg.", path, gen.run.lock_file, gen.kimg)
+                                    "snapshot, %s kimg.", path, gen.run.lock_file, gen.kimg)
                     return gen
             except (SynthaugError, OSError, ValueError):
                 now = folder_identity(path / "ema")
