@@ -35,11 +35,13 @@ RUN_ENTRIES = {"run.json", "recipe.toml", "condition.json", "log.jsonl", "grids"
                "model.old", "ema.old", "state.old"}
 
 
-def benchmark_entry(name: str) -> bool:
+def benchmark_entry(path: Path) -> bool:
     """What a benchmark (or a killed training) may leave in a run folder before the run's own run.json exists: its
-    lock, temporaries, the low-data runs ``shots-K/`` and the report folder ``benchmark/``."""
+    lock, temporaries, the low-data runs ``shots-K/``, the report folder ``benchmark/``, and with ``--out`` the run
+    folder itself the benchmark's stage store (``stages/`` with its marker, ``benchmark.store.MARKER``)."""
+    name = path.name
     return (name in (".lock", "benchmark") or (name.startswith(".") and name.endswith(".tmp"))
-            or (name.startswith("shots-") and name[6:].isdigit()))
+            or (name.startswith("shots-") and name[6:].isdigit()) or (name == "stages" and (path / "store.json").is_file()))
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Run:
             raise SynthaugError(f"{self.info_file} is not the run.json synthaug writes (it is damaged, or another tool's), so "
                                 f"{self.path} may not be a synthaug run; restore it, or choose another run folder (--set run_dir=...).")
         # our files first in the sentence: they are what training would overwrite
-        foreign = sorted((p.name for p in self.path.iterdir() if not benchmark_entry(p.name)),
+        foreign = sorted((p.name for p in self.path.iterdir() if not benchmark_entry(p)),
                          key=lambda name: (name not in RUN_ENTRIES, name))
         if foreign:
             raise SynthaugError(f"{self.path} is not a synthaug run folder (it holds {', '.join(foreign[:3])}"

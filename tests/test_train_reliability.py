@@ -126,6 +126,20 @@ def test_train_leaves_what_is_not_its_own_in_a_run_folder(tmp_path):
     assert Run(tmp_path / "run").trained and Run(tmp_path / "run").info()["step"] == 2
 
 
+def test_a_benchmark_that_reports_into_the_run_folder_still_trains_there(tmp_path):
+    run = tmp_path / "run"  # benchmark --out run: its lock and stage store come before the run's first file
+    (run / "stages").mkdir(parents=True)
+    (run / "stages" / "store.json").write_text('{"what": "benchmark stages"}')
+    (run / ".lock").write_text("")
+    train_generator(tiny_recipe(run, "generator.duration_kimg=0.032"))
+    assert Run(run).trained
+    (run / "stages" / "store.json").unlink()  # a stages/ folder that is not the benchmark's is the user's
+    shutil.rmtree(run / "model")
+    (run / "run.json").unlink()
+    with pytest.raises(SynthaugError, match="is not a synthaug run folder"):
+        Run(run).check_trainable()
+
+
 def home_like(root: Path) -> Path:
     (root / "Documents").mkdir(parents=True)
     (root / "Documents" / "letter.txt").write_text("dear")
