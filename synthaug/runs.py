@@ -1,7 +1,8 @@
 """Run folders: what one generator training leaves on disk, and how later stages find it.
 
     runs/<name>/recipe.toml       the resolved recipe          condition.json  the condition schema
-    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...)
+    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...),
+                                  snapshot.json (the step of the weights) and checksums.json
     runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
     runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
     runs/<name>/run.json          id, progress, processes, whether training finished, the latest grid
@@ -12,7 +13,8 @@ What ``synthaug benchmark`` adds beside them (training leaves both alone):
     runs/<name>/shots-K/          a run folder as above: the generator trained on the K-shots subset
     runs/<name>/benchmark/        report.json, report.md, plots, grids (or --out)
     runs/<name>/benchmark/stages/ judge/<key>/, synthetic/<key>/ (shard sets), quality/<key>.json (+ .png),
-                                  classifiers/<key>.json: every stage keyed by what determines it (reused)
+                                  classifiers/<key>.json: every stage keyed by what determines it (reused);
+                                  store.json marks the folder as the benchmark's
 """
 
 from __future__ import annotations
