@@ -208,12 +208,21 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def expand_home(path: Path) -> Path:
+    """``~`` and ``~user`` at the start of a path option as the home folder; as written where there is none."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
+
+
 def command(*args, **kwargs):
     """Register a command whose user mistakes (SynthaugError, an OS error) print one sentence and exit 1."""
 
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*a, **k):
+            k = {name: expand_home(v) if isinstance(v, Path) else v for name, v in k.items()}  # --out=~/x: no shell expands it
             try:
                 # Bars for a person at a terminal; plain lines at a steady interval in a log file or a pipe
                 # (where rich's live bars print nothing, or a blank line for each finished bar).

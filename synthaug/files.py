@@ -185,23 +185,35 @@ def recover_folder(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# How long taking a lock waits for a process that only tests it (lock_held holds it for microseconds).
+LOCK_TEST_WAIT_S = 0.25
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a lock file) or fail at once if another process holds it.
 
     The kernel drops the lock when its process dies, even by SIGKILL, so no stale lock remains.
     """
+    import time
+
     from synthaug.errors import SynthaugError
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SynthaugError(
-                f"Another synthaug process is writing {what} (it holds {path}); wait for it to finish or use another folder."
-            ) from None
+        deadline = time.monotonic() + LOCK_TEST_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # perhaps a process testing the lock: it lets go at once
+                    time.sleep(0.01)
+                    continue
+                raise SynthaugError(
+                    f"Another synthaug process is writing {what} (it holds {path}); wait for it to finish or use another folder."
+                ) from None
         try:
             f.seek(0)
             f.truncate()
@@ -210,6 +222,26 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds :func:`exclusive_lock` on ``path`` now: tested without waiting, and without creating
+    the lock file (taking its shared lock for an instant, which ``exclusive_lock`` waits out)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 CHECKSUMS = "checksums.json"

@@ -264,7 +264,11 @@ class Recipe:
 
     @property
     def run_path(self) -> Path:
-        return Path(self.run_dir or Path("runs") / self.name)
+        path = Path(self.run_dir or Path("runs") / self.name)
+        try:
+            return path.expanduser()  # run_dir = "~/runs/x": in the home folder, not in a folder named ~
+        except RuntimeError:  # no home folder to be found: the path as written
+            return path
 
 
 SECTIONS = {"data": DataConfig, "generator": GeneratorConfig, "sampling": SamplingConfig, "benchmark": BenchmarkConfig}

@@ -1,7 +1,8 @@
 """Run folders: what one generator training leaves on disk, and how later stages find it.
 
     runs/<name>/recipe.toml       the resolved recipe          condition.json  the condition schema
-    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...)
+    runs/<name>/model/, ema/      diffusers save_pretrained folders (unet/ or sd-lora's lora/, scheduler/, ...),
+                                  snapshot.json (the step of the weights) and checksums.json
     runs/<name>/state/            full training state for exact resume (+ its sha256 in state.json)
     runs/<name>/log.jsonl         loss and images/s            grids/           sample grids
     runs/<name>/run.json          id, progress, processes, whether training finished, the latest grid
@@ -12,7 +13,8 @@ What ``synthaug benchmark`` adds beside them (training leaves both alone):
     runs/<name>/shots-K/          a run folder as above: the generator trained on the K-shots subset
     runs/<name>/benchmark/        report.json, report.md, plots, grids (or --out)
     runs/<name>/benchmark/stages/ judge/<key>/, synthetic/<key>/ (shard sets), quality/<key>.json (+ .png),
-                                  classifiers/<key>.json: every stage keyed by what determines it (reused)
+                                  classifiers/<key>.json: every stage keyed by what determines it (reused);
+                                  store.json marks the folder as the benchmark's
 """
 
 from __future__ import annotations
@@ -23,14 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthaug.errors import SynthaugError
-from synthaug.files import verify_checksums
+from synthaug.files import lock_held, verify_checksums
+
+# Written into model/ and ema/ with the weights (and covered by their checksums.json): the step they are of.
+SNAPSHOT_RECORD = "snapshot.json"
 
 
-# What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all; a folder
-# that holds any of these without a run.json of ours is someone else's. Anything else (a benchmark's
-# shots-K/ runs and benchmark/ report, a user's notes) training leaves alone.
+# What training writes, overwrites or (with --fresh) deletes in a run folder, run.json first of all. Anything else
+# (a benchmark's shots-K/ runs and benchmark/ report, a user's notes in a run) training leaves alone.
 RUN_ENTRIES = {"run.json", "recipe.toml", "condition.json", "log.jsonl", "grids", "model", "ema", "state",
                "model.old", "ema.old", "state.old"}
+
+
+def benchmark_entry(path: Path) -> bool:
+    """What a benchmark (or a killed training) may leave in a run folder before the run's own run.json exists: its
+    lock, temporaries, the low-data runs ``shots-K/``, the report folder ``benchmark/``, and with ``--out`` the run
+    folder itself the benchmark's stage store (``stages/`` with its marker, ``benchmark.store.MARKER``)."""
+    name = path.name
+    return (name in (".lock", "benchmark") or (name.startswith(".") and name.endswith(".tmp"))
+            or (name.startswith("shots-") and name[6:].isdigit()) or (name == "stages" and (path / "store.json").is_file()))
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,39 @@ class Run:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def recipe(self):
+        """The recipe this run was trained with (its ``recipe.toml``)."""
+        from synthaug.recipe import load_recipe
+
+        if not self.recipe_file.is_file():
+            raise SynthaugError(f"{self.recipe_file}, the recipe {self.path} was trained with, is missing; copy the recipe "
+                                "file it was trained with there (the run's settings are read from it).")
+        return load_recipe(self.recipe_file)
+
+    def training(self) -> bool:
+        """True while a training of this run holds its lock (tested without waiting)."""
+        return lock_held(self.lock_file)
+
+    def weights_record(self) -> dict:
+        """What ``ema/snapshot.json``, written with the EMA weights, says they are: ``step``, ``nimg`` and ``kimg``;
+        {} for weights written before that record existed."""
+        try:
+            record = json.loads((self.ema_dir / SNAPSHOT_RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def check_consistent(self, record: dict) -> None:
+        """Refuse EMA weights (``record``: their :meth:`weights_record`) of another step than run.json records: a
+        training that failed between writing the two leaves them so, and a sample's provenance would be wrong."""
+        info = self.info()
+        if record and "step" in info and record.get("step") != info["step"]:
+            raise SynthaugError(
+                f"{self.ema_dir} holds the weights of {record.get('kimg', 0):g} kimg but {self.info_file} records "
+                f"{info.get('kimg', 0):g} kimg (a training of this run stopped between writing them); run `synthaug train "
+                f"{self.recipe_file} --out {self.path}` to make them agree."
+            )
+
     @property
     def latest_grid(self) -> Path | None:
         """The last sample grid training wrote (recorded in run.json), or None."""
@@ -72,7 +118,13 @@ class Run:
 
     def check_trainable(self) -> None:
         """Refuse to train into a folder that holds something other than a synthaug run: training deletes
-        and overwrites ``model/``, ``ema/``, ``state/``, ``log.jsonl`` and ``grids/``."""
+        and overwrites ``model/``, ``ema/``, ``state/``, ``log.jsonl`` and ``grids/``, and writes beside the
+        folder's other files. The root and the home folder are never a run folder."""
+        where = self.path.resolve()
+        if where == Path(where.anchor) or where == home_folder():
+            what = "the root folder" if where == Path(where.anchor) else "your home folder"
+            raise SynthaugError(f"{self.path} is {what}, and a run needs a folder of its own; choose one such as "
+                                f"{self.path / 'runs' / 'NAME'} (--set run_dir=...).")
         if not self.path.exists():
             return
         if not self.path.is_dir():
@@ -82,11 +134,13 @@ class Run:
                 return
             raise SynthaugError(f"{self.info_file} is not the run.json synthaug writes (it is damaged, or another tool's), so "
                                 f"{self.path} may not be a synthaug run; restore it, or choose another run folder (--set run_dir=...).")
-        foreign = sorted(p.name for p in self.path.iterdir() if p.name in RUN_ENTRIES)
+        # our files first in the sentence: they are what training would overwrite
+        foreign = sorted((p.name for p in self.path.iterdir() if not benchmark_entry(p)),
+                         key=lambda name: (name not in RUN_ENTRIES, name))
         if foreign:
             raise SynthaugError(f"{self.path} is not a synthaug run folder (it holds {', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''} but no run.json), and training would overwrite "
-                                "what it holds; choose an empty or new folder (--set run_dir=...).")
+                                "what it holds or write beside it; choose an empty or new folder (--set run_dir=...).")
 
     def training_images(self):
         """The real images this run's generator was trained on, exactly: its recipe's training split, checked
@@ -94,10 +148,9 @@ class Run:
         no-leakage guarantee of real-guided variations and of the filter classifier)."""
         from synthaug.data import load_dataset
         from synthaug.generator.conditions import ConditionSchema, schema_from_dataset, training_data_changes
-        from synthaug.recipe import load_recipe
 
         schema = ConditionSchema.load(self.condition_file)
-        train = load_dataset(load_recipe(self.recipe_file).data).split("train")
+        train = load_dataset(self.recipe().data).split("train")
         changes = training_data_changes(schema, schema_from_dataset(train, schema.kind), location=False)
         if changes:
             raise SynthaugError(f"The real training images of {schema.dataset} are no longer the ones {self.path} was trained on: "
@@ -119,6 +172,14 @@ class Run:
             digest.update(name.encode())
             digest.update(weights[name].encode())
         return digest.hexdigest()
+
+
+def home_folder() -> Path | None:
+    """The user's home folder, resolved; None where there is none."""
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
 def runs_root() -> Path:
@@ -152,4 +213,5 @@ def open_run(path: Path) -> Run:
             raise SynthaugError(f"{run.path} holds no usable generator (no {what}); run `synthaug train {run.recipe_file} "
                                 f"--out {run.path}` to train it, or to rewrite what is missing from its training state.")
         raise SynthaugError(f"{run.path} holds no trained generator yet; run `synthaug train` for its recipe first.")
+    run.recipe()  # its settings: a missing recipe.toml is named as the run's, not taken for a recipe the user gave
     return run

@@ -113,7 +113,8 @@ def resolve_conditions(gen: Generator, request: GenerateRequest) -> list[Conditi
 def run_identity(gen: Generator) -> dict:
     info = gen.run.info()
     identity = {"path": str(gen.run.path.resolve()), "name": gen.run.name, "id": info.get("id", ""),
-                "kimg": info.get("kimg"), "weights_sha256": gen.weights_sha256 or gen.run.weights_sha256(), "dataset": gen.schema.dataset}
+                "kimg": info.get("kimg") if gen.kimg is None else gen.kimg,  # the weights' own record, as read with them
+                "weights_sha256": gen.weights_sha256 or gen.run.weights_sha256(), "dataset": gen.schema.dataset}
     if "text" in info:  # a text backend: its base model / text encoder sha256, prompt template and prompts
         identity["text"] = info["text"]
     return identity

@@ -245,6 +245,29 @@ def test_a_rerun_reuses_every_stage_and_new_ratios_train_only_their_arms(tiny_be
                 assert new["arms"][name]["runs"] == arm["runs"], name
 
 
+def test_an_edited_stage_file_is_computed_again_not_reported(tiny_benchmark):
+    recipe, out, report = tiny_benchmark
+    path, stage = next((p, json.loads(p.read_text())) for p in sorted((out / "stages" / "classifiers").glob("*.json"))
+                       if json.loads(p.read_text())["arm"]["name"] == "real" and json.loads(p.read_text())["split"] == "test")
+    top1 = stage["score"]["top1"]
+    path.write_text(path.read_text().replace(f'"top1": {json.dumps(top1)}', f'"top1": {json.dumps(1 - top1 / 2)}', 1))
+    again = run_benchmark(recipe, out=out, command="edited")
+    assert again["classifiers_trained_this_run"] == 1  # the edited run, trained again
+    assert [s["arms"] for s in again["settings"]] == [s["arms"] for s in report["settings"]]
+    assert json.loads(path.read_text())["score"]["top1"] == top1
+
+
+def test_stage_files_carry_their_sha256(tmp_path, caplog):
+    from synthaug.benchmark.store import StageStore
+
+    store = StageStore(tmp_path)
+    store.save("classifiers", "k" * 24, {"score": {"top1": 0.5, "per_class": [0.25, np.float32(0.75)]}})
+    assert store.load("classifiers", "k" * 24) == {"score": {"top1": 0.5, "per_class": [0.25, 0.75]}}
+    path = store.file("classifiers", "k" * 24)
+    path.write_text(path.read_text().replace('"top1": 0.5', '"top1": 0.9'))
+    assert store.load("classifiers", "k" * 24) is None and "was changed or damaged" in caplog.text
+
+
 def test_training_a_generator_longer_regenerates_its_sets(tiny_benchmark):
     recipe, out, report = tiny_benchmark
     longer = dataclasses.replace(recipe, benchmark=dataclasses.replace(recipe.benchmark, low_shot_duration_kimg=0.032))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,70 @@ def test_benchmark_killed_five_times_resumes_to_the_uninterrupted_report(tmp_pat
     run_to_end(command(bars, "report"), work, timeout=600)
     got = json.loads((work / "report" / "report.json").read_text())
     assert numbers(got) == numbers(expected), f"SYNTHAUG_KILL_SEED={KILL_SEED}"
+
+
+def cli_benchmark(bars, run_dir, out, *extra):
+    from typer.testing import CliRunner
+
+    from synthaug.cli import app
+
+    sets = [*TINY, f"data.spec=imagefolder:{bars}", "data.resolution=8", "generator.batch_size=8",
+            "generator.duration_kimg=0.016", *TINY_BENCH, "benchmark.workers=1", f"run_dir={run_dir}", *extra]
+    result = CliRunner().invoke(app, ["benchmark", *[a for item in sets for a in ("--set", item)], "--out", str(out), "--fresh"],
+                                env={"COLUMNS": "200"})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def error_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines[-1].startswith("Error: "), result.output
+    return lines[-1]
+
+
+def finished_stages(out: Path) -> dict:
+    """A benchmark folder's stages as a finished benchmark leaves them (a judge, a quality and a classifier stage);
+    returns every file with its bytes."""
+    from synthaug.benchmark.store import StageStore
+
+    store = StageStore(out)
+    store.save("classifiers", "a" * 24, {"arm": {"name": "real"}, "seed": 0, "split": "test", "score": {"top1": 0.5}})
+    store.save("quality", "b" * 24, {"fid": 30.0})
+    judge = store.folder("judge", "c" * 24)
+    judge.mkdir(parents=True)
+    (judge / "info.json").write_text("{}")
+    return files_of(out)
+
+
+def files_of(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("data.spec=imagefolder:{tmp}/typo", "typo does not exist"),
+    ("data.resolution=7", "Resolution 7 cannot be halved"),  # found only when the generator is built
+])
+def test_fresh_checks_the_recipe_and_data_before_deleting_any_stage(tmp_path, bad, message):
+    bars = write_bars(tmp_path / "bars")
+    out = tmp_path / "report"
+    before = finished_stages(out)
+    line = error_line(cli_benchmark(bars, tmp_path / "run", out, bad.format(tmp=tmp_path)))
+    assert message in line, line
+    assert files_of(out) == before  # every stage still there
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_stages_folder_synthaug_did_not_write_is_neither_deleted_nor_written_into(tmp_path, fresh):
+    from synthaug import SynthaugError
+    from synthaug.benchmark import run_benchmark
+
+    bars = write_bars(tmp_path / "bars")
+    out = tmp_path / "userproj"
+    (out / "stages").mkdir(parents=True)
+    (out / "stages" / "notes.txt").write_text("x")
+    with pytest.raises(SynthaugError, match=r"userproj/stages holds files synthaug did not write \(notes.txt\).*choose another --out"):
+        run_benchmark(bars_recipe(bars, tmp_path / "run"), out=out, fresh=fresh)
+    assert (out / "stages" / "notes.txt").read_text() == "x" and sorted(p.name for p in (out / "stages").iterdir()) == ["notes.txt"]
 
 
 def test_two_benchmarks_on_one_folder_are_refused(tmp_path):

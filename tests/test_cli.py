@@ -144,6 +144,16 @@ def test_inspect_writes_its_default_grid_under_the_cache_not_the_current_folder(
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # nothing written into the current folder
 
 
+def test_a_tilde_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = run("inspect", "digits", "--grid=~/grid.png")  # no shell expands a tilde after "="
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "grid.png").is_file() and not (tmp_path / "~").exists()
+    result = run("train", "--out=~/runs/r", "--dry-run")
+    assert f'run_dir = "{tmp_path / "home" / "runs" / "r"}"' in result.output
+
+
 def test_grid_rows_are_labelled_with_their_class(tmp_path):
     from synthaug.grids import label_rows
 

@@ -3,6 +3,9 @@ tracebacks, and a generate that reads a run while train writes it. Each test fai
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import TINY, tiny_recipe, write_image
 from synthaug import SynthaugError
 from synthaug.cli import app
-from synthaug.files import folder_atomic, sha256_file, write_checksums
+from synthaug.files import exclusive_lock, folder_atomic, sha256_file, write_checksums
 from synthaug.generator import Generator
 from synthaug.generator import train as train_module
 from synthaug.generator.conditions import ConditionSchema
@@ -114,10 +117,82 @@ def test_train_refuses_a_folder_that_is_not_a_run(tmp_path, fresh):
 
 def test_train_leaves_what_is_not_its_own_in_a_run_folder(tmp_path):
     (tmp_path / "run" / "shots-3").mkdir(parents=True)  # a benchmark's low-data run lives inside the full one
-    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "benchmark" / "stages").mkdir(parents=True)  # and its report beside it
     train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.032"))
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's notes in a folder that is a run
+    train_generator(tiny_recipe(tmp_path / "run", "generator.duration_kimg=0.064"))
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and (tmp_path / "run" / "shots-3").is_dir()
-    assert Run(tmp_path / "run").trained
+    assert (tmp_path / "run" / "benchmark" / "stages").is_dir()
+    assert Run(tmp_path / "run").trained and Run(tmp_path / "run").info()["step"] == 2
+
+
+def test_a_benchmark_that_reports_into_the_run_folder_still_trains_there(tmp_path):
+    run = tmp_path / "run"  # benchmark --out run: its lock and stage store come before the run's first file
+    (run / "stages").mkdir(parents=True)
+    (run / "stages" / "store.json").write_text('{"what": "benchmark stages"}')
+    (run / ".lock").write_text("")
+    train_generator(tiny_recipe(run, "generator.duration_kimg=0.032"))
+    assert Run(run).trained
+    (run / "stages" / "store.json").unlink()  # a stages/ folder that is not the benchmark's is the user's
+    shutil.rmtree(run / "model")
+    (run / "run.json").unlink()
+    with pytest.raises(SynthaugError, match="is not a synthaug run folder"):
+        Run(run).check_trainable()
+
+
+def home_like(root: Path) -> Path:
+    (root / "Documents").mkdir(parents=True)
+    (root / "Documents" / "letter.txt").write_text("dear")
+    (root / ".bashrc").write_text("alias ll='ls -l'\n")
+    return root
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_train_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path, fresh):
+    for folder in (home_like(tmp_path / "like-home"), tmp_path / "notes"):
+        if folder.name == "notes":
+            folder.mkdir()
+            (folder / "notes.txt").write_text("x")
+        before = snapshot(folder)
+        result = cli("train", *[a for s in TINY for a in ("--set", s)], "--set", f"run_dir={folder}", *(["--fresh"] if fresh else []))
+        line = error_line(result)
+        assert f"{folder} is not a synthaug run folder" in line and "choose an empty or new folder" in line, line
+        assert snapshot(folder) == before and not (folder / ".lock").exists()
+        assert sorted(p.name for p in folder.iterdir()) == sorted(before_names(before))
+
+
+def before_names(files: dict) -> set[str]:
+    return {name.split("/")[0] for name in files}
+
+
+def test_train_refuses_the_root_and_the_home_folder_and_expands_a_tilde(tmp_path, monkeypatch):
+    home = home_like(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(home)
+    line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", "run_dir=~", "--fresh"))
+    assert f"{home} is your home folder" in line and "--set run_dir=" in line
+    assert snapshot(home) == before and not (tmp_path / "~").exists()
+    with pytest.raises(SynthaugError, match="/ is the root folder"):
+        Run(Path("/")).check_trainable()
+    root_lock = Path("/.lock")
+    existed = root_lock.exists()
+    try:
+        line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", "run_dir=/",
+                              "--set", "data.spec=imagefolder:/nonexistent"))
+        assert existed or not root_lock.exists()  # nothing written into / (not even the lock) before the error
+    finally:
+        if root_lock.exists() and not existed:
+            root_lock.unlink()
+    # a tilde in run_dir is the home folder, not a folder named ~ in the current one
+    run = train_generator(tiny_recipe("~/runs/r", "generator.duration_kimg=0.032"))
+    assert run.path == home / "runs" / "r" and run.trained and not (tmp_path / "~").exists()
+
+
+def test_a_data_error_creates_no_run_folder(tmp_path):
+    line = error_line(cli("train", *[a for s in TINY for a in ("--set", s)], "--set", f"run_dir={tmp_path / 'new'}",
+                          "--set", "data.spec=imagefolder:/nowhere/at/all"))
+    assert "/nowhere/at/all" in line and not (tmp_path / "new").exists()
 
 
 def test_a_file_as_the_run_folder_is_one_sentence(tmp_path):
@@ -134,6 +209,59 @@ def test_the_grid_train_wrote_is_recorded_not_guessed(finished, tmp_path):
 
 
 # -- wrong results -----------------------------------------------------------------------------
+
+# 24 steps: a log line at steps 1, 4, 7, ..., 22 and 24, a snapshot every 6 steps, a grid every 8
+SCHEDULES = ("generator.duration_kimg=0.768", "generator.log_every_kimg=0.096", "generator.snapshot_every_kimg=0.192",
+             "generator.grid_every_kimg=0.256")
+
+
+def test_a_killed_and_resumed_run_logs_and_draws_its_grids_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    grids = []
+
+    def draw(denoiser, schema, scheduler_config, recipe, path, autocast):  # a grid: which weights it was drawn from
+        weights = torch.cat([p.detach().flatten() for p in denoiser.trainable_parameters()]).numpy().tobytes()
+        grids.append((path.parent.parent.name, hashlib.sha256(weights).hexdigest()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(train_module, "save_grid", draw)
+    straight = train_generator(tiny_recipe(tmp_path / "a", *SCHEDULES))
+    real_clock = train_module.clock
+    readings = []
+
+    def killed_in_step_14():  # read once before the loop, then once after each step
+        readings.append(1)
+        if len(readings) == 15:
+            raise KeyboardInterrupt  # step 14 has trained, its log line at 13 is written; the last snapshot is at 12
+        return real_clock()
+
+    monkeypatch.setattr(train_module, "clock", killed_in_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+    assert json.loads((tmp_path / "b" / "state" / "state.json").read_text())["step"] == 12
+    monkeypatch.setattr(train_module, "clock", real_clock)
+    resumed = train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+
+    def logged(run):
+        return [(e["step"], e["kimg"], e["loss"], e["lr"]) for e in map(json.loads, run.log_file.read_text().splitlines())]
+
+    assert [line[0] for line in logged(straight)] == [1, 4, 7, 10, 13, 16, 19, 22, 24]
+    assert logged(resumed) == logged(straight)  # the same lines, each the mean loss of the same steps
+    drawn = {run: [w for r, w in grids if r == run] for run in ("a", "b")}
+    assert len(drawn["a"]) == 3 and drawn["b"] == drawn["a"]  # at steps 8, 16 and 24, before the kill and after
+    assert snapshot(resumed.path / "ema") == snapshot(straight.path / "ema")
+
+
+def test_the_sample_grid_line_names_only_a_grid_of_the_current_settings(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    assert Run(run).latest_grid is not None  # the finished run drew one
+    args = ["train", *[a for s in TINY for a in ("--set", s)], "--out", run]
+    for duration in ("0.064", "0.128"):  # nothing to train, then trained on: no grids now (grid_every_kimg = 0)
+        result = cli(*args, "--set", f"generator.duration_kimg={duration}")
+        assert result.exit_code == 0 and "Sample grid:" not in result.output, result.output
+        assert Run(run).latest_grid is None
+    result = cli(*args, "--set", "generator.duration_kimg=0.192", "--set", "generator.grid_every_kimg=0.064")
+    assert f"Sample grid: {run / 'grids' / 'grid-000000kimg.png'}" in result.output, result.output
 
 def test_v_prediction_reaches_the_saved_schedule_and_the_loss(tmp_path, monkeypatch):
     used = []
@@ -408,3 +536,73 @@ def test_a_run_recorded_before_content_hashes_resumes_with_the_file_name_check(t
     assert len(Run(run).training_images()) == 6
     assert json.loads(train_generator(small_recipe(run, "generator.duration_kimg=0.032")).info_file.read_text())["step"] == 4
     assert ConditionSchema.load(run / "condition.json").train_pixels_sha256  # recorded from now on
+
+
+def generate(run: Path, out: Path):
+    return cli("generate", "--run", run, "--class", "3", "--num", "1", "--steps", "2", "--out", out)
+
+
+def manifest_run(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["run"]
+
+
+def test_a_snapshot_that_fails_after_its_weights_leaves_no_run_that_generate_misreports(finished, tmp_path, monkeypatch):
+    run = copy_of(finished, tmp_path)
+    longer = ("generator.duration_kimg=0.128", "generator.grid_every_kimg=0.064")
+
+    def no_room(*args, **kwargs):  # the state of step 4 cannot be written (a full disk, a read-only state/)
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "state"))
+
+    monkeypatch.setattr(train_module.torch, "save", no_room)
+    with pytest.raises(OSError):
+        train_generator(tiny_recipe(run, *longer))
+    monkeypatch.undo()
+    assert json.loads((run / "state" / "state.json").read_text())["step"] == 2  # the last state written
+    line = error_line(generate(run, tmp_path / "mixed"))  # ema/ holds step 4's weights; run.json and state/ step 2's
+    assert "ema holds the weights of 0.128 kimg" in line and "run.json records 0.064 kimg" in line and "synthaug train" in line
+    assert not (tmp_path / "mixed" / "manifest.json").exists()
+    # the advice, followed with the run's own recipe (now the longer one): trained on to step 4, all of it agrees
+    other = copy_of(run, tmp_path / "other")
+    train_generator(tiny_recipe(run, *longer))
+    assert generate(run, tmp_path / "longer").exit_code == 0
+    assert manifest_run(tmp_path / "longer")["kimg"] == 0.128
+    assert manifest_run(tmp_path / "longer")["weights_sha256"] == Run(run).weights_sha256()
+    # or with the duration the run had: the weights are rewritten from the state, the finished run's again
+    train_generator(tiny_recipe(other, *TWO_STEPS))
+    assert generate(other, tmp_path / "shorter").exit_code == 0
+    assert manifest_run(tmp_path / "shorter")["kimg"] == 0.064
+    assert manifest_run(tmp_path / "shorter")["weights_sha256"] == Run(finished).weights_sha256() == Run(other).weights_sha256()
+
+
+def test_a_run_without_its_recipe_names_the_missing_file(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    (run / "recipe.toml").unlink()
+    line = error_line(generate(run, tmp_path / "o"))
+    assert f"{run / 'recipe.toml'}, the recipe {run} was trained with, is missing" in line and "give a .toml path" not in line
+    with pytest.raises(SynthaugError, match=r"recipe.toml, the recipe .* was trained with, is missing; copy"):
+        train_generator(tiny_recipe(run, *TWO_STEPS))
+
+
+def test_generate_says_when_the_run_is_still_training(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    with exclusive_lock(run / ".lock", "the run folder"):  # as a training of the run holds it
+        result = generate(run, tmp_path / "during")
+    assert result.exit_code == 0, result.output
+    assert f"{run} is still being trained" in " ".join(result.output.split()), result.output
+    result = generate(run, tmp_path / "after")
+    assert result.exit_code == 0 and "still being trained" not in result.output, result.output
+
+
+def test_testing_the_lock_does_not_make_a_training_refuse(tmp_path):
+    lock = tmp_path / ".lock"
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a generate testing whether training runs, caught in the act
+
+    def done():
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    threading.Timer(0.05, done).start()
+    with exclusive_lock(lock, "the run folder"):
+        pass

@@ -50,7 +50,7 @@ from synthaug.device import default_device
 from synthaug.errors import SynthaugError
 from synthaug.generator.conditions import (ConditionSchema, resolve_kind, schema_from_dataset, sources_sha256,
                                           training_data_changes)
-from synthaug.generator.train import train_generator
+from synthaug.generator.train import build_training, train_generator
 from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.runs import Run
 from synthaug.shards import SyntheticSet, load_shard_set, sample_key
@@ -247,29 +247,48 @@ class Benchmark:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
+    def check(self) -> None:
+        """Everything that can fail on the recipe, the data or the folders, before anything is written or deleted:
+        the run folders and the stage store are synthaug's (or new); with --fresh, which deletes the finished
+        stages first, also the real data, its validation split and each setting's data and generator."""
+        for shots in self.b.shots_per_class:
+            Run(generator_for_shots(self.recipe, shots).run_path).check_trainable()
+        self.store.check_ours()
+        if not self.fresh:
+            return
+        self.real_data()
+        for shots in self.b.shots_per_class:
+            load_dataset(generator_for_shots(self.recipe, shots).data).split("train")
+        build_training(self.recipe, torch.device("cpu"))  # the network (preset, resolution, base model), built once
+
     @contextlib.contextmanager
     def lock(self):
-        """One benchmark at a time per output folder (the first process holds the lock for all)."""
+        """One benchmark at a time per output folder (the first process holds the lock for all), which holds the
+        stage store open, or with --fresh cleared."""
         from synthaug.files import exclusive_lock
 
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.fresh and self.main:
-            with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}"):
-                self.store.clear()
-        self.barrier()
         with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}") if self.main else contextlib.nullcontext():
+            if self.main:
+                self.store.clear() if self.fresh else self.store.open()
+            self.barrier()
             yield
 
     # 1. the real data and the judge
+    def real_data(self) -> ImageSet:
+        """The whole real dataset (every split), which must have a validation split to make the choices on."""
+        full = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=0))
+        if not np.any(full.splits == "val"):
+            why = missing_validation(full.labels, full.splits, self.recipe.data.val_fraction, full.class_names)
+            raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
+                                f"none; {why}.")
+        return full
+
     def load_real(self) -> Evaluator:
         with self.timed("real data and judge"):
-            full = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=0))
+            full = self.real_data()
             for note in full.notes if self.main else ():
                 log.info("%s: %s", self.recipe.data.spec, note)
-            if not np.any(full.splits == "val"):
-                why = missing_validation(full.labels, full.splits, self.recipe.data.val_fraction, full.class_names)
-                raise SynthaugError(f"The benchmark makes its choices on a validation split and {self.recipe.data.spec} has "
-                                    f"none; {why}.")
             kind = resolve_kind(self.recipe.generator.condition, full)
             train = full.split("train")
             judge = self.store.folder("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,
@@ -697,8 +716,9 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
         The report (also written to ``out/report.json``, with ``report.md`` and plots).
     """
     started = time.time()
-    bench = Benchmark(recipe, Path(out or recipe.run_path / "benchmark"), default_device(device), fresh)
+    bench = Benchmark(recipe, Path(out).expanduser() if out else recipe.run_path / "benchmark", default_device(device), fresh)
     command = command or " ".join(shlex.quote(a) for a in ["synthaug", *sys.argv[1:]])
+    bench.check()
     with bench.lock(), closing_on_error(bench):
         ev = bench.load_real()                                                                 # 1. real data, judge
         settings = [bench.prepare_setting(ev, shots) for shots in recipe.benchmark.shots_per_class]  # 2. generators

@@ -8,7 +8,9 @@
 A key is the sha256 of the stage's inputs (weights sha256, sampling settings, which images, classifier
 settings, seed, synthaug version), so a re-run reuses every stage whose inputs are unchanged and redoes
 only the ones a change touches. Files appear complete or not at all (atomic writes), so a killed
-benchmark resumes from what it finished.
+benchmark resumes from what it finished; a stage file carries the sha256 of its contents, and one that was
+changed or damaged is computed again. ``<out>/stages/store.json`` marks the folder as the store, which is the
+only ``stages/`` folder the benchmark writes into or (``--fresh``) deletes.
 """
 
 from __future__ import annotations
@@ -16,19 +18,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 from synthaug import __version__
+from synthaug.errors import SynthaugError
 from synthaug.files import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+KINDS = ("judge", "synthetic", "quality", "classifiers")
+MARKER = "store.json"
+CHECKSUM = "stage_sha256"  # the key, in a stage file, of the sha256 of the rest of it
+# what a store written before the marker existed holds in each kind's folder: keys, a swap's .old, temporaries
+STAGE_NAME = re.compile(r"[0-9a-f]{24}(\.json|\.png|\.old)?|\..*\.tmp")
 
 
 def stage_key(*parts) -> str:
     """A short sha256 of ``parts`` (anything JSON can write, keys sorted) and the synthaug version."""
     text = json.dumps([__version__, *parts], sort_keys=True, separators=(",", ":"))  # a non-JSON part is a bug: no default
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def content_sha256(value: dict) -> str:
+    """The sha256 of a stage's contents as JSON writes them (keys sorted), so it survives a write and a read."""
+    text = json.dumps(json.loads(json.dumps(value, default=float)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class StageStore:
@@ -44,20 +60,50 @@ class StageStore:
         return self.root / kind / f"{key}.json"
 
     def load(self, kind: str, key: str) -> dict | None:
-        """A finished stage's result, or None (absent, or unreadable: then it is done again)."""
+        """A finished stage's result, or None (absent, unreadable, or changed since it was written: then it is
+        done again)."""
         path = self.file(kind, key)
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("Stage file %s is unreadable; running that stage again.", path)
+            value = json.loads(path.read_text())
+            digest = value.pop(CHECKSUM)
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            log.warning("Stage file %s is unreadable or carries no sha256; running that stage again.", path)
             return None
-
-    def save(self, kind: str, key: str, value: dict) -> dict:
-        write_text_atomic(self.file(kind, key), json.dumps(value, indent=1, default=float) + "\n")
+        if digest != content_sha256(value):
+            log.warning("Stage file %s was changed or damaged since it was written (its sha256 does not match); running "
+                        "that stage again.", path)
+            return None
         return value
 
+    def save(self, kind: str, key: str, value: dict) -> dict:
+        write_text_atomic(self.file(kind, key), json.dumps({**value, CHECKSUM: content_sha256(value)}, indent=1,
+                                                           default=float) + "\n")
+        return value
+
+    def check_ours(self) -> None:
+        """Refuse a ``stages/`` folder synthaug did not write: one without the store's marker that holds anything
+        but stages (a store written before the marker existed is recognised by its layout)."""
+        if not self.root.exists() or (self.root / MARKER).is_file():
+            return
+        if not self.root.is_dir():
+            raise SynthaugError(f"{self.root} is a file, not the benchmark's stage folder; move it, or choose another --out.")
+        foreign = sorted(p.name for p in self.root.iterdir() if not (p.is_dir() and p.name in KINDS and all(
+            STAGE_NAME.fullmatch(q.name) for q in p.iterdir())))
+        if foreign:
+            raise SynthaugError(f"{self.root} holds files synthaug did not write ({', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''}), so the benchmark neither keeps its stages in it "
+                                "nor deletes it; move them, or choose another --out.")
+
+    def open(self) -> None:
+        """Make (or adopt) the store: called, holding the benchmark folder's lock, before any stage is written."""
+        self.check_ours()
+        if not (self.root / MARKER).is_file():
+            write_text_atomic(self.root / MARKER, json.dumps({"synthaug": __version__, "what": "benchmark stages"}) + "\n")
+
     def clear(self) -> None:
-        """Forget every stage (``synthaug benchmark --fresh``)."""
+        """Forget every stage (``synthaug benchmark --fresh``); a folder synthaug did not write is refused."""
+        self.check_ours()
         shutil.rmtree(self.root, ignore_errors=True)
+        self.open()

@@ -19,7 +19,7 @@ from synthaug.errors import SynthaugError
 from synthaug.device import default_device, inference_dtype, out_of_memory_advice
 from synthaug.generator.conditions import ConditionSchema
 from synthaug.generator.sampling import check_steps, sample_images, steps_run
-from synthaug.recipe import SamplingConfig, load_recipe
+from synthaug.recipe import SamplingConfig
 from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed
 
@@ -74,6 +74,7 @@ class Generator:
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.weights_sha256 = ""  # set by load(): sha256 over the EMA weight files
+        self.kimg = None  # set by load(): the images the EMA weights were trained on (thousands), as recorded with them
 
     def prompt(self, condition: Condition) -> str | None:
         """The text a text-conditioned generator draws ``condition`` from (None for the class/attribute U-Net)."""
@@ -91,7 +92,9 @@ class Generator:
         On a GPU that supports it, the network runs under bf16 autocast. A training that is writing the
         run replaces ``ema/`` by two renames (``ema`` -> ``ema.old``, new -> ``ema``); a load that meets
         the swap, or sees ``ema/`` change under it, waits a moment and reads it again, so the weights,
-        their sha256 and the scheduler config always come from one complete ``ema/``.
+        their sha256 and the scheduler config always come from one complete ``ema/``. Weights of another step than
+        run.json records are refused, unless a training of the run is going on (it writes run.json next); a note
+        says when training is still going on.
         """
         path = Path(run)
         for attempt in range(LOAD_RETRIES + 1):
@@ -99,6 +102,9 @@ class Generator:
             try:
                 gen = cls._load_once(path, device)
                 if folder_identity(path / "ema") == before:
+                    if gen.run.training():
+                        log.warning("%s is still being trained (a synthaug train holds %s); drawing from its latest "
+                                    "snapshot, %s kimg.", path, gen.run.lock_file, gen.kimg)
                     return gen
             except (SynthaugError, OSError, ValueError):
                 now = folder_identity(path / "ema")
@@ -117,15 +123,19 @@ class Generator:
     def _load_once(cls, path: Path, device) -> Generator:
         run = open_run(path)
         weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
+        record = run.weights_record()  # the step of these weights, covered by the checksums just checked
+        if not run.training():
+            run.check_consistent(record)
         from synthaug.generator.backends import load_model
 
         device = default_device(device)
-        recipe = load_recipe(run.recipe_file)
+        recipe = run.recipe()
         schema = ConditionSchema.load(run.condition_file)
         denoiser = load_model(run.ema_dir, recipe.generator, schema, device).eval()
         scheduler_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
         gen = cls(run, denoiser, schema, scheduler_config, device, inference_dtype(device), recipe.sampling)
         gen.weights_sha256 = weights_sha256
+        gen.kimg = record.get("kimg", run.info().get("kimg"))
         return gen
 
     # -- conditions -------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.sampling import loss_prediction, sample_images
 from synthaug.grids import save_png, spread_classes, tile_images
 from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml
-from synthaug.runs import Run
+from synthaug.runs import SNAPSHOT_RECORD, Run
 from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def save_grid(denoiser: Backend, schema: ConditionSchema, scheduler_config: dict
 
 def check_resumable(run: Run, recipe: Recipe) -> None:
     """A run folder may be resumed by the same recipe, give or take how long and how often it reports."""
-    old, new = recipe_to_dict(load_recipe(run.recipe_file)), recipe_to_dict(recipe)
+    old, new = recipe_to_dict(run.recipe()), recipe_to_dict(recipe)
     for section in ("data", "generator"):  # sampling and benchmark settings do not touch training
         a, b = old[section], new[section]
         for key in sorted(set(a) | set(b)):
@@ -320,13 +320,17 @@ def load_state(run: Run) -> dict | None:
     return torch.load(state_path, map_location="cpu", weights_only=True)
 
 
-def weights_intact(run: Run) -> bool:
-    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256."""
+def weights_intact(run: Run, step: int) -> bool:
+    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256, of ``step`` (a
+    snapshot that failed after its weights leaves them a step the state and run.json are not at)."""
     try:
-        return all(any(name.endswith(".safetensors") for name in verify_checksums(folder))
-                   for folder in (run.model_dir, run.ema_dir))
-    except SynthaugError:
+        sums = [verify_checksums(folder) for folder in (run.model_dir, run.ema_dir)]
+        records = [json.loads((folder / SNAPSHOT_RECORD).read_text()) if SNAPSHOT_RECORD in folder_sums else {}
+                   for folder, folder_sums in zip((run.model_dir, run.ema_dir), sums)]
+    except (SynthaugError, OSError, ValueError):
         return False
+    return (all(any(name.endswith(".safetensors") for name in folder_sums) for folder_sums in sums)
+            and all(isinstance(r, dict) and r.get("step", step) == step for r in records))  # no record (older runs): as they are
 
 
 def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg, seconds: float = 0.0) -> None:
@@ -378,21 +382,24 @@ def truncate_log(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def save_weights(run: Run, model: Backend, ema, train_sched) -> None:
-    """The raw and the EMA weights (diffusers layout) with the noise schedule, each folder atomically."""
+def save_weights(run: Run, model: Backend, ema, train_sched, step: int, nimg: int) -> None:
+    """The raw and the EMA weights (diffusers layout) with the noise schedule and the step they are of
+    (``snapshot.json``, which generate checks against run.json), each folder atomically."""
     for folder in (run.model_dir, run.ema_dir):
         with folder_atomic(folder) as tmp, ema_weights(model, ema, folder == run.ema_dir):
             model.save_pretrained(tmp)
             train_sched.save_pretrained(tmp / "scheduler")
+            (tmp / SNAPSHOT_RECORD).write_text(json.dumps({"step": step, "nimg": nimg, "kimg": round(nimg / 1000, 3)}) + "\n")
             write_checksums(tmp)  # checked before the weights are used
 
 
 def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sched, step: int, nimg: int, finished: bool,
-                  grid: str | None = None, processes: int = 1, seconds: float = 0.0) -> None:
+                  grid: str | None = None, processes: int = 1, seconds: float = 0.0, loss: tuple[float, int] = (0.0, 0)) -> None:
     """Weights (raw and EMA, diffusers layout), then the full training state, each folder atomically; then
-    run.json (progress, the processes that trained, ``grid``: the latest sample grid, relative to the run folder,
-    and ``train_seconds``: the training loop's wall time so far, over every resumption)."""
-    save_weights(run, model, ema, train_sched)
+    run.json (progress, the processes that trained, ``grid``: the latest sample grid of the current settings, relative
+    to the run folder, and ``train_seconds``: the training loop's wall time so far, over every resumption). ``loss``:
+    the loss summed over the steps since the last log line and their count, which a resumed run's next line includes."""
+    save_weights(run, model, ema, train_sched, step, nimg)
     with folder_atomic(run.state_dir) as tmp:
         state = {
             "model": trainable_state(model),
@@ -402,6 +409,8 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
             "step": step,
             "nimg": nimg,
             "train_seconds": seconds,
+            "loss_sum": loss[0],
+            "loss_count": loss[1],
         }
         torch.save(state, tmp / "training_state.pt")
         meta = {"step": step, "nimg": nimg, "finished": finished, "train_seconds": round(seconds, 3),
@@ -410,13 +419,48 @@ def save_snapshot(run: Run, model: Backend, ema, optimizer, lr_sched, train_sche
     info = run.info()
     info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, processes=processes, train_seconds=round(seconds, 3))
     info.update({"grid": grid} if grid else {})
+    if not grid:
+        info.pop("grid", None)
     write_text_atomic(run.info_file, json.dumps(info, indent=1))
+
+
+def next_point(nimg: int, first: float, every: float, batch: int) -> int:
+    """Images seen at the next point after ``nimg`` of a schedule (log lines, grids, snapshots): the end of the step
+    that reaches ``first`` images, then of the step that reaches ``every`` images more, and so on. A function of the
+    images seen since the run began, so a resumed run logs, draws and snapshots where an uninterrupted one does.
+
+    >>> [next_point(n, 50, 96, 32) for n in (0, 64, 96, 160)]
+    [64, 160, 160, 256]
+    """
+    def steps(n: float) -> int:
+        return max(1, math.ceil(n / batch - 1e-9))  # 1e-9: 0.032 kimg * 1000 is 32 images, not 32.000000000000004
+
+    start, period = steps(first) * batch, steps(every) * batch
+    return start if nimg < start else start + ((nimg - start) // period + 1) * period
 
 
 def dataset_label(spec: str) -> str:
     """A dataset spec short enough for a progress bar: ``cub:/data/CUB_200_2011`` -> ``cub:CUB_200_2011``."""
     kind, sep, path = spec.partition(":")
     return f"{kind}:{Path(path).name or path}" if sep and path else spec
+
+
+def build_training(recipe: Recipe, device: torch.device):
+    """What training a recipe starts from, each part checked: the real training split (and low-data subset), its
+    condition schema, the freshly initialised network with its noise schedule, and the loss. Writes nothing, so
+    anything wrong in the recipe or the data is found before a run folder is touched.
+
+    Returns:
+        (dataset, schema, model, train_sched, loss_fn)
+    """
+    g_cfg = recipe.generator
+    dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
+    schema = schema_from_dataset(dataset, g_cfg.condition)
+    torch.manual_seed(g_cfg.seed)
+    model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
+    # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
+    loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
+    return dataset, schema, model, train_sched, loss_fn
 
 
 def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
@@ -449,24 +493,19 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     accum = per_device // micro
 
     run.check_trainable()  # a folder that is not a synthaug run is neither created into nor overwritten
+    # 1. everything that can fail on the recipe, before the run folder is made or touched (--fresh included): the
+    #    data, its conditions, the model (preset, resolution, base model) and its objective
+    dataset, schema, model, train_sched, loss_fn = build_training(recipe, device)
+    if accelerator.is_main_process:
+        for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
+            log.info("%s: %s", recipe.data.spec, note)
+    total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
+    total_nimg = total_steps * g_cfg.batch_size
+    budget_s = g_cfg.duration_minutes * 60  # 0: no time budget
+
     run.path.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(run.lock_file, f"the run folder {run.path}") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        # 1. everything that can fail on the recipe, before anything in the run folder is touched (--fresh
-        #    included): the data, its conditions, the model (preset, resolution, base model) and its objective
-        dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
-        if accelerator.is_main_process:
-            for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
-                log.info("%s: %s", recipe.data.spec, note)
-        schema = schema_from_dataset(dataset, g_cfg.condition)
-        torch.manual_seed(g_cfg.seed)
-        model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
-        # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
-        loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
-        total_steps = max(1, math.ceil(g_cfg.duration_kimg * 1000 / g_cfg.batch_size))
-        total_nimg = total_steps * g_cfg.batch_size
-        budget_s = g_cfg.duration_minutes * 60  # 0: no time budget
-
         # 2. the run folder: start over, resume, or begin
         if fresh and accelerator.is_main_process:
             for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
@@ -493,7 +532,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         # weights and log. A finished run with intact weights needs no state: there is nothing left to train.
         finished_without_state = (state is None and bool(trained_steps) and bool(info.get("finished"))
                                   and (trained_steps == total_steps or out_of_time))
-        if state is None and trained_steps and not (finished_without_state and weights_intact(run)):
+        if state is None and trained_steps and not (finished_without_state and weights_intact(run, trained_steps)):
             raise SynthaugError(
                 f"{run.state_dir} is missing, so {run.path} (trained {trained_steps} steps) cannot continue exactly nor "
                 "rewrite its weights; restore state/, or start over with --fresh, or train into another run folder "
@@ -512,6 +551,10 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 text = describe_backend(g_cfg, schema)  # base model / text encoder sha256 and prompts, once
                 info.update({"text": text} if text else {})
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
+            record = run.info()
+            if "grid" in record and not g_cfg.grid_every_kimg:  # this run draws no grids: it names none, not an old one
+                del record["grid"]
+                write_text_atomic(run.info_file, json.dumps(record, indent=1))
             schema.save(run.condition_file)
             write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
         if device.type == "cuda":
@@ -531,6 +574,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
 
         # 4. resume
         step = nimg = 0
+        carried = (0.0, 0)
         if finished_without_state:
             step, nimg = trained_steps, trained_steps * g_cfg.batch_size
             log.info("%s has finished training (its training state was removed); nothing to do.", run.path)
@@ -541,6 +585,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             optimizer.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["lr_scheduler"])
             step, nimg = state["step"], state["nimg"]
+            carried = (state.get("loss_sum", 0.0), state.get("loss_count", 0))  # the steps since the last log line
             log.info("Resuming %s at %.1f kimg (step %d).", run.path, nimg / 1000, step)
             info = run.info()
             finished = step >= total_steps or out_of_time
@@ -549,10 +594,11 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                 # state: say what the state holds, since manifests and the benchmark copy run.json's kimg
                 info.update(kimg=round(nimg / 1000, 3), step=step, finished=finished, train_seconds=round(trained_s, 3))
                 write_text_atomic(run.info_file, json.dumps(info, indent=1))
-            if accelerator.is_main_process and not weights_intact(run):
-                # a damaged or missing model/ or ema/ (which generate refuses) is rewritten from the state
+            if accelerator.is_main_process and not weights_intact(run, step):
+                # a damaged or missing model/ or ema/ (which generate refuses), or weights a failed snapshot wrote past
+                # the state, are rewritten from the state
                 log.warning("Rewriting the weights in %s and %s from the training state.", run.model_dir, run.ema_dir)
-                save_weights(run, model, ema, train_sched)
+                save_weights(run, model, ema, train_sched, step, nimg)
         del state
         # what the network denoises: held on the device, or streamed (a VAE backend encodes the images, and their
         # mirror images, once here)
@@ -568,12 +614,15 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
 
-        # 5. the loop (the first log line comes early, within 2% of the run, so a log shows progress at once)
-        next_log = nimg + min(g_cfg.log_every_kimg * 1000, max(g_cfg.batch_size, 0.02 * total_nimg))
-        next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
-        next_grid = nimg + g_cfg.grid_every_kimg * 1000
-        grid = run.info().get("grid")  # the latest sample grid, recorded in run.json at each snapshot
-        loss_sum, loss_count, last_good = torch.zeros((), device=device), 0, (step, nimg)
+        # 5. the loop: logs, grids and snapshots at points of the images seen since the run began (the first log line
+        #    comes early, within 2% of the run, so a log shows progress at once)
+        first_log, batch = min(g_cfg.log_every_kimg * 1000, max(g_cfg.batch_size, 0.02 * total_nimg)), g_cfg.batch_size
+        next_log = next_point(nimg, first_log, g_cfg.log_every_kimg * 1000, batch)
+        next_snapshot = next_point(nimg, g_cfg.snapshot_every_kimg * 1000, g_cfg.snapshot_every_kimg * 1000, batch)
+        next_grid = next_point(nimg, g_cfg.grid_every_kimg * 1000, g_cfg.grid_every_kimg * 1000, batch)
+        # the latest sample grid, recorded in run.json at each snapshot; none when this run draws none
+        grid = run.info().get("grid") if g_cfg.grid_every_kimg else None
+        loss_sum, loss_count, last_good = torch.tensor(float(carried[0]), device=device), int(carried[1]), (step, nimg)
         loop_start = tick_time = clock()
         tick_nimg = nimg
         smaller = max((d for d in range(1, micro) if per_device % d == 0), default=0)
@@ -646,7 +695,8 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     shown = min(seconds, budget_s)
                 if log_now or snapshot_now:
                     # the loss of every step since the last check, summed on the device: the only host-device sync
-                    mean_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
+                    summed = accelerator.reduce(loss_sum, "mean").item()
+                    mean_loss = summed / max(loss_count, 1)
                     if not math.isfinite(mean_loss):  # never snapshot a diverged model
                         raise SynthaugError(
                             f"Training diverged: the loss became {mean_loss} between step {last_good[0]} and step {step}; "
@@ -665,21 +715,21 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     loss_sum.zero_()
                     loss_count = 0
                     tick_time, tick_nimg = now, nimg
-                    next_log = nimg + g_cfg.log_every_kimg * 1000
+                    next_log = next_point(nimg, first_log, g_cfg.log_every_kimg * 1000, batch)
                 if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
                     # before the snapshot, so the snapshot's run.json names the grid of its own step
                     if accelerator.is_main_process:
                         grid = f"{run.grids_dir.name}/grid-{nimg // 1000:06d}kimg.png"
                         with ema_weights(model, ema):
                             save_grid(model.eval(), schema, dict(train_sched.config), recipe, run.path / grid, autocast)
-                    next_grid = nimg + g_cfg.grid_every_kimg * 1000
+                    next_grid = next_point(nimg, g_cfg.grid_every_kimg * 1000, g_cfg.grid_every_kimg * 1000, batch)
                 if snapshot_now:
                     if accelerator.is_main_process:
                         save_snapshot(run, model, ema, optimizer, lr_sched, train_sched, step, nimg, finished=done, grid=grid,
-                                      processes=world, seconds=seconds)
+                                      processes=world, seconds=seconds, loss=(0.0, 0) if log_now else (summed, loss_count))
                     accelerator.wait_for_everyone()
                     last_good = (step, nimg)
-                    next_snapshot = nimg + g_cfg.snapshot_every_kimg * 1000
+                    next_snapshot = next_point(nimg, g_cfg.snapshot_every_kimg * 1000, g_cfg.snapshot_every_kimg * 1000, batch)
         accelerator.wait_for_everyone()
     # no accelerator.end_training(): it destroys the process group, which the caller (the benchmark) still uses
     return run
