@@ -11,7 +11,7 @@ The public API (each name is imported on first use, so `import synthaug` stays l
 - :func:`train_generator`, :func:`run_benchmark`, :func:`evaluate_synthetic`: the CLI's stages.
 """
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 from synthaug.errors import SynthaugError  # noqa: E402
 from synthaug.data import DataConfig, ImageSet, load_dataset  # noqa: E402
