@@ -428,7 +428,7 @@ def probe_features(probe: LinearProbe, images: Images, views: int = 0, flip: boo
 def _features_on_disk(key: str, probe: LinearProbe, images: Images, views: int, flip: bool) -> torch.Tensor:
     from safetensors.torch import load, save
 
-    from synthaug.data.cache import cache_root, usable_cache_file, write_cache_file
+    from synthaug.cache import cache_root, usable_cache_file, write_cache_file
 
     path = cache_root() / "probe-features" / f"{key}.safetensors"
     with _waiting_lock(path.with_name(f"{key}.lock")):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.data import ImageSet
-from synthaug.data.cache import cache_root
+from synthaug.cache import cache_root
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.lookup import search_names, unknown_name_error
 from synthaug.grids import label_rows, spread_classes, tile_images, upscale

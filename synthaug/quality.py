@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from synthaug import progress
-from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
+from synthaug.cache import cache_file_is_intact, cache_root, write_cache_file
 
 log = logging.getLogger(__name__)
 

@@ -314,7 +314,7 @@ def _stream_to_memmap(paths: list[Path], manifest: dict, shape) -> tuple[object,
     does not match is written again), with the labels and metadata beside it; returns a row view of the file."""
     import webdataset as wds
 
-    from synthaug.data.cache import cache_root
+    from synthaug.cache import cache_root
     from synthaug.data.rows import RowView
     from synthaug.files import write_text_atomic
 

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 import synthaug
 from conftest import COLOURS, write_image
-from synthaug.data import cache as data_cache
+from synthaug import cache as project_cache
 from synthaug.data import load_dataset
-from synthaug.data.cache import cache_file_is_intact, cache_root, write_cache_file
+from synthaug.cache import cache_file_is_intact, cache_root, write_cache_file
 from synthaug.data.splits import assign_splits, hold_out_validation
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock
@@ -374,9 +374,9 @@ def no_home(monkeypatch, tmp_path):
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    data_cache._temporary_root.cache_clear()
+    project_cache._temporary_root.cache_clear()
     yield tmp_path / "tmp" / f"synthaug-cache-{os.getuid()}"
-    data_cache._temporary_root.cache_clear()
+    project_cache._temporary_root.cache_clear()
 
 
 def test_without_a_home_folder_caches_go_to_a_private_temporary_folder(no_home, imagefolder_tree, monkeypatch, caplog):

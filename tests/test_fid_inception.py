@@ -61,7 +61,7 @@ def test_converted_weights_match_torchscript(weights):
 
 
 def test_converted_file_is_reused(weights):
-    from synthaug.data.cache import cache_file_is_intact
+    from synthaug.cache import cache_file_is_intact
 
     assert cache_file_is_intact(weights)  # its sha256 is recorded, so damage is caught before use
     before = weights.stat().st_mtime_ns

@@ -208,7 +208,7 @@ def test_arms_say_how_many_images_they_drew_from_and_near_empty_sets_are_named()
 
 def test_labels_say_what_the_classes_hold_what_the_dataset_is_and_how_the_classifier_trained():
     from synthaug.classifier import ClassifierConfig
-    from synthaug.report import classifier_text, dataset_title, per_class_text
+    from synthaug.report import classifier_text, per_class_text
 
     s = setting(10)
     assert per_class_text(s) == "10 real images per class"  # an older report: no counts

@@ -243,7 +243,7 @@ def test_sd_lora_latents_streamed_from_their_disk_cache_give_the_same_run(parts,
     monkeypatch.setenv("SYNTHAUG_RESIDENT_BYTES", "0")
     streamed = train_generator(load_recipe(None, [*sd_sets(parts, tmp_path / "streamed"), "generator.flip=true"]))
     assert streamed.weights_sha256() == held.weights_sha256()
-    from synthaug.data.cache import cache_root
+    from synthaug.cache import cache_root
 
     cached = list((cache_root() / "latents").glob("*.npy"))
     assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape[0] == 2  # the images and their mirror images

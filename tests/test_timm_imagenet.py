@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from synthaug.data.cache import cache_file_is_intact
+from synthaug.cache import cache_file_is_intact
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
 from synthaug.weights import timm_imagenet as ti

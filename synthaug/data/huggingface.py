@@ -56,7 +56,7 @@ def quiet(datasets):
 def open_location(location: str):
     """(the Dataset or DatasetDict at ``location``, the root for cache and names)."""
     datasets = import_datasets()
-    from synthaug.data.cache import cache_root
+    from synthaug.cache import cache_root
 
     path = Path(location).expanduser()
     with quiet(datasets):

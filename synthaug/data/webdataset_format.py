@@ -117,7 +117,7 @@ def _is_compressed(path: Path) -> bool:
 
 def shard_index(path: Path) -> list[ShardSample]:
     """:func:`scan_shard`, cached on disk (sha256-checked) and keyed by the shard's path, size and mtime."""
-    from synthaug.data.cache import cache_root, cache_file_is_intact, write_cache_file
+    from synthaug.cache import cache_root, cache_file_is_intact, write_cache_file
 
     st = path.stat()
     tag = hashlib.sha256(json.dumps([INDEX_VERSION, str(path), st.st_size, st.st_mtime_ns, st.st_ino]).encode()).hexdigest()

@@ -242,7 +242,7 @@ def latent_cache_path(recipe: Recipe, run: Run, schema: ConditionSchema) -> Path
     real images (their pixels by source file, and the decode settings) and the flip."""
     import hashlib
 
-    from synthaug.data.cache import cache_root
+    from synthaug.cache import cache_root
 
     base = run.info().get("text", {}).get("base_model_sha256") or recipe.generator.base_model
     key = json.dumps([base, schema.train_pixels_sha256, dataclasses.asdict(recipe.data), recipe.generator.flip])

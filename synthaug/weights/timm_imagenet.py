@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from synthaug.data.cache import cache_file_is_intact, cache_root, usable_cache_file, write_cache_file
+from synthaug.cache import cache_file_is_intact, cache_root, usable_cache_file, write_cache_file
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
 
