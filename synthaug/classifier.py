@@ -6,18 +6,15 @@ CelebA-Dialog attributes are five heads of six levels (the face study's attribut
 Every run is seeded; the same seed draws the same batches and augmentations.
 
 Two protocols: ``finetune`` trains every weight; ``linear-probe`` trains only a linear head on a frozen ImageNet
-backbone (:class:`LinearProbe`), whose features are extracted once per image set and cached in memory and under
-``cache_root()/probe-features``, so every seed, arm and worker process reuses them.
+backbone (:class:`LinearProbe`), whose features are extracted once per image set and cached
+(:mod:`synthaug.probe_features`), so every seed, arm and worker process reuses them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthaug import progress
+from synthaug.augmentation import augment
 from synthaug.errors import SynthaugError
+from synthaug.images import Images
+from synthaug.probe_features import probe_features
 from synthaug.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -86,177 +86,6 @@ class ClassifierConfig:
         return dataclasses.replace(config, **changes)
 
 
-def as_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """A uint8 piece of images as a CPU tensor; a read-only piece of a memory map is copied first (torch wants
-    writable memory)."""
-    pixels = np.ascontiguousarray(pixels)
-    return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
-
-
-def resize_batch(pixels: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
-    """(B, H, W, C) uint8 -> (B, C, R, R) uint8 on ``device``, resized with antialiasing (bilinear)."""
-    x = as_tensor(pixels).permute(0, 3, 1, 2)
-    if x.shape[-1] != resolution:
-        x = F.interpolate(x.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
-    return x.contiguous().to(device)
-
-
-def chunks_of(images, size: int = 1024):
-    """Consecutive pieces of (N, H, W, C) images: an array, or a dataset's row view read piece by piece."""
-    if hasattr(images, "iter_chunks"):
-        yield from images.iter_chunks(size)
-    else:
-        for start in range(0, len(images), size):
-            yield images[start : start + size]
-
-
-def to_device_images(images, resolution: int, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 (an array or a dataset's row view) -> (N, C, R, R) uint8 on ``device``, resized once."""
-    out = torch.empty((len(images), images.shape[3], resolution, resolution), dtype=torch.uint8, device=device)
-    start = 0
-    for chunk in chunks_of(images):  # filled in place: the set is in memory once, never twice
-        out[start : start + len(chunk)] = resize_batch(chunk, resolution, device)
-        start += len(chunk)
-    return out
-
-
-def resident_bytes() -> int:
-    """Classifier inputs up to this size are held whole on the device ($SYNTHAUG_RESIDENT_BYTES, default 256 MiB:
-    a CUB-sized set at 64 px, 72 MB, is well inside); larger ones are read from their memory-mapped source a batch
-    at a time, so memory stays flat as datasets grow (benchmarks/bench_memory.py)."""
-    import os
-
-    return int(float(os.environ.get("SYNTHAUG_RESIDENT_BYTES", 1 << 28)))
-
-
-RELEASE_BYTES = 16 << 20  # a streamed set's memory-mapped pages are dropped from RSS after this much is read
-
-
-class Images:
-    """Classifier inputs: uint8 images (N, C, R, R) at the classifier's resolution and integer targets (N, A),
-    on one device; or several such parts pooled (real + synthetic), addressed as one.
-
-    A set that fits in :func:`resident_bytes` is held whole on the device (``x``): the fast path, one
-    indexing per batch. A larger one keeps its source, the dataset's memory-mapped (N, H, W, C) row view,
-    and reads each batch from it (``gather``), resized as it comes, so memory does not grow with the data.
-    """
-
-    def __init__(self, x: torch.Tensor | None, y: torch.Tensor, source=None, resolution: int = 0, parts: list | None = None,
-                 origin: tuple[Images, torch.Tensor] | None = None):
-        self.x, self.y, self.source, self.resolution, self.parts = x, y, source, resolution, parts
-        # (the set, its rows) this one was taken from: a linear probe takes its features from the larger set's
-        self.origin = origin
-        self.read_bytes = 0  # read from ``source`` since its pages were last released (see gather)
-        self.digest: str | None = None  # sha256 of the pixels, computed once (see image_digest)
-
-    @classmethod
-    def of(cls, images, targets, resolution: int, device: torch.device) -> Images:
-        """From (N, H, W, C) uint8 images (an array or a row view) and (N, A) targets."""
-        y = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
-        if len(images) * images.shape[3] * resolution * resolution <= resident_bytes():
-            return cls(to_device_images(images, resolution, device), y)
-        return cls(None, y, images, resolution)
-
-    @classmethod
-    def concat(cls, parts: list[Images]) -> Images:
-        """Several sets addressed as one (rows of the first, then of the second, ...). The parts are kept, so a linear
-        probe reuses each part's features."""
-        if all(p.x is not None for p in parts):
-            return cls(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), parts=list(parts))
-        return cls(None, torch.cat([p.y for p in parts]), parts=list(parts))
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def device(self) -> torch.device:
-        return self.y.device
-
-    @property
-    def channels(self) -> int:
-        if self.x is not None:
-            return int(self.x.shape[1])
-        return self.parts[0].channels if self.parts else int(self.source.shape[3])
-
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """The images of ``rows`` (a 1-d index tensor), (B, C, R, R) uint8 on the device, in the order asked."""
-        if self.x is not None:
-            return self.x[rows.to(self.x.device)]
-        if self.parts is None:
-            if not hasattr(self.source, "gather"):
-                return resize_batch(np.asarray(self.source)[rows.cpu().numpy()], self.resolution, self.device)
-            pixels = self.source.gather(rows.cpu().numpy())
-            # scattered rows fault in (and read ahead) pages all over the map, which would stay in this process's
-            # RSS: drop them once every RELEASE_BYTES read (they stay in the OS page cache); training and
-            # prediction both read through here, pooled sets through each part's own gather
-            self.read_bytes += pixels.nbytes
-            if self.read_bytes >= RELEASE_BYTES:
-                self.source.release()
-                self.read_bytes = 0
-            return resize_batch(pixels, self.resolution, self.device)
-        out, start = None, 0
-        for part in self.parts:
-            mine = (rows >= start) & (rows < start + len(part))
-            if mine.any():
-                pixels = part.gather(rows[mine] - start)
-                out = pixels.new_empty((len(rows), *pixels.shape[1:])) if out is None else out
-                out[mine.to(pixels.device)] = pixels
-            start += len(part)
-        return out
-
-    def take(self, rows) -> Images:
-        """A subset (an index array or tensor): an indexed copy when resident, a narrower view when streamed."""
-        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-        origin = (self, rows)
-        if self.x is not None:
-            rows = rows.to(self.x.device)
-            return Images(self.x[rows], self.y[rows], origin=origin)
-        if self.parts is None and hasattr(self.source, "select"):
-            return Images(None, self.y[rows.to(self.device)], self.source.select(rows.numpy()), self.resolution, origin=origin)
-        return Images(self.gather(rows), self.y[rows.to(self.device)], origin=origin)
-
-    def chunks(self, size: int):
-        """Consecutive (B, C, R, R) pieces, in order (what prediction reads)."""
-        for start in range(0, len(self), size):
-            if self.x is not None:
-                yield self.x[start : start + size]
-            else:
-                yield self.gather(torch.arange(start, min(start + size, len(self))))
-
-
-def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
-    """Classic augmentation, drawn per image: random resized crop (area 0.6-1, aspect 3/4-4/3),
-    optional horizontal flip, and brightness / contrast / saturation jitter of +-20%. ``x`` in [0, 1].
-
-    What torchvision's v2 ``RandomResizedCrop``, ``RandomHorizontalFlip`` and ``ColorJitter`` do, but for a
-    whole batch at once on its device (one ``grid_sample``), drawn from the run's own generator so a seed
-    gives the same augmentations on any machine; torchvision's per-image transforms draw from the global
-    RNG, one image at a time."""
-    b, c = x.shape[:2]
-    dev = x.device
-
-    def uniform(lo, hi, shape=(b,)):
-        return lo + (hi - lo) * torch.rand(shape, generator=g, device=dev)
-
-    area, log_ratio = uniform(0.6, 1.0), uniform(math.log(3 / 4), math.log(4 / 3))
-    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
-    sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-    tx, ty = uniform(-1, 1) * (1 - sx), uniform(-1, 1) * (1 - sy)
-    sign = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * sign, tx, sy, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    x = x * uniform(0.8, 1.2).view(b, 1, 1, 1)  # brightness
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * uniform(0.8, 1.2).view(b, 1, 1, 1)  # contrast
-    if c == 3:
-        gray = x.mean(dim=1, keepdim=True)
-        x = gray + (x - gray) * uniform(0.8, 1.2).view(b, 1, 1, 1)  # saturation
-    return x.clamp(0, 1)
-
-
 def optimization_step(loss: torch.Tensor, optimizer, schedule) -> None:
     """One step of a classifier's (or a probe head's) AdamW and learning-rate schedule on ``loss``."""
     optimizer.zero_grad(set_to_none=True)
@@ -282,10 +111,6 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor, levels: list[int], sm
 
 # -- the linear-probe protocol: a frozen backbone's features, extracted once per image set --------------------
 
-PROBE_CHUNK = 256  # images per backbone call; augmented views are drawn per chunk, so it is part of the cache key
-FEATURE_MEMO_BYTES = 1 << 30  # features kept in this process (least recently used dropped first); the rest on disk
-
-
 class LinearProbe(nn.Module):
     """A frozen timm backbone (ImageNet weights, eval mode, pooled features) and a trainable linear head.
 
@@ -310,7 +135,6 @@ class LinearProbe(nn.Module):
 
 
 _BACKBONES: dict[tuple, nn.Module] = {}
-_FEATURES: OrderedDict[str, torch.Tensor] = OrderedDict()
 
 
 def frozen_backbone(model: str, pretrained: str, in_chans: int, device: torch.device) -> nn.Module:
@@ -330,116 +154,6 @@ def make_probe(config: ClassifierConfig, num_outputs: int, in_chans: int, device
     backbone = frozen_backbone(config.model, config.pretrained, in_chans, device)
     spec = {"model": config.model, "pretrained": config.pretrained, "in_chans": in_chans}
     return LinearProbe(backbone, num_outputs, spec).to(device)
-
-
-def image_digest(images: Images) -> str:
-    """sha256 of a set's uint8 classifier inputs and their shape, read piece by piece, computed once per object."""
-    if images.digest is None:
-        h = hashlib.sha256()
-        for chunk in images.chunks(PROBE_CHUNK):
-            h.update(repr(tuple(chunk.shape)).encode())
-            h.update(chunk.cpu().numpy().tobytes())
-        images.digest = h.hexdigest()
-    return images.digest
-
-
-def _view_spec(views: int, flip: bool) -> dict:
-    """Which inputs a feature set holds: the images themselves (views 0), or ``views`` augmented copies of each,
-    drawn from a fixed seed per chunk of :data:`PROBE_CHUNK` images (the same for every seed and arm)."""
-    return {"views": views, "flip": flip, "chunk": PROBE_CHUNK} if views else {"views": 0}
-
-
-def extract_features(probe: LinearProbe, images: Images, views: int = 0, flip: bool = False) -> torch.Tensor:
-    """(N, V, D) float32 backbone features of every image (V = 1 without views), one backbone call per chunk and view."""
-    from synthaug.weights.timm_imagenet import input_normalization
-
-    device = images.device
-    backbone = probe.backbone
-    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(backbone))
-    out = []
-    for k, chunk in enumerate(images.chunks(PROBE_CHUNK)):
-        x = chunk.float() / 255.0
-        g = torch.Generator(device=device).manual_seed(derive_seed("probe-views", k))
-        inputs = [augment(x, g, flip) for _ in range(views)] if views else [x]
-        out.append(torch.stack([backbone(((v - mean) / std).contiguous(memory_format=torch.channels_last)).float()
-                                for v in inputs], dim=1))
-    return torch.cat(out) if out else torch.zeros(0, max(views, 1), backbone.num_features, device=device)
-
-
-@contextlib.contextmanager
-def _waiting_lock(path: Path):
-    """An exclusive lock that waits: the benchmark's worker processes take turns on one feature file, so one
-    extracts and the others read."""
-    import fcntl
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-    except OSError:  # a cache that cannot be written costs time, not correctness: extract without the lock
-        yield
-        return
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _remember(key: str, features: torch.Tensor) -> torch.Tensor:
-    _FEATURES[key] = features
-    _FEATURES.move_to_end(key)
-    total = sum(f.numel() * f.element_size() for f in _FEATURES.values())
-    while len(_FEATURES) > 1 and total > FEATURE_MEMO_BYTES:
-        _, dropped = _FEATURES.popitem(last=False)
-        total -= dropped.numel() * dropped.element_size()
-    return features
-
-
-def probe_features(probe: LinearProbe, images: Images, views: int = 0, flip: bool = False,
-                   cache: bool = True) -> torch.Tensor:
-    """(N, V, D) features of ``images`` (see :func:`extract_features`), extracted once per image set.
-
-    A set taken from a larger one (:meth:`Images.take`) uses that set's features, pooled sets their parts'. Others
-    are looked up by the sha256 of their pixels, the backbone and the views: in this process, then in
-    ``cache_root()/probe-features`` (shared by processes, written atomically with its checksum), else extracted and
-    kept in both. ``cache=False`` extracts without keeping (images seen once, such as a filter's candidates).
-    """
-    if images.origin is not None and cache:
-        parent, rows = images.origin
-        return probe_features(probe, parent, views, flip)[rows.to(images.device)]
-    if images.parts is not None and cache:
-        return torch.cat([probe_features(probe, part, views, flip) for part in images.parts])
-    # created outside inference mode so training can use them (predict runs under inference_mode)
-    with torch.inference_mode(False), torch.no_grad():
-        if not cache:
-            return extract_features(probe, images, views, flip)
-        import json
-        import timm
-
-        identity = {**probe.spec, **_view_spec(views, flip), "images": image_digest(images), "timm": timm.__version__}
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        if key in _FEATURES:
-            _FEATURES.move_to_end(key)
-            return _FEATURES[key]
-        return _remember(key, _features_on_disk(key, probe, images, views, flip).to(images.device))
-
-
-def _features_on_disk(key: str, probe: LinearProbe, images: Images, views: int, flip: bool) -> torch.Tensor:
-    from safetensors.torch import load, save
-
-    from synthaug.cache import cache_root, usable_cache_file, write_cache_file
-
-    path = cache_root() / "probe-features" / f"{key}.safetensors"
-    with _waiting_lock(path.with_name(f"{key}.lock")):
-        if (usable := usable_cache_file(path)) is not None:
-            try:
-                return load(usable.read_bytes())["features"].clone()
-            except (OSError, KeyError, RuntimeError, ValueError) as e:  # a damaged file: extract again
-                log.warning("The cached features in %s are unreadable (%s); extracting them again.", usable, e)
-        features = extract_features(probe, images, views, flip)
-        write_cache_file(path, save({"features": features.cpu().contiguous()}))
-        return features
 
 
 def train_linear_probe(images: Images, levels: list[int], config: ClassifierConfig, seed: int, *, augment_images: bool,

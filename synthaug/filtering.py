@@ -42,7 +42,7 @@ class ConfidenceFilter:
             images: (N, H, W, C) uint8.
             intended: (N, A) intended levels.
         """
-        from synthaug.classifier import Images
+        from synthaug.images import Images
 
         x = Images.of(images, np.zeros((len(images), len(self.levels)), np.int64), self.config.resolution, self.device)
         probs = head_probabilities(self.model, x, self.levels, cache=False)  # candidates are seen once: keep no features
@@ -90,7 +90,7 @@ def load_filter(run: Run, config: ClassifierConfig, device: torch.device) -> Con
             if loaded is None:
                 train = run.training_images()
                 targets = train.labels[:, None] if schema.kind == "class" else train.attributes
-                from synthaug.classifier import Images
+                from synthaug.images import Images
 
                 x = Images.of(train.images, targets, config.resolution, device)
                 model = train_classifier(x, None, levels, config, seed=0, description="filter classifier (the run's real images)")

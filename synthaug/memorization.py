@@ -17,7 +17,7 @@ def nearest(queries: np.ndarray, references, chunk: int = 4096) -> tuple[np.ndar
     """Euclidean distance from each row of ``queries`` (N, D) to its nearest row of ``references`` (M, ...; an
     array, or a memory-mapped row view read piece by piece), and that row's index. Computed in float64 pieces
     of ``chunk`` references: ``|q|^2 - 2 q.r + |r|^2``, clipped at 0, so memory stays flat in M."""
-    from synthaug.classifier import chunks_of
+    from synthaug.images import chunks_of
 
     q = np.asarray(queries, dtype=np.float64).reshape(len(queries), -1)
     q2 = (q * q).sum(1)

@@ -25,7 +25,7 @@ def features(images, weights: Path | None, device: torch.device, cache: bool = F
     view, read piece by piece); cached on disk when ``cache`` (for real images, keyed by their bytes and the
     weights file). A cached file is used only when it matches the sha256 recorded beside it; a damaged one is
     computed and written again."""
-    from synthaug.classifier import as_tensor, chunks_of
+    from synthaug.images import as_tensor, chunks_of
     from synthaug.weights.fid_inception import FEATURE_DIM, inception_features
 
     path = None

@@ -266,7 +266,7 @@ def load_shard_set(folder: Path, check: bool = True) -> SyntheticSet:
     one is streamed from its shards with webdataset, once, into a memory-mapped file in the cache (keyed by the
     shards' sha256), and its images are a row view of that file: memory does not grow with the set.
     """
-    from synthaug.classifier import resident_bytes
+    from synthaug.images import resident_bytes
 
     folder = Path(folder)
     manifest = read_manifest(folder)

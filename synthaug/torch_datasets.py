@@ -175,7 +175,7 @@ class ImagePool(Dataset):
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size:
         return images
-    from synthaug.classifier import to_device_images
+    from synthaug.images import to_device_images
 
     return to_device_images(images, size, torch.device("cpu")).permute(0, 2, 3, 1).numpy()
 

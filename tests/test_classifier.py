@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from conftest import bars
 from synthaug.benchmark.arms import Arm, SyntheticPool, compare, run_arm, train_data
-from synthaug.classifier import Images
-from synthaug.classifier import ClassifierConfig, augment, head_loss, predict, score, train_classifier
+from synthaug.images import Images
+from synthaug.augmentation import augment
+from synthaug.classifier import ClassifierConfig, head_loss, predict, score, train_classifier
 from synthaug.recipe import BenchmarkConfig
 
 TINY = ClassifierConfig.from_benchmark(steps=4, batch_size=8, resolution=8, warmup_steps=1)

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from conftest import bars
-from synthaug import SynthaugError, classifier
-from synthaug.classifier import (ClassifierConfig, Images, LinearProbe, frozen_backbone, load_classifier, predict,
-                                 probe_features, save_classifier, train_classifier)
+from synthaug import SynthaugError, classifier, probe_features as feature_cache
+from synthaug.classifier import (ClassifierConfig, LinearProbe, frozen_backbone, load_classifier, predict, save_classifier,
+                                 train_classifier)
+from synthaug.images import Images
+from synthaug.probe_features import probe_features
 from synthaug.recipe import BenchmarkConfig, load_recipe
 from synthaug.weights import timm_imagenet
 
@@ -45,7 +47,7 @@ def fake_imagenet(monkeypatch, tmp_path):
     monkeypatch.setattr(timm_imagenet, "create_classifier", create)
     monkeypatch.setattr(timm_imagenet, "weights_provenance", provenance)
     monkeypatch.setattr(classifier, "_BACKBONES", {})
-    monkeypatch.setattr(classifier, "_FEATURES", OrderedDict())
+    monkeypatch.setattr(feature_cache, "_FEATURES", OrderedDict())
     monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
@@ -82,7 +84,7 @@ def test_features_are_extracted_once_per_image_set(fake_imagenet):
     assert calls[0] == 3
     # another process (a benchmark worker) finds them on disk
     assert len(list((fake_imagenet / "probe-features").glob("*.safetensors"))) == 3
-    classifier._FEATURES.clear()
+    feature_cache._FEATURES.clear()
     again = train_classifier(train, None, [2], PROBE, seed=0)
     assert calls[0] == 3 and all(torch.equal(p, q) for p, q in zip(head(a), head(again)))
     assert torch.equal(predict(again, test, [2]), first) and calls[0] == 3
@@ -128,7 +130,7 @@ def test_save_and_load_round_trip_predicts_identically(fake_imagenet, tmp_path):
     assert set(load_file(tmp_path / "judge" / "model.safetensors")) == {"weight", "bias"}  # the head only
     loaded, loaded_info = load_classifier(tmp_path / "judge", PROBE, [2], 3, CPU)
     assert isinstance(loaded, LinearProbe) and loaded_info["steps"] == PROBE.steps
-    classifier._FEATURES.clear()
+    feature_cache._FEATURES.clear()
     assert torch.equal(predict(loaded, test, [2]), predict(probe, test, [2]))
     assert torch.equal(classifier.head_probabilities(loaded, test, [2])[0], classifier.head_probabilities(probe, test, [2])[0])
     # a fine-tuned classifier's setting does not take a probe's head for its weights: it trains again
@@ -160,7 +162,7 @@ def test_offline_imagenet_backbone_gives_the_pooled_features_of_the_full_model(m
     except SynthaugError as e:
         pytest.skip(str(e))
     monkeypatch.setattr(classifier, "_BACKBONES", {})
-    monkeypatch.setattr(classifier, "_FEATURES", OrderedDict())
+    monkeypatch.setattr(feature_cache, "_FEATURES", OrderedDict())
     full = timm_imagenet.create_classifier("mobilenetv2_100", 1000, pretrained="offline").eval()
     config = ClassifierConfig.from_benchmark(BenchmarkConfig(classifier="mobilenetv2_100", pretrained="offline",
                                                              protocol="linear-probe"), resolution=32)

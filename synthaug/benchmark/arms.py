@@ -15,7 +15,8 @@ import numpy as np
 
 from synthaug import progress
 from synthaug.benchmark.stats import paired_gain, summarize
-from synthaug.classifier import ClassifierConfig, Images, predict, score, train_classifier
+from synthaug.classifier import ClassifierConfig, predict, score, train_classifier
+from synthaug.images import Images
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from synthaug import __version__
 from synthaug.benchmark.arms import Arm, SyntheticPool, run_arm
-from synthaug.classifier import Images
+from synthaug.images import Images
 from synthaug.classifier import ClassifierConfig, load_classifier, predict, save_classifier, score, train_classifier
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device

@@ -43,7 +43,8 @@ from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, tr
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
 from synthaug.benchmark.stats import min_detectable_effect, paired_gain
 from synthaug.benchmark.store import StageStore, stage_key
-from synthaug.classifier import ClassifierConfig, Images
+from synthaug.classifier import ClassifierConfig
+from synthaug.images import Images
 from synthaug.data import ImageSet, load_dataset
 from synthaug.data.splits import missing_validation
 from synthaug.device import default_device

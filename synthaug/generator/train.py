@@ -115,7 +115,7 @@ def load_trainable_state(model: Backend, state: dict) -> None:
 def device_budget(device: torch.device) -> int:
     """Bytes of training data held whole on ``device``: a quarter of a GPU's free memory, or on the CPU
     $SYNTHAUG_RESIDENT_BYTES (256 MiB); a larger training set is streamed from its memory-mapped cache."""
-    from synthaug.classifier import resident_bytes
+    from synthaug.images import resident_bytes
 
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -135,7 +135,7 @@ class StepShares(torch.utils.data.Dataset):
         return self.steps - self.first
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from synthaug.classifier import as_tensor
+        from synthaug.images import as_tensor
 
         rows = batch_rows(self.first + i, self.batch, self.n, self.seed)[self.share].numpy()
         if self.latents:
@@ -167,7 +167,7 @@ class TrainingImages:
         if model.encode_once:
             self.latents = self.encode_all(source, views, latent_cache if self.streamed else None)
         elif not self.streamed:
-            from synthaug.classifier import to_device_images
+            from synthaug.images import to_device_images
 
             self.images = to_device_images(source, h, device)  # (N, C, H, W) uint8, filled in place (square images)
         held = "latents" if model.encode_once else "images"
@@ -185,7 +185,7 @@ class TrainingImages:
 
     def encode_all(self, source, views: int, cache: Path | None):
         """Every image (and its mirror image) encoded once, in batches: on the device, or into the latent cache file."""
-        from synthaug.classifier import as_tensor, chunks_of
+        from synthaug.images import as_tensor, chunks_of
 
         shape = (views, self.n, *self.model.sample_shape)
         if cache is not None and cache.is_file():
