@@ -402,7 +402,7 @@ def run(data: str, *, budget_s: float, every_s: float, fid_images: int, settings
     import torch
 
     from synthaug.data import load_dataset
-    from synthaug.generator.conditions import schema_from_dataset
+    from synthaug.conditions import schema_from_dataset
     from synthaug.generator.sampling import training_scheduler
     from synthaug.recipe import recipe_to_dict
 

@@ -121,7 +121,7 @@ def synthaug_throughput(recipe, warmup_steps: int) -> dict:
     """``train_generator`` on the recipe; images/s between the first log line after warm-up and the last, and the
     parameter count of the U-Net it saved."""
     from synthaug.generator.backends import load_model
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.generator.train import train_generator
 
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def synthaug_throughput(recipe, warmup_steps: int) -> dict:
 def measure(name: str, kimg: float, warmup: int, device: str, work: Path, settings: list[str], repeats: int = 1) -> dict:
     """Both loops (and the U-Net alone) on one config, ``repeats`` times each, interleaved."""
     from synthaug.data import load_dataset
-    from synthaug.generator.conditions import schema_from_dataset
+    from synthaug.conditions import schema_from_dataset
     from synthaug.recipe import load_recipe
 
     spec, resolution, batch, _, _ = CONFIGS[name]

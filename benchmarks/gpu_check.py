@@ -433,7 +433,7 @@ def stages(name: str, plan: Plan, work: Path, rec: Recorder, dry: bool, device: 
 
     from synthaug.data import load_dataset
     from synthaug.generator.backends import load_model
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.recipe import load_recipe
     from synthaug.runs import open_run
 

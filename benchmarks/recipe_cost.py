@@ -45,7 +45,7 @@ def forward_flops(model: torch.nn.Module, *inputs) -> int:
 
 def recipe_network(name: str):
     """(the recipe, its denoiser on meta, the inputs of one image, the VAE decoder's forward FLOPs or 0, LoRA?)"""
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.recipe import load_recipe
 
     recipe = load_recipe(RECIPES / f"{name}.toml")

@@ -29,10 +29,10 @@ from synthaug.errors import SynthaugError
 from synthaug.images import Images
 from synthaug.probe_features import probe_features
 from synthaug.seeds import derive_seed
+from synthaug.recipe import PROBE_NEEDS_WEIGHTS, PROTOCOLS  # declared once, with the recipe keys
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("finetune", "linear-probe")  # recipe.ClassifierProtocol declares the same
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ class ClassifierConfig:
         if self.protocol not in PROTOCOLS:
             raise SynthaugError(f"The classifier protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}.")
         if self.protocol == "linear-probe" and self.pretrained == "none":
-            raise SynthaugError("benchmark.protocol linear-probe trains only a head on a frozen backbone, which needs "
-                                "ImageNet weights; set benchmark.pretrained to offline or hub.")
+            raise SynthaugError(PROBE_NEEDS_WEIGHTS)
         if self.probe_views < 1:
             raise SynthaugError("benchmark.probe_views must be at least 1.")
 

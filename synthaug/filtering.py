@@ -78,7 +78,7 @@ def filter_key(run: Run, config: ClassifierConfig) -> str:
 def load_filter(run: Run, config: ClassifierConfig, device: torch.device) -> ConfidenceFilter:
     """The run's filter classifier for ``config``: read from ``run/filter/<key>/``, or trained on the run's real
     training images (exactly those the generator saw) and kept there."""
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
 
     schema = ConditionSchema.load(run.condition_file)
     levels = [schema.num_classes] if schema.kind == "class" else list(schema.attribute_levels)

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ PRETRAINED = typing.get_args(Pretrained)
 PROTOCOLS = typing.get_args(ClassifierProtocol)
 SPLITS = typing.get_args(Split)
 LEVELS = typing.get_args(Level)
+
+PROBE_NEEDS_WEIGHTS = ("benchmark.protocol linear-probe trains only a head on a frozen backbone, which needs ImageNet "
+                       "weights; set benchmark.pretrained to offline or hub.")
 
 # The sd-lora backend keeps its base model's noise schedule, so these keys do not apply to it.
 BASE_MODEL_SCHEDULE_KEYS = ("prediction", "schedule", "num_timesteps")
@@ -226,9 +230,7 @@ class BenchmarkConfig:
         for key in ("steps", "batch_size", "judge_steps"):
             _check(getattr(self, key) > 0, f"benchmark.{key} must be positive.")
         _check(self.classifier_resolution > 0, "benchmark.classifier_resolution must be positive.")
-        _check(self.protocol != "linear-probe" or self.pretrained != "none",
-               "benchmark.protocol linear-probe trains only a head on a frozen backbone, which needs ImageNet weights; "
-               "set benchmark.pretrained to offline or hub.")
+        _check(self.protocol != "linear-probe" or self.pretrained != "none", PROBE_NEEDS_WEIGHTS)
         _check(self.probe_views >= 1, "benchmark.probe_views must be at least 1.")
         _check(len(self.shots_per_class) > 0 and all(k >= 0 for k in self.shots_per_class),
                "benchmark.shots_per_class must list 0 (all) or positive counts.")
@@ -245,6 +247,11 @@ class BenchmarkConfig:
         _check(self.workers >= 0, "benchmark.workers must be 0 (one per CPU core) or positive.")
         _check(all(m > 1 for m in self.real_multiples), "benchmark.real_multiples must be whole numbers above 1; e.g. [2, 4].")
         check_bounds(self, "benchmark")
+
+
+def runs_root() -> Path:
+    """Where runs live by default: $SYNTHAUG_RUNS, else ./runs (the one rule train, generate and benchmark follow)."""
+    return Path(os.environ.get("SYNTHAUG_RUNS") or "runs")
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,8 @@ class Recipe:
 
     @property
     def run_path(self) -> Path:
-        path = Path(self.run_dir or Path("runs") / self.name)
+        """``run_dir``, else ``<runs_root()>/<name>``: where train writes the run and generate looks for it."""
+        path = Path(self.run_dir) if self.run_dir else runs_root() / self.name
         try:
             return path.expanduser()  # run_dir = "~/runs/x": in the home folder, not in a folder named ~
         except RuntimeError:  # no home folder to be found: the path as written

@@ -20,12 +20,12 @@ What ``synthaug benchmark`` adds beside them (training leaves both alone):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from synthaug.errors import SynthaugError
 from synthaug.files import lock_held, verify_checksums
+from synthaug.recipe import load_recipe, runs_root
 
 # Written into model/ and ema/ with the weights (and covered by their checksums.json): the step they are of.
 SNAPSHOT_RECORD = "snapshot.json"
@@ -79,8 +79,6 @@ class Run:
 
     def recipe(self):
         """The recipe this run was trained with (its ``recipe.toml``)."""
-        from synthaug.recipe import load_recipe
-
         if not self.recipe_file.is_file():
             raise SynthaugError(f"{self.recipe_file}, the recipe {self.path} was trained with, is missing; copy the recipe "
                                 "file it was trained with there (the run's settings are read from it).")
@@ -147,7 +145,7 @@ class Run:
         against what ``condition.json`` records of them, their files, pixels and labels, wherever they are read from (the
         no-leakage guarantee of real-guided variations and of the filter classifier)."""
         from synthaug.data import load_dataset
-        from synthaug.generator.conditions import ConditionSchema, schema_from_dataset, training_data_changes
+        from synthaug.conditions import ConditionSchema, schema_from_dataset, training_data_changes
 
         schema = ConditionSchema.load(self.condition_file)
         train = load_dataset(self.recipe().data).split("train")
@@ -180,11 +178,6 @@ def home_folder() -> Path | None:
         return Path.home().resolve()
     except (RuntimeError, KeyError, OSError):
         return None
-
-
-def runs_root() -> Path:
-    """Where runs live by default: $SYNTHAUG_RUNS, else ./runs."""
-    return Path(os.environ.get("SYNTHAUG_RUNS", "runs"))
 
 
 def find_runs(root: Path | None = None) -> list[Run]:

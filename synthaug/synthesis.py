@@ -587,7 +587,7 @@ def write_shards(
 
 def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
     """The most recent trained run that can draw ``request``; the error names a recipe to train."""
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.runs import find_runs
 
     names = list(request.species or request.classes)

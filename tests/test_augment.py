@@ -21,7 +21,7 @@ from synthaug.generator.augment import (
     power_ema,
     power_ema_gamma,
 )
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.model import Denoiser, build_denoiser
 from synthaug.generator.sampling import training_scheduler
 from synthaug.generator.train import train_generator

@@ -40,7 +40,7 @@ def test_shard_benchmark_writes_the_same_members_on_both_sides(tmp_path):
 def test_training_benchmark_trains_the_same_network_on_both_sides_repeatedly(tmp_path, monkeypatch):
     import bench_train
 
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.generator.model import build_denoiser
 
     monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
@@ -71,7 +71,7 @@ def test_like_for_like_sampling_row_differs_only_in_the_guidance_forward():
     import torch
 
     import bench_sampling
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.generator.model import build_denoiser
     from synthaug.generator.pipeline import Generator, plan_conditions
     from synthaug.generator.sampling import training_scheduler
@@ -126,7 +126,7 @@ class TickingClock:
 def test_time_to_quality_snapshots_both_sides_on_the_clock_and_judges_them(tmp_path, monkeypatch, fid_weights):
     import bench_time_to_quality as ttq
 
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.generator.model import build_denoiser
 
     monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
@@ -230,7 +230,7 @@ def test_the_reference_trains_full_batches_on_a_set_smaller_than_one_batch(tmp_p
     from harness import ReferenceMethod, reference_training
     from PIL import Image
 
-    from synthaug.generator.conditions import ConditionSchema
+    from synthaug.conditions import ConditionSchema
     from synthaug.generator.model import build_denoiser
 
     files = []

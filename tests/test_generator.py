@@ -16,7 +16,7 @@ from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
 from synthaug.seeds import derive_seed
 from synthaug.generator import train as train_module
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import build_denoiser, unet_config
 from synthaug.generator.sampling import make_sampler, run_network, sample_images, training_scheduler
@@ -289,7 +289,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
 
 def test_training_data_sha256_covers_pixels_and_labels_but_not_row_order():
-    from synthaug.generator.conditions import training_data_sha256
+    from synthaug.conditions import training_data_sha256
 
     ds = load_dataset("digits").subset(np.arange(40))
     pixels, labels = training_data_sha256(ds)

@@ -135,7 +135,8 @@ def test_allowed_values_agree_with_the_modules_that_implement_them():
     """The recipe declares the allowed values; these modules implement them and must not drift."""
     from synthaug import recipe
     from synthaug.data import nabirds, splits
-    from synthaug.generator import conditions, loss, model, sampling
+    from synthaug import conditions
+    from synthaug.generator import loss, model, sampling
     from synthaug.weights import timm_imagenet
 
     assert recipe.PRESETS == tuple(model.PRESETS)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from synthaug.benchmark.evaluate import _fid_leave_one_out, _jackknife, _kid_leave_one_out, fid_kid, frechet_distance
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.model import build_denoiser
 from synthaug.generator.train import ema_weights
 from synthaug.weights.fid_inception import fid_from_features

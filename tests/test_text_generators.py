@@ -16,7 +16,7 @@ from conftest import TINY, tiny_recipe
 from synthaug import SynthaugError
 from synthaug.cli import app
 from synthaug.generator import Generator
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.synthesis import write_shards
 from synthaug.generator.text import Prompts, folder_sha256
 from synthaug.generator.train import train_generator

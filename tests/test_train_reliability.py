@@ -24,7 +24,7 @@ from synthaug.cli import app
 from synthaug.files import exclusive_lock, folder_atomic, sha256_file, write_checksums
 from synthaug.generator import Generator
 from synthaug.generator import train as train_module
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.sampling import check_steps, sample_images, training_scheduler
 from synthaug.generator.train import train_generator
 from synthaug.runs import Run

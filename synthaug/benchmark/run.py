@@ -49,7 +49,7 @@ from synthaug.data import ImageSet, load_dataset
 from synthaug.data.splits import missing_validation
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
-from synthaug.generator.conditions import (ConditionSchema, resolve_kind, schema_from_dataset, sources_sha256,
+from synthaug.conditions import (ConditionSchema, resolve_kind, schema_from_dataset, sources_sha256,
                                           training_data_changes)
 from synthaug.generator.train import build_training, train_generator
 from synthaug.recipe import Recipe, recipe_to_dict

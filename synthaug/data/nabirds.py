@@ -6,9 +6,11 @@ The hierarchy makes each species (e.g. 228 "Allen's Hummingbird") a group of its
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 
+from synthaug.data.config import Level
 from synthaug.data.catalog import Catalog, ClassGroup, parse_int, read_keyed, read_rows, require_dir, require_file
 from synthaug.data.cub import read_image_rows
 from synthaug.data.lookup import normalize_name
@@ -19,7 +21,7 @@ LAYOUT = (
     "image_class_labels.txt (uuid class-id), train_test_split.txt (uuid 1=train/0=test), "
     "bounding_boxes.txt (uuid x y width height), sizes.txt (uuid width height)"
 )
-LEVELS = ("category", "species")
+LEVELS = typing.get_args(Level)  # declared once, with the recipe key data.level
 
 
 def species_of_leaves(names: dict[int, str], parent: dict[int, int], leaves: list[int]) -> dict[int, int]:

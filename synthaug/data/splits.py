@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
+from synthaug.data.config import Split
 from synthaug.errors import SynthaugError
 from synthaug.seeds import numpy_rng
 
-SPLIT_MODES = ("auto", "official", "stratified")
+SPLIT_MODES = typing.get_args(Split)  # declared once, with the recipe key data.split
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:

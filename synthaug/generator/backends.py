@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.sampling import training_scheduler
 
 

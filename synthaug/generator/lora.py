@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from synthaug.errors import SynthaugError
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.model import scale_pixels
 from synthaug.generator.text import PromptEncoder, prompt_encoder, require, resolve_model_path, unreadable_model
 

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from synthaug.errors import SynthaugError
-
-PREDICTIONS = ("epsilon", "v")
-LOSSES = ("mse", "l1")
+from synthaug.recipe import LOSSES, PREDICTIONS  # declared once, with the recipe keys
 
 
 @dataclass(frozen=True)

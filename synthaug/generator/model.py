@@ -20,7 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from synthaug.errors import SynthaugError
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class Denoiser(PixelSpace, nn.Module):
 def build_denoiser(schema: ConditionSchema, preset: str = "tiny", augment_dim: int = 0, **overrides) -> Denoiser:
     """A freshly initialised denoiser for ``schema`` (see :func:`unet_config` for ``overrides``).
 
-    >>> from synthaug.generator.conditions import ConditionSchema
+    >>> from synthaug.conditions import ConditionSchema
     >>> s = ConditionSchema("class", ("a", "b"), (0, 1), resolution=8, channels=1)
     >>> d = build_denoiser(s, "tiny", base_channels=8)
     >>> d(torch.zeros(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 2])).shape

@@ -17,7 +17,7 @@ import torch
 
 from synthaug.errors import SynthaugError
 from synthaug.device import default_device, inference_dtype, out_of_memory_advice
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.sampling import check_steps, sample_images, steps_run
 from synthaug.recipe import SamplingConfig
 from synthaug.runs import Run, open_run

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from synthaug.errors import SynthaugError
-from synthaug.generator.conditions import ConditionSchema
+from synthaug.conditions import ConditionSchema
 from synthaug.generator.model import PixelSpace, unet_config
 
 MAX_PROMPT_TOKENS = 77  # CLIP's context; longer T5 prompts are cut here too

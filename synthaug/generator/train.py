@@ -41,7 +41,7 @@ from synthaug.files import (
 )
 from synthaug.generator.augment import apply_augmentations, draw_augmentations, lognormal_timesteps, power_ema, power_ema_gamma
 from synthaug.generator.backends import Backend, build_model, describe_backend
-from synthaug.generator.conditions import ConditionSchema, encode_dataset, schema_from_dataset, training_data_changes
+from synthaug.conditions import ConditionSchema, encode_dataset, schema_from_dataset, training_data_changes
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.sampling import loss_prediction, sample_images
 from synthaug.grids import save_png, spread_classes, tile_images

@@ -17,10 +17,10 @@ import torch
 from synthaug.cache import cache_file_is_intact, cache_root, usable_cache_file, write_cache_file
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
+from synthaug.recipe import PRETRAINED as PRETRAINED_CHOICES  # declared once, with the recipe key
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_CHOICES = ("none", "offline", "hub")
 
 # The sha256 of each file starts with the hash in its name (the torch hub convention), so a corrupted or
 # substituted file is caught before conversion. Each file's tensors are in the same order as timm's state dict.

@@ -17,8 +17,8 @@ import torch
 
 from synthaug.data.lookup import Match, normalize_name, resolve_name, unknown_name_error
 from synthaug.errors import SynthaugError
+from synthaug.recipe import CONDITION_KINDS  # declared once, with the recipe key
 
-CONDITION_KINDS = ("auto", "class", "attributes")
 
 
 @dataclass(frozen=True)
