@@ -18,7 +18,7 @@ Rows, all from the same trained EMA weights, the same images per digit and the s
 Rows 2 and 3 are timed ``--repeats`` times, interleaved; medians with min-max. Network evaluations are
 counted by a forward hook (rows through the U-Net per image). Quality of each set: conditioning
 accuracy (an RBF SVM trained on the real digits) and FID/KID against the real test digits with 95%
-jackknife intervals (``synthaug.benchmark.evaluate.fid_kid`` on the Inception features of
+jackknife intervals (``synthaug.fid.fid_kid`` on the Inception features of
 ``synthaug.quality.features``), next to the real-vs-real floor at the same n.
 
 Usage: python benchmarks/bench_sampling.py [--quick] [--run runs/digits]

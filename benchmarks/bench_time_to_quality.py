@@ -15,7 +15,7 @@ EMA weights are snapshotted. synthaug's are taken from outside the library: its 
 EMA weights when a mark has passed (and stops the run at ``--budget-s``). After training, every snapshot
 draws the same images (the same per-image seeds, spread evenly over the classes, with the recipe's
 sampler, steps and guidance for both sides) and is judged against the real test split: FID and KID with
-95% jackknife intervals (``synthaug.benchmark.evaluate.fid_kid`` on Inception features), next to the
+95% jackknife intervals (``synthaug.fid.fid_kid`` on Inception features), next to the
 real-vs-real floor at the same n, and conditioning accuracy (digits: an RBF SVM on the real training
 pixels; CUB: a logistic-regression probe on the Inception features of the real training images).
 
@@ -203,7 +203,7 @@ class Yardstick:
     and conditioning accuracy by a judge trained on the real training split."""
 
     def __init__(self, dataset, judge: str, n: int, device, probe_images: int = 0):
-        from synthaug.benchmark.evaluate import fid_kid
+        from synthaug.fid import fid_kid
         from synthaug.quality import features, subsample
         from synthaug.seeds import numpy_rng
         from synthaug.weights.fid_inception import fid_weights_path
@@ -245,7 +245,7 @@ class Yardstick:
         return images.reshape(len(images), -1) / 255.0
 
     def __call__(self, images: np.ndarray, labels: np.ndarray) -> dict:
-        from synthaug.benchmark.evaluate import fid_kid
+        from synthaug.fid import fid_kid
         from synthaug.quality import features
 
         f = features(images, self.weights, self.device)

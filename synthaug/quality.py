@@ -73,14 +73,14 @@ def subsample(x: np.ndarray, n: int, *seed_parts: object) -> np.ndarray:
 def fid_kid_with_floor(synthetic: np.ndarray, real_train: np.ndarray, real_test: np.ndarray, weights: Path | None,
                        device: torch.device, max_images: int, kid_subset_size: int, seed: int = 0) -> dict:
     """FID and KID of synthetic vs real test images, and the floor: real train vs real test at the same n, each
-    with its 95% jackknife interval (:func:`synthaug.benchmark.evaluate.fid_kid`).
+    with its 95% jackknife interval (:func:`synthaug.fid.fid_kid`).
 
     Both comparisons use n = min(#synthetic, #train, #test, max_images) images per side, drawn with a
     fixed seed, because FID is biased at small n and only the floor at the same n says how far from
     "real" a number is. Only those n images per side go through Inception; real features are cached.
     (The benchmark's ``Evaluator.quality`` does the same on features it also needs for the memorization audit.)
     """
-    from synthaug.benchmark.evaluate import fid_kid
+    from synthaug.fid import fid_kid
 
     n = int(min(len(synthetic), len(real_train), len(real_test), max_images))
     syn = features(subsample(synthetic, n, "quality", seed, "synthetic"), weights, device)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from synthaug.errors import SynthaugError
+from synthaug import fid
 from synthaug.weights import fid_inception as fi
 
 needs_fid_helper = pytest.mark.skipif(
@@ -117,8 +118,8 @@ def test_layouts_and_grey_images_give_the_same_features(weights):
 
 def test_fid_of_a_set_with_itself_is_zero_and_against_noise_is_large(sets):
     _, _, smooth, noise = sets
-    assert abs(fi.fid_from_features(smooth, smooth)) < 1e-6
-    assert fi.fid_from_features(smooth, noise) > 50
+    assert abs(fid.frechet_distance(smooth, smooth)) < 1e-6
+    assert fid.frechet_distance(smooth, noise) > 50
 
 
 @pytest.mark.parametrize("n_real, n_fake", [(20, 30), (300, 200), (500, 40)])
@@ -130,15 +131,15 @@ def test_fid_formula_matches_torchmetrics(n_real, n_fake):
     real = torch.randn(n_real, 64, generator=g, dtype=torch.float64) @ mix
     fake = torch.randn(n_fake, 64, generator=g, dtype=torch.float64) * 1.5 + 0.3
     expected = _compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)).item()
-    assert fi.fid_from_features(real, fake) == pytest.approx(expected, rel=1e-6)
-    assert fi.fid_from_features(real.numpy(), fake.numpy()) == pytest.approx(expected, rel=1e-6)
+    assert fid.frechet_distance(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert fid.frechet_distance(real.numpy(), fake.numpy()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_kid_clamps_subset_size_and_matches_torchmetrics(sets):
     from torchmetrics.image.kid import KernelInceptionDistance
 
     _, _, smooth, noise = sets
-    mean, std = fi.kid_from_features(smooth, noise, subset_size=1000, subsets=5)
+    mean, std = fid.kid_from_features(smooth, noise, subset_size=1000, subsets=5)
     assert mean > 0 and std >= 0
     # With the subset equal to the whole set every subset gives the same MMD, so torchmetrics' random
     # subsets do not matter; its KID runs on the features themselves through an identity "extractor".
@@ -148,13 +149,13 @@ def test_kid_clamps_subset_size_and_matches_torchmetrics(sets):
     kid.update(smooth[:7], real=True)
     kid.update(noise[:7], real=False)
     expected, _ = kid.compute()
-    got, got_std = fi.kid_from_features(smooth[:7], noise[:7], subset_size=50, subsets=3)
+    got, got_std = fid.kid_from_features(smooth[:7], noise[:7], subset_size=50, subsets=3)
     assert got == pytest.approx(expected.item(), rel=1e-9) and got_std == pytest.approx(0, abs=1e-9)
 
 
 def test_kid_is_seeded():
     real, fake = np.random.default_rng(0).normal(size=(2, 30, 16))
-    assert fi.kid_from_features(real, fake, 10, 4, seed=1) == fi.kid_from_features(real, fake, 10, 4, seed=1)
+    assert fid.kid_from_features(real, fake, 10, 4, seed=1) == fid.kid_from_features(real, fake, 10, 4, seed=1)
 
 
 @pytest.mark.slow
@@ -165,14 +166,14 @@ def test_fid_matches_torchmetrics_on_images(weights, sets):
     from torchmetrics.image.kid import KernelInceptionDistance
 
     extractor = fi.fid_extractor(weights)  # torchmetrics' own extractor class, with the offline weights
-    fid = FrechetInceptionDistance(feature=copy.deepcopy(extractor), normalize=False)
+    metric = FrechetInceptionDistance(feature=copy.deepcopy(extractor), normalize=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=copy.deepcopy(extractor), subsets=2, subset_size=7)
-    fid.update(smooth_images, real=True)
-    fid.update(noise_images, real=False)
-    assert fi.fid_from_features(smooth, noise) == pytest.approx(fid.compute().item(), rel=1e-3)
+    metric.update(smooth_images, real=True)
+    metric.update(noise_images, real=False)
+    assert fid.frechet_distance(smooth, noise) == pytest.approx(metric.compute().item(), rel=1e-3)
     kid.update(smooth_images[:7], real=True)  # subsets of the whole set: no randomness to match
     kid.update(noise_images, real=False)
     expected, _ = kid.compute()  # float32 inside torchmetrics
-    assert fi.kid_from_features(smooth[:7], noise, subset_size=7)[0] == pytest.approx(expected.item(), rel=1e-3)
+    assert fid.kid_from_features(smooth[:7], noise, subset_size=7)[0] == pytest.approx(expected.item(), rel=1e-3)

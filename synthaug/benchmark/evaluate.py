@@ -22,6 +22,7 @@ from synthaug.classifier import ClassifierConfig, load_classifier, predict, save
 from synthaug.data import ImageSet, load_dataset
 from synthaug.device import default_device
 from synthaug.errors import SynthaugError
+from synthaug.fid import fid_kid
 from synthaug.quality import conditioning_accuracy, face_detection, features
 from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import sample_key
@@ -58,90 +59,6 @@ class Targets:
     def counts(self, ds: ImageSet) -> np.ndarray:
         """Real images per class (one count in all for attribute targets): what synthetic ratios are relative to."""
         return np.bincount(self.of(ds)[:, 0], minlength=self.levels[0]) if self.kind == "class" else np.array([len(ds)])
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """FID of two feature sets, exactly, without forming the D x D covariances.
-
-    With centred features A (n1, D) and B (n2, D), Tr S1 = |A|^2 / (n1 - 1), and the eigenvalues of
-    S1 S2 = A'A B'B / c are the squared singular values of A B' / sqrt(c), c = (n1 - 1)(n2 - 1), so
-    Tr sqrt(S1 S2) is the nuclear norm of A B' / sqrt(c): an (n1, n2) SVD instead of a (D, D) square root.
-    Cheap enough at n of a few hundred to repeat n times (the jackknife), and finite for singular covariances.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ca, cb = a - a.mean(0), b - b.mean(0)
-    c = (len(a) - 1) * (len(b) - 1)
-    nuclear = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
-    mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
-    return max(0.0, mean_term + (ca * ca).sum() / (len(a) - 1) + (cb * cb).sum() / (len(b) - 1) - 2 * nuclear / np.sqrt(c))
-
-
-def _fid_leave_one_out(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """FID of ``a`` without row i against all of ``b``, for every i, from one (n1, n2) cross product: the means,
-    traces and centred cross product of each reduced set follow from it by rank-one corrections."""
-    n, m = len(a), len(b)
-    g = a @ b.T  # (n, m)
-    sa, mb = a.sum(0), b.mean(0)
-    a_mb = a @ mb  # (n,)
-    sq = (a * a).sum(1)
-    cb = b - mb
-    tr_b = (cb * cb).sum() / (m - 1)
-    col, total_sq, sa_sa, sa_mb = g.sum(0), sq.sum(), sa @ sa, sa @ mb  # col[k] = sum_j a_j . b_k
-    out = np.empty(n)
-    for i in range(n):
-        keep = np.arange(n) != i
-        mu_sq = (sa_sa - 2 * sa @ a[i] + sq[i]) / (n - 1) ** 2  # |mean of the reduced set|^2
-        mu_b = (sa_mb - a_mb[i]) / (n - 1)  # its mean . mean of b
-        cross = g[keep] - a_mb[keep][:, None] - ((col - g[i]) / (n - 1))[None, :] + mu_b  # (a_j - mu')(b_k - mu_b)
-        tr_a = (total_sq - sq[i] - (n - 1) * mu_sq) / (n - 2)
-        nuclear = np.linalg.svd(cross, compute_uv=False).sum()
-        mean_term = mu_sq - 2 * mu_b + mb @ mb
-        out[i] = mean_term + tr_a + tr_b - 2 * nuclear / np.sqrt((n - 2) * (m - 1))
-    return np.maximum(out, 0.0)
-def _kid_leave_one_out(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """The unbiased MMD^2 with KID's kernel ((x.y / d + 1)^3) of all of ``a`` and ``b``, and its values without
-    each row of ``a`` and without each row of ``b`` (from the kernel matrices' row sums)."""
-    d = a.shape[1]
-    kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
-    n, m = len(a), len(b)
-    rx, ry = kxx.sum(1) - np.diag(kxx), kyy.sum(1) - np.diag(kyy)  # off-diagonal row sums
-    sxx, syy, sxy = rx.sum(), ry.sum(), kxy.sum()
-
-    def mmd(sxx, n, syy, m, sxy):
-        return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / (n * m)
-
-    full = float(mmd(sxx, n, syy, m, sxy))
-    without_a = mmd(sxx - 2 * rx, n - 1, syy, m, sxy - kxy.sum(1))
-    without_b = mmd(sxx, n, syy - 2 * ry, m - 1, sxy - kxy.sum(0))
-    return full, without_a, without_b
-
-
-def _jackknife(estimate: float, *leave_one_out: np.ndarray) -> list[float]:
-    """A 95% interval (normal approximation) from the two-sample jackknife variance."""
-    var = sum((len(v) - 1) / len(v) * ((v - v.mean()) ** 2).sum() for v in leave_one_out)
-    half = 1.959964 * float(np.sqrt(var))
-    return [estimate - half, estimate + half]
-
-
-def fid_kid(a: np.ndarray, b: np.ndarray, kid_subset: int, seed: int) -> dict:
-    """FID and KID of feature sets ``a`` (reference) and ``b``, each with a 95% jackknife interval.
-
-    Why not the bootstrap: resampling with replacement puts duplicates into a set, which makes FID and KID
-    larger than the estimate itself (measured: a bootstrap interval of [4751, 4831] around an FID of 4515),
-    so its percentile interval misses the estimate. Leaving one image out at a time keeps every set free of
-    duplicates; the interval is the estimate +- 1.96 jackknife standard errors (both sets' contributions).
-    """
-    from synthaug.weights.fid_inception import kid_from_features
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    fid = frechet_distance(a, b)
-    full, without_a, without_b = _kid_leave_one_out(a, b)
-    # KID on subsets (torchmetrics' way) only where the subset is smaller than the sets; else it is the full MMD
-    kid, kid_std = kid_from_features(a, b, subset_size=kid_subset, seed=seed) if kid_subset < min(len(a), len(b)) else (full, 0.0)
-    kid_ci = _jackknife(full, without_a, without_b)
-    shift = float(kid) - full  # KID on subsets of the sets (when kid_subset < n) centres the interval on itself
-    return {"fid": fid, "fid_ci95": _jackknife(fid, _fid_leave_one_out(a, b), _fid_leave_one_out(b, a)),
-            "kid": float(kid), "kid_std": float(kid_std), "kid_ci95": [kid_ci[0] + shift, kid_ci[1] + shift]}
 
 
 class Evaluator:
