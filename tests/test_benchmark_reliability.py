@@ -133,11 +133,11 @@ def test_two_benchmarks_on_one_folder_are_refused(tmp_path):
 
 WORKERS_THEN_DIE = """
 import os, signal, sys, time
-from synthaug.benchmark.run import cpu_worker_pool
-pool = cpu_worker_pool(2)
+from synthaug.benchmark.workers import WorkerPool
+pool = WorkerPool(2)
 futures = [pool.submit(time.sleep, 60) for _ in range(2)]
 time.sleep(1.0)  # both workers have taken a run
-print(" ".join(str(p) for p in pool._processes), flush=True)
+print(" ".join(str(p) for p in pool.pids()), flush=True)
 os.kill(os.getpid(), signal.SIG)
 """
 
@@ -170,14 +170,15 @@ def test_classifier_workers_die_with_a_killed_benchmark(signal_name):
 def test_an_aborted_pool_stops_its_running_workers_at_once():
     import time
 
-    from synthaug.benchmark.run import cpu_worker_pool, stop_pool
+    from synthaug.benchmark.workers import WorkerPool
 
-    pool = cpu_worker_pool(2)
+    pool = WorkerPool(2)
     futures = [pool.submit(time.sleep, 60) for _ in range(3)]
     time.sleep(1.0)
-    pids = list(pool._processes)
+    pids = pool.pids()
+    assert len(pids) == 2
     started = time.time()
-    stop_pool(pool, abort=True)
+    pool.stop(abort=True)
     while any(alive(p) for p in pids) and time.time() - started < 10:  # the pool's own thread may reap them
         time.sleep(0.1)
     assert not any(alive(p) for p in pids)

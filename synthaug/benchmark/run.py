@@ -43,6 +43,7 @@ from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, tr
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
 from synthaug.benchmark.stats import min_detectable_effect, paired_gain
 from synthaug.benchmark.store import StageStore, stage_key
+from synthaug.benchmark.workers import WorkerPool, one_thread, resolve_workers
 from synthaug.classifier import ClassifierConfig
 from synthaug.images import Images
 from synthaug.data import ImageSet, load_dataset
@@ -408,13 +409,13 @@ class Benchmark:
         if self.device.type != "cpu" or self.workers < 2:
             return None
         if self._pool is None:
-            self._pool = cpu_worker_pool(self.workers)
+            self._pool = WorkerPool(self.workers)
         return self._pool
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: after their queued runs, or (``abort``: the run failed or was interrupted) at once."""
         if self._pool is not None:
-            stop_pool(self._pool, abort)
+            self._pool.stop(abort)
             self._pool = None
 
     def run_arms(self, ev: Evaluator, setting: ShotsSetting, arms: list[tuple[Arm, dict, ImageSet | None]], split: str) -> dict:
@@ -557,51 +558,6 @@ def per_class_range(train: ImageSet, targets: Targets) -> list[int] | None:
     return [int(counts.min()), int(counts.max())] if len(counts) else None
 
 
-def cpu_worker_pool(workers: int):
-    """``workers`` single-threaded processes for classifier runs, which die with the process that started them."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch.multiprocessing  # noqa: F401 - tensors travel to the workers through shared memory
-
-    # fork (as DataLoader workers do) where there is one: spawn would run a user's script again in every worker
-    # unless it guards its top level with `if __name__ == "__main__"`
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=start_worker)
-
-
-def start_worker() -> None:
-    """A classifier worker: one thread, and (on Linux) killed when its parent dies, so that a benchmark stopped by
-    SIGTERM or SIGKILL leaves no workers training on."""
-    import ctypes
-    import os
-    import signal
-
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
-    if sys.platform.startswith("linux"):
-        try:
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-
-
-def stop_pool(pool, abort: bool = False) -> None:
-    """Shut a worker pool down; ``abort`` cancels queued runs and kills running ones instead of waiting for them."""
-    if not abort:
-        pool.shutdown(cancel_futures=True)
-        return
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.kill()
-    for proc in processes:
-        proc.join(timeout=10)
-
-
 @contextlib.contextmanager
 def closing_on_error(bench: Benchmark):
     """``bench.close()`` when the block ends; an error or an interrupt stops its workers at once."""
@@ -611,30 +567,6 @@ def closing_on_error(bench: Benchmark):
         bench.close(abort=True)
         raise
     bench.close()
-
-
-def resolve_workers(workers: int, device: torch.device, processes: int) -> int:
-    """How many single-threaded classifier workers one process runs: ``benchmark.workers``, or (0) one per CPU core
-    this process has (its share when several processes run), and 1 on a GPU."""
-    import os
-
-    if workers:
-        return workers
-    return 1 if device.type != "cpu" else max(1, len(os.sched_getaffinity(0)) // max(1, processes))
-
-
-@contextlib.contextmanager
-def one_thread(device: torch.device):
-    """Train a CPU classifier on one thread, as the workers do, so its numbers do not depend on the worker count."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_held_out(syn: SyntheticSet, ev: Evaluator, folder: Path) -> None:
