@@ -99,6 +99,39 @@ def check_finite(loss: torch.Tensor) -> None:
         raise SynthaugError(f"The classifier's loss became {loss.item()}; lower benchmark.lr.")
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The rows of one training batch: ``rows`` of the (pooled) training set; or, when each image comes from the
+    synthetic set with a probability, ``rows`` of the real images, ``synthetic_rows`` and which to take
+    (``from_synthetic``)."""
+
+    rows: torch.Tensor  # (B,)
+    from_synthetic: torch.Tensor | None = None  # (B,) bool
+    synthetic_rows: torch.Tensor | None = None  # (B,)
+
+    def pick(self, real: torch.Tensor, synthetic: torch.Tensor | None = None) -> torch.Tensor:
+        """Per row, the real value or (where drawn so) the synthetic one: ``real`` and ``synthetic`` are what the
+        batch's rows give (indexed already), of any shape (B, ...)."""
+        if self.from_synthetic is None:
+            return real
+        mask = self.from_synthetic.view(-1, *([1] * (real.dim() - 1)))
+        return torch.where(mask, synthetic, real)
+
+
+def draw_batch(g: torch.Generator, size: int, n: int, n_synthetic: int | None = None,
+               mix_probability: float | None = None) -> Batch:
+    """The rows of one batch of ``size``, drawn uniformly from ``n`` pooled images, or (``mix_probability`` p and
+    ``n_synthetic``) each from the synthetic set with probability p: the one way both classifier loops (fine-tuning
+    and the linear probe) draw their batches, so one seed draws the same rows in both."""
+    device = g.device
+    if n_synthetic is not None and mix_probability is not None:
+        from_synthetic = torch.rand(size, generator=g, device=device) < mix_probability
+        rows = torch.randint(0, n, (size,), generator=g, device=device)
+        synthetic_rows = torch.randint(0, n_synthetic, (size,), generator=g, device=device)
+        return Batch(rows, from_synthetic, synthetic_rows)
+    return Batch(torch.randint(0, n, (size,), generator=g, device=device))
+
+
 def head_loss(logits: torch.Tensor, targets: torch.Tensor, levels: list[int], smoothing: float) -> torch.Tensor:
     """Mean cross-entropy over the heads; the logits of head a are a contiguous block of levels[a]."""
     losses, start = [], 0
@@ -181,17 +214,15 @@ def train_linear_probe(images: Images, levels: list[int], config: ClassifierConf
     probe.train()
     with progress.task(description, total=config.steps, transient=True) as bar:
         for _ in range(config.steps):
+            batch = draw_batch(g, config.batch_size, len(images), len(synthetic) if syn_feats is not None else None,
+                               mix_probability)
             if syn_feats is not None:
-                from_synth = torch.rand(config.batch_size, generator=g, device=device) < mix_probability
-                i_real = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
-                i_syn = torch.randint(0, len(synthetic), (config.batch_size,), generator=g, device=device)
                 v_real, v_syn = torch.randint(0, num_views, (2, config.batch_size), generator=g, device=device)
-                x = torch.where(from_synth[:, None], syn_feats[i_syn, v_syn], feats[i_real, v_real])
-                y = torch.where(from_synth[:, None], synthetic.y[i_syn], images.y[i_real])
+                x = batch.pick(feats[batch.rows, v_real], syn_feats[batch.synthetic_rows, v_syn])
+                y = batch.pick(images.y[batch.rows], synthetic.y[batch.synthetic_rows])
             else:
-                rows = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
                 view = torch.randint(0, num_views, (config.batch_size,), generator=g, device=device)
-                x, y = feats[rows, view], images.y[rows]
+                x, y = feats[batch.rows, view], images.y[batch.rows]
             loss = head_loss(probe.head(x), y, levels, config.label_smoothing)
             optimization_step(loss, optimizer, schedule)
             bar.advance()
@@ -254,15 +285,13 @@ def train_classifier(
     model.train()
     with progress.task(description, total=config.steps, transient=True) as bar:
         for _ in range(config.steps):
-            if synthetic is not None and mix_probability is not None:
-                from_synth = torch.rand(config.batch_size, generator=g, device=device) < mix_probability
-                i_real = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
-                i_syn = torch.randint(0, len(synthetic), (config.batch_size,), generator=g, device=device)
-                x = torch.where(from_synth[:, None, None, None], synthetic.gather(i_syn), images.gather(i_real))
-                y = torch.where(from_synth[:, None], synthetic.y[i_syn], images.y[i_real])
+            batch = draw_batch(g, config.batch_size, len(images), len(synthetic) if synthetic is not None else None,
+                               mix_probability)
+            if batch.from_synthetic is not None:
+                x = batch.pick(images.gather(batch.rows), synthetic.gather(batch.synthetic_rows))
+                y = batch.pick(images.y[batch.rows], synthetic.y[batch.synthetic_rows])
             else:
-                rows = torch.randint(0, len(images), (config.batch_size,), generator=g, device=device)
-                x, y = images.gather(rows), images.y[rows]
+                x, y = images.gather(batch.rows), images.y[batch.rows]
             x = x.float() / 255.0
             if augment_images:
                 x = augment(x, g, flip)
