@@ -20,12 +20,18 @@ What ``synthaug benchmark`` adds beside them (training leaves both alone):
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthaug import __version__
+from synthaug.conditions import ConditionSchema, training_data_changes
 from synthaug.errors import SynthaugError
-from synthaug.files import lock_held, verify_checksums
-from synthaug.recipe import load_recipe, runs_root
+from synthaug.files import (lock_held, recover_folder, remove_stale_temporaries, sha256_file, verify_checksums,
+                            write_text_atomic)
+from synthaug.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_toml, runs_root
 
 # Written into model/ and ema/ with the weights (and covered by their checksums.json): the step they are of.
 SNAPSHOT_RECORD = "snapshot.json"
@@ -208,3 +214,180 @@ def open_run(path: Path) -> Run:
         raise SynthaugError(f"{run.path} holds no trained generator yet; run `synthaug train` for its recipe first.")
     run.recipe()  # its settings: a missing recipe.toml is named as the run's, not taken for a recipe the user gave
     return run
+
+
+# Keys that may change between a run and its resumption: how long, how often to report, and how each step is
+# computed (precision, compilation, and how a device's share of the batch is split into micro-batches: what a GPU
+# that ran out of memory is told to lower)
+RESUMABLE_CHANGES = {"duration_kimg", "duration_minutes", "log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "mixed_precision", "compile",
+                     "batch_per_device"}
+
+
+
+def check_resumable(run: Run, recipe: Recipe) -> None:
+    """A run folder may be resumed by the same recipe, give or take how long and how often it reports."""
+    old, new = recipe_to_dict(run.recipe()), recipe_to_dict(recipe)
+    for section in ("data", "generator"):  # sampling and benchmark settings do not touch training
+        a, b = old[section], new[section]
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key) and not (section == "generator" and key in RESUMABLE_CHANGES):
+                raise SynthaugError(
+                    f"{run.path} was trained with {section}.{key} = {a.get(key)!r}, not {b.get(key)!r}; "
+                    "use --fresh to start over, or another run folder (--set run_dir=...)."
+                )
+
+
+def check_same_images(run: Run, schema: ConditionSchema) -> None:
+    """A run resumes on the real training images it was trained on (``condition.json`` records them), read from
+    the same place: a relative spec read from another folder is another dataset."""
+    try:
+        old = ConditionSchema.load(run.condition_file) if run.condition_file.is_file() else None
+    except SynthaugError:  # damaged: training rewrites it
+        old = None
+    changes = training_data_changes(old, schema) if old is not None else []
+    if changes:
+        moved = bool(old.train_location) and old.train_location != schema.train_location
+        raise SynthaugError(
+            f"{run.path} was trained on other real images than those it would resume on: {', and '.join(changes)}; "
+            f"{'train from the folder the run was started in, or restore' if moved else 'restore'} those images, or use "
+            "--fresh to start over on these (or another run folder, --set run_dir=...)."
+        )
+
+
+def load_state(run: Run) -> dict | None:
+    """The saved training state, after checking its sha256; None when there is none."""
+    meta_path, state_path = run.state_dir / "state.json", run.state_dir / "training_state.pt"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        digest = meta["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise SynthaugError(f"{meta_path} is damaged (it is not the state record synthaug wrote), so the training state "
+                            "cannot be checked; restore it, or start over with --fresh.") from None
+    if not state_path.exists() or sha256_file(state_path) != digest:
+        raise SynthaugError(
+            f"{state_path} is damaged (its sha256 does not match state.json); restore it, or start over with --fresh."
+        )
+    import torch
+
+    return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+def weights_intact(run: Run, step: int) -> bool:
+    """True when ``model/`` and ``ema/`` hold weights whose every file matches its recorded sha256, of ``step`` (a
+    snapshot that failed after its weights leaves them a step the state and run.json are not at)."""
+    try:
+        sums = [verify_checksums(folder) for folder in (run.model_dir, run.ema_dir)]
+        records = [json.loads((folder / SNAPSHOT_RECORD).read_text()) if SNAPSHOT_RECORD in folder_sums else {}
+                   for folder, folder_sums in zip((run.model_dir, run.ema_dir), sums)]
+    except (SynthaugError, OSError, ValueError):
+        return False
+    return (all(any(name.endswith(".safetensors") for name in folder_sums) for folder_sums in sums)
+            and all(isinstance(r, dict) and r.get("step", step) == step for r in records))  # no record (older runs): as they are
+
+
+def check_duration(run: Run, nimg: int, total_nimg: int, g_cfg, seconds: float = 0.0) -> None:
+    """A run may be trained longer, never shorter: recipe.toml would record a duration it did not train. A time
+    budget overshoots by up to one log interval, so only a budget changed to less than the time trained is refused."""
+    old_minutes = load_recipe(run.recipe_file).generator.duration_minutes if run.recipe_file.is_file() else 0.0
+    if g_cfg.duration_minutes and seconds > g_cfg.duration_minutes * 60 and old_minutes != g_cfg.duration_minutes:
+        raise SynthaugError(
+            f"{run.path} has already trained for {seconds / 60:.2f} minutes, more than generator.duration_minutes = "
+            f"{g_cfg.duration_minutes:g} asks for; set generator.duration_minutes to {math.ceil(seconds / 60 * 100) / 100:g} "
+            "or more to keep or continue it, or start over with --fresh (or use another run folder, --set run_dir=...)."
+        )
+    if nimg > total_nimg:
+        raise SynthaugError(
+            f"{run.path} has already trained {nimg / 1000:g} kimg, more than generator.duration_kimg = "
+            f"{g_cfg.duration_kimg:g} asks for; set generator.duration_kimg to {nimg / 1000:g} or more to keep or continue "
+            "it, or start over with --fresh (or use another run folder, --set run_dir=...)."
+        )
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the state we resume from (and a line a kill cut short), so no step is logged twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """Where a training of a run starts: its saved state (None: from the beginning), the steps and seconds it has
+    trained, whether a time budget is used up, and whether it finished and had its state removed."""
+
+    state: dict | None
+    steps: int
+    seconds: float
+    out_of_time: bool
+    finished_without_state: bool
+
+
+def prepare_training(run: Run, recipe: Recipe, schema: ConditionSchema, total_steps: int, fresh: bool, main: bool = True,
+                     barrier=lambda: None) -> Resumption:
+    """The run folder made ready for training ``recipe`` (under the run's lock): cleared with ``fresh``; what a killed
+    run left half-written removed or restored; its state checked and loaded; a resumption checked to be the same
+    training (recipe, real images, duration); log lines past the state dropped. ``main``: this process writes (the
+    others wait at ``barrier``)."""
+    g_cfg = recipe.generator
+    if fresh and main:
+        for p in (run.state_dir, run.model_dir, run.ema_dir, run.grids_dir, run.log_file, run.info_file, run.condition_file):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    barrier()
+    if main:  # we hold the lock: what a killed run left half-written can go
+        remove_stale_temporaries(run.path)
+        for folder in (run.model_dir, run.ema_dir, run.state_dir):
+            recover_folder(folder)  # finish a swap a kill interrupted
+    barrier()
+    state = load_state(run)
+    info = run.info()
+    trained_steps = state["step"] if state is not None else int(info.get("step", 0))
+    trained_s = float(state.get("train_seconds", 0.0) if state is not None else info.get("train_seconds", 0.0))
+    budget_s = g_cfg.duration_minutes * 60
+    out_of_time = bool(budget_s) and trained_s >= budget_s  # a time-budgeted run that has used its budget
+    if trained_steps:
+        check_resumable(run, recipe)  # so the batch size, and images per step, are the run's
+        check_same_images(run, schema)
+        check_duration(run, trained_steps * g_cfg.batch_size, total_steps * g_cfg.batch_size, g_cfg, trained_s)
+    # A run whose state/ is gone but which had snapshotted (run.json counts its steps) is refused rather
+    # than resumed from its weights: without the optimizer moments, the EMA's step count and the learning
+    # rate schedule it would silently become a different training than its recipe and log describe (a
+    # resumed run equals an uninterrupted one, everywhere else), and starting over would overwrite its
+    # weights and log. A finished run with intact weights needs no state: there is nothing left to train.
+    finished_without_state = (state is None and bool(trained_steps) and bool(info.get("finished"))
+                              and (trained_steps == total_steps or out_of_time))
+    if state is None and trained_steps and not (finished_without_state and weights_intact(run, trained_steps)):
+        raise SynthaugError(
+            f"{run.state_dir} is missing, so {run.path} (trained {trained_steps} steps) cannot continue exactly nor "
+            "rewrite its weights; restore state/, or start over with --fresh, or train into another run folder "
+            "(--set run_dir=...)."
+        )
+    if main and not finished_without_state:
+        # steps logged after the state we start from will be run (and logged) again
+        truncate_log(run.log_file, trained_steps if state is not None else 0)
+    return Resumption(state, trained_steps, trained_s, out_of_time, finished_without_state)
+
+
+def record_training(run: Run, recipe: Recipe, schema: ConditionSchema, describe_text=lambda: None) -> None:
+    """What a training writes before its first step: run.json (first, so a folder with our files in it always has our
+    run.json; ``describe_text()``: a text backend's base model / text encoder sha256 and prompts, computed once), the
+    condition schema and the resolved recipe."""
+    if not run.info_file.exists():
+        info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, "kimg": 0, "finished": False}
+        text = describe_text()
+        info.update({"text": text} if text else {})
+        write_text_atomic(run.info_file, json.dumps(info, indent=1))
+    record = run.info()
+    if "grid" in record and not recipe.generator.grid_every_kimg:  # this run draws no grids: it names none, not an old one
+        del record["grid"]
+        write_text_atomic(run.info_file, json.dumps(record, indent=1))
+    schema.save(run.condition_file)
+    write_text_atomic(run.recipe_file, recipe_to_toml(recipe))
