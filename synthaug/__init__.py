@@ -11,9 +11,8 @@ The public API (each name is imported on first use, so `import synthaug` stays l
 - :func:`train_generator`, :func:`run_benchmark`, :func:`evaluate_synthetic`: the CLI's stages.
 """
 
-__version__ = "0.3.0.dev0"
-
 from synthaug.errors import SynthaugError  # noqa: E402
+from synthaug.version import __version__  # noqa: E402
 from synthaug.data import DataConfig, ImageSet, load_dataset  # noqa: E402
 
 _LAZY = {

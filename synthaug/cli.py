@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from synthaug import __version__, progress
+from synthaug import progress
+from synthaug.version import __version__
 from synthaug.data import config as data_config
 from synthaug.errors import SynthaugError
 from synthaug.recipe import Sampler

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthaug import __version__
+from synthaug.version import __version__
 from synthaug.conditions import ConditionSchema, training_data_changes
 from synthaug.errors import SynthaugError
 from synthaug.files import (lock_held, recover_folder, remove_stale_temporaries, sha256_file, verify_checksums,

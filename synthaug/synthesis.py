@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from synthaug import __version__, progress
+from synthaug import progress
+from synthaug.version import __version__
 from synthaug.errors import SynthaugError
 from synthaug.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from synthaug.generator import Condition, Generator

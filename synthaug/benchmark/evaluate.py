@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthaug import __version__
+from synthaug.version import __version__
 from synthaug.benchmark.arms import Arm, SyntheticPool, run_arm
 from synthaug.images import Images
 from synthaug.classifier import ClassifierConfig, load_classifier, predict, save_classifier, score, train_classifier

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthaug import __version__, progress
+from synthaug import progress
+from synthaug.version import __version__
 from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, train_and_score, train_data,
                                      training_images)
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets

@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from synthaug import __version__
+from synthaug.version import __version__
 from synthaug.errors import SynthaugError
 from synthaug.files import write_text_atomic
 
