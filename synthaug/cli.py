@@ -23,6 +23,7 @@ from synthaug import progress
 from synthaug.version import __version__
 from synthaug.data import config as data_config
 from synthaug.errors import SynthaugError
+from synthaug.files import blocking_file
 from synthaug.recipe import Sampler
 from synthaug.words import count
 
@@ -31,7 +32,6 @@ from synthaug.words import count
 _LOG_WIDTH = None if "COLUMNS" in os.environ else 160
 console = Console(width=None if sys.stdout.isatty() else _LOG_WIDTH)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _LOG_WIDTH)
-log = logging.getLogger("synthaug")
 
 
 class FlagsShowNoType:
@@ -88,6 +88,35 @@ app = typer.Typer(
 )
 
 
+# How each command spells what library errors name: a library sentence names the library's arguments (and recipe
+# keys), e.g. "{num} and {per_class} must be positive." (SynthaugError.arguments), and the command the user typed
+# prints its flags instead: "--num and --per-class must be positive.". A name a command has no flag for is printed
+# as the library names it (e.g. the recipe key run_dir).
+FLAGS: dict[str, dict[str, str]] = {
+    "inspect": {"grid": "--grid"},
+    "train": {"run_dir": "--out"},  # only when --out is given: see flag_names
+    "generate": {
+        "generator": "--run", "run": "--run", "out": "--out", "classes": "--class", "species": "--species",
+        "attributes": "--attr", "all_classes": "--all-classes", "num": "--num", "per_class": "--per-class",
+        "guidance": "--guidance", "sampler": "--sampler", "steps": "--steps", "seed": "--seed",
+        "batch_size": "--batch-size", "images_per_shard": "--shard-size", "from_real": "--from-real",
+        "strength": "--strength", "min_confidence": "--min-confidence", "max_draws": "--max-draws",
+        "overwrite": "--overwrite",
+    },
+    "evaluate": {"data": "--data"},
+    "benchmark": {"out": "--out"},
+}
+
+
+def flag_names(command_name: str, options: dict) -> dict[str, str]:
+    """The FLAGS of a command as it was called: train's run folder is --out only when --out was given (else it is
+    the recipe's run_dir, from the recipe or --set)."""
+    names = FLAGS.get(command_name, {})
+    if command_name == "train" and options.get("out") is None:
+        names = {k: v for k, v in names.items() if k != "run_dir"}
+    return names
+
+
 def fail(message: str, code: int = 1) -> None:
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # e.g. 'synthaug[text]' is not markup
     raise typer.Exit(code)
@@ -95,11 +124,6 @@ def fail(message: str, code: int = 1) -> None:
 
 # The OS errors whose remedy is room on the disk or a folder the user may write to.
 SPACE_OR_PERMISSION = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-def blocking_file(path: Path) -> Path | None:
-    """The file that stands where ``path`` or one of the folders above it should be, if any."""
-    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def os_error_sentence(e: OSError) -> str:
@@ -116,72 +140,6 @@ def os_error_sentence(e: OSError) -> str:
     if e.errno == errno.EISDIR and path:
         return f"Could not write or read {path}: it is a folder, not a file; choose a file path."
     return f"Could not write or read{where}: {reason}; check the path, then run the same command again (finished work is kept)."
-
-
-def check_output_path(path: Path, option: str, folder: bool = True) -> None:
-    """Refuse, before any work, an output folder (or file) that cannot be made: a file where the folder
-    or one above it should be, a folder where the file should be, or a parent that cannot be written."""
-    if path.exists() and path.is_dir() != folder:
-        raise SynthaugError(f"{option} {path} is a file, not a folder; choose a folder (it may not exist yet)." if folder
-                            else f"{option} {path} is a folder; give the path of the file to write.")
-    folder_path = path if folder else path.parent  # files are written atomically: their folder must be writable
-    blocker = blocking_file(folder_path)
-    if blocker is not None:
-        raise SynthaugError(f"Could not write or read {path}: {blocker} is a file, not a folder; choose another {option} path.")
-    nearest = next(p for p in (folder_path, *folder_path.parents) if p.exists())
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise SynthaugError(f"Could not write or read {path}: the folder {nearest} is read-only; choose a writable {option} path.")
-
-
-def check_input_folder(path: Path, kind: str, remedy: str) -> None:
-    """Refuse a missing path, or a file where a folder (``kind``) is expected."""
-    if not path.exists():
-        raise SynthaugError(f"{path} does not exist; {remedy}.")
-    if not path.is_dir():
-        raise SynthaugError(f"{path} is a file, not a {kind}; {remedy}.")
-
-
-def check_out_apart(out: Path, run: Path, spec: str) -> None:
-    """Refuse a generate --out that is the run folder itself, or the dataset folder the run was trained on (or
-    a folder inside it), where the shards would mix with the run's files or become part of the real dataset."""
-    from synthaug.data import parse_spec
-
-    target = out.resolve()
-    if target == run.resolve():
-        raise SynthaugError(f"--out {out} is the run folder itself; choose a folder of its own for the shards (e.g. {out / 'synthetic'}).")
-    fmt, root = parse_spec(spec)
-    if root is None:  # digits: built in, no folder
-        return
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        if not (fmt.name == "wds" and root.parent.is_dir()):  # a dataset that is gone (or a hub id) has no folder here
-            return
-        root = root.parent  # wds: a shard pattern, e.g. /data/shards/train-{000..009}.tar
-    if target == root or root in target.parents:
-        raise SynthaugError(f"--out {out} is {'' if target == root else 'inside '}{root}, the {fmt.name} dataset the run was "
-                            "trained on, where the shards would become part of that dataset; choose a folder outside it.")
-
-
-def check_manifest_dataset(folder: Path) -> None:
-    """Before evaluating: the dataset a shard set's manifest names must still be where it was; if it moved,
-    say to pass --data rather than describe the layout of a folder that is not there."""
-    from synthaug.data import parse_spec
-    from synthaug.shards import read_manifest
-
-    try:
-        manifest = read_manifest(folder)
-    except SynthaugError:
-        return  # evaluate says what the folder is
-    spec = (manifest.get("data") or {}).get("spec") or (manifest.get("schema") or {}).get("dataset")
-    if not isinstance(spec, str):
-        return
-    try:
-        fmt, root = parse_spec(spec)
-    except SynthaugError:
-        return  # said as it is when the dataset is read
-    if isinstance(root, Path) and not root.exists():
-        raise SynthaugError(f"The dataset {folder} was drawn from, {spec}, is no longer at {root}; pass --data "
-                            f"{fmt.name}:PATH with its new place.")
 
 
 class Terminated(KeyboardInterrupt):
@@ -217,8 +175,9 @@ def expand_home(path: Path) -> Path:
         return path
 
 
-def command(*args, **kwargs):
-    """Register a command whose user mistakes (SynthaugError, an OS error) print one sentence and exit 1."""
+def command(name: str, **kwargs):
+    """Register a command whose user mistakes (SynthaugError, an OS error) print one sentence and exit 1; a library
+    error names the command's flags (FLAGS)."""
 
     def register(fn):
         @functools.wraps(fn)
@@ -231,7 +190,7 @@ def command(*args, **kwargs):
                         progress.enabled(err_console) if err_console.is_terminal else progress.lines(sys.stderr):
                     return fn(*a, **k)
             except SynthaugError as e:
-                fail(str(e))
+                fail(e.sentence(flag_names(name, k)))
             except Terminated:
                 fail("Stopped by SIGTERM; files already written are kept, and running the same command again "
                      "continues.", 143)
@@ -240,7 +199,7 @@ def command(*args, **kwargs):
             except OSError as e:  # a full disk, a read-only or missing folder: the OS's reason, then what to do
                 fail(os_error_sentence(e))
 
-        return app.command(*args, cls=Command, **kwargs)(wrapper)
+        return app.command(name, cls=Command, **kwargs)(wrapper)
 
     return register
 
@@ -316,15 +275,12 @@ def inspect_command(
     limit: Annotated[int, typer.Option(help="Show at most this many classes (0: all).")] = 30,
 ) -> None:
     """Decode a dataset (cached) and show its splits, classes, attributes, unreadable files and a sample grid."""
-    from synthaug.data import DataConfig, load_dataset, parse_spec
-    from synthaug.grids import save_png
-    from synthaug.inspection import dataset_grid, default_grid_path
+    from synthaug.data import DataConfig, parse_spec
+    from synthaug.inspection import inspect_dataset
 
-    if grid is not None:
-        check_output_path(grid, "--grid", folder=False)
     config = DataConfig(spec=spec, resolution=resolution, target=target, level=level, crop=crop, split=split,
                         shots_per_class=shots_per_class, seed=seed, strict=strict)
-    ds = load_dataset(config)
+    ds, path = inspect_dataset(config, grid)
     source = f"read from the cache {ds.cache_path}" if ds.from_cache else (
         f"decoded and cached in {ds.cache_path}" if ds.cache_path else "built in, no files" if parse_spec(spec)[1] is None
         else "decoded, not cached (the cache could not be written; set SYNTHAUG_CACHE to a writable folder to keep it)")
@@ -363,8 +319,6 @@ def inspect_command(
     console.print(f"Unreadable files skipped: {len(ds.skipped)}", highlight=False)
     for note in ds.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    path = grid or default_grid_path(ds)
-    save_png(dataset_grid(ds), path)
     console.print(f"Sample grid: {path}", highlight=False, soft_wrap=True)
 
 
@@ -446,12 +400,13 @@ def train_command(
     if minutes is not None:
         set_ = [*set_, f"generator.duration_minutes={minutes!r}"]
     resolved = resolve_recipe(recipe, set_, run_dir=out)
-    if not dry_run:
-        check_output_path(resolved.run_path, "--out" if out else "run_dir")
-    show_recipe(resolved)
     if dry_run:
+        show_recipe(resolved)
         return
-    from synthaug.generator.train import train_generator  # torch and diffusers: not needed for a dry run
+    from synthaug.generator.train import check_run_folder, train_generator  # torch and diffusers: not for a dry run
+
+    check_run_folder(resolved)  # train_generator's first check, before the recipe is printed: a mistake is one line
+    show_recipe(resolved)
 
     run = train_generator(resolved, fresh=fresh)
     info = run.info()
@@ -493,33 +448,18 @@ def generate_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different generation in --out.")] = False,
 ) -> None:
     """Draw images from a trained generator into WebDataset shards with a manifest (resumable)."""
-    check_output_path(out, "--out")
-    if run is not None and run.exists() and not run.is_dir():
-        raise SynthaugError(f"--run {run} is a file, not a run folder; give the folder that synthaug train wrote (e.g. runs/digits).")
-    from synthaug.recipe import load_recipe
-    from synthaug.runs import open_run
-    from synthaug.synthesis import GenerateRequest, choose_run, generate_shards
+    from synthaug.synthesis import write_shards
 
     try:
         strengths = tuple(float(v) for v in strength.split(",") if v.strip())
     except ValueError:
         raise SynthaugError(f"--strength {strength!r} is not a number or a list of numbers; write e.g. 0.5 or 0.3,0.6.") from None
-    if (strength != "0.5") and not from_real:
-        raise SynthaugError("--strength only applies to real-guided variations; add --from-real.")
-    if max_draws is not None and not min_confidence:
-        raise SynthaugError("--max-draws only applies to confidence filtering; add --min-confidence P (e.g. 0.5).")
-    max_draws = 8 if max_draws is None else max_draws
-    request = GenerateRequest(classes=tuple(class_ or ()), species=(species,) if species else (),
-                              attributes=tuple(attr or ()), all_classes=all_classes, num=num, per_class=per_class,
-                              from_real=from_real, strengths=strengths, min_confidence=min_confidence, max_draws=max_draws)
-    if run is None:
-        run = choose_run(request)
-        log.info("Using the run %s.", run)
-    run_recipe = load_recipe(open_run(run).recipe_file)
-    check_out_apart(out, Path(run), run_recipe.data.spec)
-    sampling = run_recipe.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                                           images_per_shard=shard_size)
-    manifest = generate_shards(run, request, out, sampling, overwrite=overwrite)
+    manifest = write_shards(
+        run, out, class_, species=species, attributes=attr, all_classes=all_classes, num=num, per_class=per_class,
+        guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, images_per_shard=shard_size,
+        from_real=from_real, strength=None if strength == "0.5" else strengths,  # "0.5", the default: not given
+        min_confidence=min_confidence, max_draws=max_draws, overwrite=overwrite,
+    )
     console.print(f"{count(manifest['num_samples'], 'image')} in {count(len(manifest['shards']), 'shard')} in {out}",
                   highlight=False, soft_wrap=True)
     table = Table()
@@ -536,12 +476,10 @@ def generate_command(
     short = {name: c for name, c in screened.items() if c["kept"] < c["planned"]}
     if short:
         shown = ", ".join(f"{name} {c['kept']} of {c['planned']}" for name, c in list(short.items())[:5])
-        console.print(f"[yellow]note:[/] {len(short)} class(es) kept fewer images than asked after {max_draws} draws per image "
+        console.print(f"[yellow]note:[/] {len(short)} class(es) kept fewer images than asked after "
+                      f"{manifest['filter']['max_draws']} draws per image "
                       f"({escape(shown)}); lower --min-confidence or raise --max-draws to get more.", highlight=False, soft_wrap=True)
     console.print(f"Manifest: {Path(out) / 'manifest.json'}", highlight=False, soft_wrap=True)
-
-
-SHARD_FOLDER = "give a folder written by synthaug generate"
 
 
 @command("verify")
@@ -549,7 +487,6 @@ def verify_command(
     folder: Annotated[Path, typer.Argument(help="A folder written by synthaug generate.")],
 ) -> None:
     """Check shards against their manifest: missing, extra, corrupt or duplicate samples, sha256, PNGs."""
-    check_input_folder(folder, "folder", SHARD_FOLDER)
     from synthaug.shards import verify_shards
 
     result = verify_shards(folder)
@@ -591,17 +528,11 @@ def evaluate_command(
     set_: Sets = [],  # noqa: B006
 ) -> None:
     """FID/KID with real-vs-real floors, conditioning accuracy, CAS and (faces) MTCNN for a synthetic set."""
-    check_input_folder(synthetic, "folder", SHARD_FOLDER)
-    if not os.access(synthetic, os.W_OK | os.X_OK):  # found out only at the end, after minutes of work
-        raise SynthaugError(f"{synthetic} is read-only, and evaluate writes evaluation.json and memorization.png into it; make "
-                            "it writable, or copy the set to a writable folder and evaluate the copy.")
     from synthaug.benchmark import evaluate_synthetic
     from synthaug.recipe import load_recipe
     from synthaug.report import pct
 
     b = load_recipe(recipe, set_).benchmark
-    if not data:
-        check_manifest_dataset(synthetic)
     result = evaluate_synthetic(synthetic, data=data, benchmark=b)
     q = result["quality"]
     rows = []
@@ -642,15 +573,15 @@ def benchmark_command(
     Finished stages (generators, synthetic sets, quality, every classifier run) are kept and reused when the
     command runs again, so a changed setting redoes only what it affects."""
     resolved = resolve_recipe(recipe, set_)
-    if not dry_run:
-        check_output_path(resolved.run_path, "run_dir")
-        check_output_path(out or resolved.run_path / "benchmark", "--out")
-    show_recipe(resolved)
     if dry_run:
+        show_recipe(resolved)
         return
     from synthaug.benchmark import run_benchmark
+    from synthaug.benchmark.run import check_benchmark_folders
     from synthaug.report import ARM_HEADER, FACES_HEADER, QUALITY_HEADER, answer_lines, arm_rows, has_faces, quality_rows
 
+    check_benchmark_folders(resolved, out)  # run_benchmark's first check, before the recipe is printed: a mistake is one line
+    show_recipe(resolved)
     report = run_benchmark(resolved, out=out, fresh=fresh)
     from synthaug.device import process_state
 

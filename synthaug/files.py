@@ -276,3 +276,48 @@ def verify_checksums(folder: Path) -> dict[str, str]:
             raise SynthaugError(f"{path} is damaged or missing (its sha256 does not match {CHECKSUMS}); "
                                 "restore it, or run synthaug train again to rewrite it.")
     return sums
+
+
+# -- paths a stage reads from or writes into, checked before any work ---------------------------------
+
+def blocking_file(path: Path) -> Path | None:
+    """The file that stands where ``path`` or one of the folders above it should be, if any."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def check_output_path(path: Path, argument: str, folder: bool = True) -> None:
+    """Refuse, before any work, an output folder (or file) that cannot be made: a file where the folder
+    or one above it should be, a folder where the file should be, or a parent that cannot be written.
+
+    Args:
+        path: the folder to write into (with ``folder=False``: the file to write).
+        argument: the library argument (or recipe key) ``path`` came from; the sentence names it.
+        folder: whether ``path`` is a folder.
+    """
+    from synthaug.errors import SynthaugError
+
+    path = Path(path)
+    name = f"{{{argument}}}"  # written as the caller spells the argument (SynthaugError.sentence)
+    if path.exists() and path.is_dir() != folder:
+        raise SynthaugError(f"{name} {path} is a file, not a folder; choose a folder (it may not exist yet)." if folder
+                            else f"{name} {path} is a folder; give the path of the file to write.", arguments=(argument,))
+    folder_path = path if folder else path.parent  # files are written atomically: their folder must be writable
+    blocker = blocking_file(folder_path)
+    if blocker is not None:
+        raise SynthaugError(f"Could not write or read {path}: {blocker} is a file, not a folder; choose another {name} path.",
+                            arguments=(argument,))
+    nearest = next(p for p in (folder_path, *folder_path.parents) if p.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SynthaugError(f"Could not write or read {path}: the folder {nearest} is read-only; choose a writable {name} path.",
+                            arguments=(argument,))
+
+
+def check_input_folder(path: Path, kind: str, remedy: str) -> None:
+    """Refuse a missing path, or a file where a folder (``kind``) is expected; ``remedy`` says what to give instead."""
+    from synthaug.errors import SynthaugError
+
+    path = Path(path)
+    if not path.exists():
+        raise SynthaugError(f"{path} does not exist; {remedy}.")
+    if not path.is_dir():
+        raise SynthaugError(f"{path} is a file, not a {kind}; {remedy}.")

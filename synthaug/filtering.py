@@ -58,19 +58,17 @@ class ConfidenceFilter:
 
 def default_filter_config(run: Run) -> ClassifierConfig:
     """The run's recipe's ``[benchmark]`` classifier, trained for ``judge_steps`` (it is trained once per run)."""
-    from synthaug.recipe import load_recipe
-
-    b = load_recipe(run.recipe_file).benchmark
+    b = run.recipe().benchmark
     return ClassifierConfig.from_benchmark(b, steps=b.judge_steps)
 
 
 def filter_key(run: Run, config: ClassifierConfig) -> str:
     """What determines a run's filter classifier: its real training images (their files, and where recorded their pixels
     and labels, which a retrained run may change under the same file names) and the classifier's settings."""
-    schema = json.loads(run.condition_file.read_text())
-    identity = {"sources": schema["train_sources_sha256"], "config": dataclasses.asdict(config)}
-    if schema.get("train_pixels_sha256"):  # runs from before these were recorded keep the key of their filter
-        identity["content"] = [schema["train_pixels_sha256"], schema.get("train_labels_sha256", "")]
+    schema = run.schema()
+    identity = {"sources": schema.train_sources_sha256, "config": dataclasses.asdict(config)}
+    if schema.train_pixels_sha256:  # runs from before these were recorded keep the key of their filter
+        identity["content"] = [schema.train_pixels_sha256, schema.train_labels_sha256]
     text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -78,9 +76,7 @@ def filter_key(run: Run, config: ClassifierConfig) -> str:
 def load_filter(run: Run, config: ClassifierConfig, device: torch.device) -> ConfidenceFilter:
     """The run's filter classifier for ``config``: read from ``run/filter/<key>/``, or trained on the run's real
     training images (exactly those the generator saw) and kept there."""
-    from synthaug.conditions import ConditionSchema
-
-    schema = ConditionSchema.load(run.condition_file)
+    schema = run.schema()
     levels = [schema.num_classes] if schema.kind == "class" else list(schema.attribute_levels)
     folder = run.path / "filter" / filter_key(run, config)
     loaded = load_classifier(folder, config, levels, schema.channels, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from synthaug.cache import cache_root
 from synthaug.data.catalog import Catalog, ClassGroup
 from synthaug.data.lookup import search_names, unknown_name_error
 from synthaug.grids import label_rows, spread_classes, tile_images, upscale
+
+if TYPE_CHECKING:
+    from synthaug.data import DataConfig
 
 
 @dataclass
@@ -71,3 +75,26 @@ def default_grid_path(ds: ImageSet) -> Path:
     if ds.cache_path:
         return Path(ds.cache_path) / "grid.png"
     return cache_root() / "grids" / f"{ds.name}-{ds.resolution}px.png"
+
+
+def inspect_dataset(config: DataConfig, grid: str | Path | None = None) -> tuple[ImageSet, Path]:
+    """Decode a dataset (or read it from its cache) and write its sample grid: what `synthaug inspect` shows.
+
+    Args:
+        config: the dataset and how to read it.
+        grid: where to write the sample grid PNG, a file whose folder can be made (checked first); default:
+            :func:`default_grid_path`.
+
+    Returns:
+        The dataset, and where its grid was written.
+    """
+    from synthaug.data import load_dataset
+    from synthaug.files import check_output_path
+    from synthaug.grids import save_png
+
+    if grid is not None:
+        check_output_path(Path(grid), "grid", folder=False)
+    ds = load_dataset(config)
+    path = Path(grid) if grid is not None else default_grid_path(ds)
+    save_png(dataset_grid(ds), path)
+    return ds, path

@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthaug.version import __version__
@@ -54,7 +54,11 @@ def benchmark_entry(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class Run:
+    """A run folder. One opened by :func:`open_run` reads its recipe and condition schema once, when first asked,
+    so that a stage (one generate) works from one view of them; ``Run(path)`` reads them whenever asked."""
+
     path: Path
+    memo: dict | None = field(default=None, compare=False, repr=False)  # what an opened run has read
 
     @property
     def name(self) -> str:
@@ -85,10 +89,24 @@ class Run:
 
     def recipe(self):
         """The recipe this run was trained with (its ``recipe.toml``)."""
+        if self.memo is not None and "recipe" in self.memo:
+            return self.memo["recipe"]
         if not self.recipe_file.is_file():
             raise SynthaugError(f"{self.recipe_file}, the recipe {self.path} was trained with, is missing; copy the recipe "
                                 "file it was trained with there (the run's settings are read from it).")
-        return load_recipe(self.recipe_file)
+        recipe = load_recipe(self.recipe_file)
+        if self.memo is not None:
+            self.memo["recipe"] = recipe
+        return recipe
+
+    def schema(self):
+        """The condition schema of this run's generator (its ``condition.json``)."""
+        if self.memo is not None and "schema" in self.memo:
+            return self.memo["schema"]
+        schema = ConditionSchema.load(self.condition_file)
+        if self.memo is not None:
+            self.memo["schema"] = schema
+        return schema
 
     def training(self) -> bool:
         """True while a training of this run holds its lock (tested without waiting)."""
@@ -151,9 +169,9 @@ class Run:
         against what ``condition.json`` records of them, their files, pixels and labels, wherever they are read from (the
         no-leakage guarantee of real-guided variations and of the filter classifier)."""
         from synthaug.data import load_dataset
-        from synthaug.conditions import ConditionSchema, schema_from_dataset, training_data_changes
+        from synthaug.conditions import schema_from_dataset, training_data_changes
 
-        schema = ConditionSchema.load(self.condition_file)
+        schema = self.schema()
         train = load_dataset(self.recipe().data).split("train")
         changes = training_data_changes(schema, schema_from_dataset(train, schema.kind), location=False)
         if changes:
@@ -195,17 +213,24 @@ def find_runs(root: Path | None = None) -> list[Run]:
     return sorted(runs, key=lambda r: r.info_file.stat().st_mtime if r.info_file.exists() else 0, reverse=True)
 
 
-def open_run(path: Path) -> Run:
-    """A trained run at ``path``, or an error that says how to make one."""
-    run = Run(Path(path))
+def open_run(path: Path | Run) -> Run:
+    """A trained run at ``path``, opened (it reads its recipe and condition schema once), or an error that says how
+    to make one. The sentences name the argument ``run`` (of :meth:`Generator.load <synthaug.generator.Generator.load>`
+    and :func:`~synthaug.synthesis.generate_shards`)."""
+    if isinstance(path, Run):
+        run = path if path.memo is not None else Run(path.path, memo={})
+    else:
+        run = Run(Path(path), memo={})
     if run.path.is_file():
-        raise SynthaugError(f"{run.path} is a file, not a run folder; pass --run a folder that synthaug train wrote.")
+        raise SynthaugError(f"{run.path} is a file, not a run folder; pass {{run}} a folder that synthaug train wrote.",
+                            arguments=("run",))
     if not run.path.is_dir():
-        raise SynthaugError(f"Run folder {run.path} does not exist; train it with `synthaug train RECIPE` or pass --run.")
+        raise SynthaugError(f"Run folder {run.path} does not exist; train it with `synthaug train RECIPE` or pass {{run}}.",
+                            arguments=("run",))
     if not run.trained:
         if not (run.info_file.is_file() or run.recipe_file.is_file()):  # an empty folder, or someone else's
-            raise SynthaugError(f"{run.path} is not a synthaug run folder (it has no run.json or recipe.toml); pass --run "
-                                "a folder that synthaug train wrote (e.g. runs/digits).")
+            raise SynthaugError(f"{run.path} is not a synthaug run folder (it has no run.json or recipe.toml); pass {{run}} "
+                                "a folder that synthaug train wrote (e.g. runs/digits).", arguments=("run",))
         if run.recipe_file.is_file():  # e.g. its ema/ was deleted: training the same recipe rewrites it from state/
             what = ("ema/ folder" if not run.ema_dir.is_dir() else "condition.json" if not run.condition_file.is_file()
                     else "weights in ema/")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from synthaug.errors import SynthaugError
-from synthaug.files import reserve_space, sha256_file, write_text_atomic
+from synthaug.files import check_input_folder, reserve_space, sha256_file, write_text_atomic
 from synthaug.words import count
 
 SHARD_PATTERN = "synth-%06d.tar"
@@ -373,6 +373,9 @@ def held_classes(syn: SyntheticSet) -> set[str]:
     return {syn.class_names[i] for i in np.unique(syn.labels) if i >= 0}
 
 
+SHARD_FOLDER = "give a folder written by synthaug generate"  # what to give instead of a folder that is not one
+
+
 def verify_shards(folder: Path) -> dict:
     """Check a shard set against its manifest and its generation settings.
 
@@ -386,6 +389,7 @@ def verify_shards(folder: Path) -> dict:
     from PIL import Image
 
     folder = Path(folder)
+    check_input_folder(folder, "folder", SHARD_FOLDER)
     manifest = read_manifest(folder)
     problems: list[str] = []
     listed = {s["name"]: s for s in manifest["shards"]}

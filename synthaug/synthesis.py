@@ -33,10 +33,11 @@ import numpy as np
 from synthaug import progress
 from synthaug.version import __version__
 from synthaug.errors import SynthaugError
-from synthaug.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
+from synthaug.files import check_output_path, exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
 from synthaug.recipe import SamplingConfig, load_recipe, recipe_files
+from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import (
     MANIFEST,
@@ -63,7 +64,10 @@ MAX_IMAGES = 5_000_000  # one generation's plan is held in memory (about 200 byt
 @dataclass(frozen=True)
 class GenerateRequest:
     """What to draw: class names (or ``all_classes``), NABirds-style species, or attribute conditions,
-    with ``num`` images in all (split evenly) or ``per_class`` images per condition."""
+    with ``num`` images in all (split evenly) or ``per_class`` images per condition.
+
+    Its error sentences name the arguments of :func:`write_shards` (``strength`` for ``strengths``).
+    """
 
     classes: tuple[str, ...] = ()
     species: tuple[str, ...] = ()
@@ -80,20 +84,23 @@ class GenerateRequest:
     def __post_init__(self):
         asked = sum(bool(x) for x in (self.classes, self.species, self.attributes, self.all_classes))
         if asked != 1:
-            raise SynthaugError("Say what to draw with exactly one of --class, --species, --attr or --all-classes.")
+            raise SynthaugError("Say what to draw with exactly one of {classes}, {species}, {attributes} or {all_classes}.",
+                                arguments=("classes", "species", "attributes", "all_classes"))
         if self.num < 0 or self.per_class < 0 or any(c < 0 for c in self.counts):
-            raise SynthaugError("--num and --per-class must be positive.")
+            raise SynthaugError("{num} and {per_class} must be positive.", arguments=("num", "per_class"))
         if max(self.num, self.per_class, *self.counts, 0) > MAX_IMAGES:
-            raise SynthaugError(f"--num and --per-class may ask for at most {MAX_IMAGES:,} images; draw a larger set as "
-                                "several sets into separate --out folders (with different --seed values).")
+            raise SynthaugError(f"{{num}} and {{per_class}} may ask for at most {MAX_IMAGES:,} images; draw a larger set as "
+                                "several sets into separate {out} folders (with different {seed} values).",
+                                arguments=("num", "per_class", "out", "seed"))
         if sum(bool(x) for x in (self.num, self.per_class, self.counts)) != 1 or (self.counts and not any(self.counts)):
-            raise SynthaugError("Say how many images with exactly one of --num N or --per-class N (a positive number).")
+            raise SynthaugError("Say how many images with exactly one of {num} N or {per_class} N (a positive number).",
+                                arguments=("num", "per_class"))
         if not self.strengths or not all(0 < v <= 1 for v in self.strengths):
-            raise SynthaugError("--strength must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.")
+            raise SynthaugError("{strength} must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.", arguments=("strength",))
         if not 0 <= self.min_confidence < 1:
-            raise SynthaugError("--min-confidence must lie in [0, 1), e.g. 0.9.")
+            raise SynthaugError("{min_confidence} must lie in [0, 1), e.g. 0.9.", arguments=("min_confidence",))
         if not 1 <= self.max_draws <= 1000:
-            raise SynthaugError("--max-draws must be at least 1 and at most 1,000.")
+            raise SynthaugError("{max_draws} must be at least 1 and at most 1,000.", arguments=("max_draws",))
 
     def counts_for(self, n_conditions: int) -> list[int]:
         if self.counts:
@@ -181,7 +188,7 @@ def source_rows(gen: Generator, cond: Condition, sources) -> np.ndarray:
         rows = np.flatnonzero((sources.attributes[:, named] == np.array(cond.value)[named]).all(axis=1))
     if not len(rows):
         raise SynthaugError(f"The run's real training images hold no image of {cond.class_name!r} to vary; "
-                            "ask for conditions it was trained on, or drop --from-real.")
+                            "ask for conditions it was trained on, or drop {from_real}.", arguments=("from_real",))
     return rows
 
 
@@ -197,8 +204,8 @@ def plan_generation(gen: Generator, request: GenerateRequest, sampling: Sampling
     counts = request.counts_for(len(conditions))
     if sum(counts) > MAX_IMAGES:
         raise SynthaugError(f"{sum(counts):,} images ({len(conditions):,} conditions) are more than one generation plans "
-                            f"({MAX_IMAGES:,}); draw a larger set as several sets into separate --out folders (with "
-                            "different --seed values).")
+                            f"({MAX_IMAGES:,}); draw a larger set as several sets into separate {{out}} folders (with "
+                            "different {seed} values).", arguments=("out", "seed"))
     identity = run_identity(gen)
     settings = {
         "run_weights_sha256": identity["weights_sha256"],
@@ -316,18 +323,18 @@ class OutputFolder:
             previous = read_settings(out)
             if previous is None:
                 raise SynthaugError(f"{settings_path} is damaged and there is no finished {MANIFEST} to rebuild it from, so "
-                                    f"what {out} holds is unknown; pass --overwrite to draw the set again, or use another "
-                                    "--out folder.")
+                                    f"what {out} holds is unknown; pass {{overwrite}} to draw the set again, or use another "
+                                    "{out} folder.", arguments=("overwrite", "out"))
             if previous != plan.settings:
                 changed = sorted(k for k in set(plan.settings) | set(previous or {}) if (previous or {}).get(k) != plan.settings.get(k))
                 raise SynthaugError(
                     f"{out} holds a generation with different settings ({', '.join(changed) or 'unreadable'}); "
-                    "use another --out folder or pass --overwrite to replace it."
-                )
+                    "use another {out} folder or pass {overwrite} to replace it.", arguments=("out", "overwrite"))
         else:
             others = [p for p in out.iterdir() if p not in ours and p.name != ".lock"]
             if not overwrite and (others or any(p.exists() for p in ours)):
-                raise SynthaugError(f"{out} is not empty and holds no synthaug generation; choose an empty --out folder or pass --overwrite.")
+                raise SynthaugError(f"{out} is not empty and holds no synthaug generation; choose an empty {{out}} folder or "
+                                    "pass {overwrite}.", arguments=("out", "overwrite"))
             for p in ours:
                 p.unlink(missing_ok=True)
             write_text_atomic(settings_path, json.dumps(plan.settings, indent=1, sort_keys=True) + "\n")
@@ -464,7 +471,7 @@ class ShardWriter:
 
 
 def generate_shards(
-    run: str | Path | Generator,
+    run: str | Path | Run | Generator,
     request: GenerateRequest,
     out: str | Path,
     sampling: SamplingConfig | None = None,
@@ -474,8 +481,12 @@ def generate_shards(
 ) -> dict:
     """Draw the requested images from a trained run and write them as shards with a manifest.
 
+    Before anything is loaded or written, ``out`` is checked: a folder that can be made, and neither the run folder
+    nor inside the dataset the run was trained on.
+
     Args:
-        run: a trained run folder, or a loaded :class:`~synthaug.generator.Generator`.
+        run: a trained run folder (or an opened :class:`~synthaug.runs.Run`), or a loaded
+            :class:`~synthaug.generator.Generator`.
         request: what to draw and how many (and how: plain, real-guided variations, confidence-filtered).
         out: the output folder (created); re-running the same call resumes it.
         sampling: sampler settings (default: the run's recipe's [sampling] section).
@@ -490,15 +501,18 @@ def generate_shards(
     """
     from synthaug.device import process_state
 
+    check_output_path(Path(out), "out")
+    opened = run.run if isinstance(run, Generator) else open_run(run)
+    check_out_apart(Path(out), opened)
     state = process_state()
-    gen = run if isinstance(run, Generator) else Generator.load(run, device=device or state.device)
+    gen = run if isinstance(run, Generator) else Generator.load(opened, device=device or state.device)
     sampling = sampling or gen.sampling
     plan = plan_generation(gen, request, sampling)
     folder = OutputFolder(out)
     if request.min_confidence:
         from synthaug.filtering import default_filter_config, filter_key, load_filter
 
-        filter_config = filter_config or default_filter_config(gen.run)
+        filter_config = filter_config or default_filter_config(gen.run)  # gen.run: its recipe and schema are read once
         plan.settings["filter"]["classifier_key"] = filter_key(gen.run, filter_config)  # which filter judges is a setting
 
     with folder.lock(state.is_main_process):
@@ -529,7 +543,7 @@ def generate_shards(
         state.wait_for_everyone()
         manifest = None
         if state.is_main_process:
-            data = dataclasses.asdict(load_recipe(gen.run.recipe_file).data)
+            data = dataclasses.asdict(gen.run.recipe().data)
             manifest = folder.finish(plan, writer.written, lambda k: writer.write(k, draw(k)), data,
                                      dataclasses.asdict(gen.schema), filter_info)
         state.wait_for_everyone()
@@ -537,38 +551,46 @@ def generate_shards(
 
 
 def write_shards(
-    generator: Generator | str | Path,
+    generator: Generator | str | Path | Run | None,
     out: str | Path,
     classes: Sequence[str] | None = None,
     *,
     species: str | None = None,
     attributes: Sequence[str] | None = None,
+    all_classes: bool | None = None,
     num: int = 0,
     per_class: int = 0,
     guidance: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    batch_size: int | None = None,
     images_per_shard: int | None = None,
     from_real: bool = False,
-    strength: float | Sequence[float] = 0.5,
+    strength: float | Sequence[float] | None = None,
     min_confidence: float = 0.0,
-    max_draws: int = 8,
+    max_draws: int | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Draw images into WebDataset shards with a manifest: the library form of `synthaug generate`.
+    """Draw images into WebDataset shards with a manifest: the library form of `synthaug generate`, with every
+    check it makes. Error sentences name these arguments (the command line prints its flags instead).
 
     Args:
-        generator: a :class:`~synthaug.generator.Generator` or a trained run folder.
-        out: the output folder; calling again with the same arguments resumes or does nothing.
-        classes: class names (None: every class); or ``species`` (a group such as a NABirds species),
-            or ``attributes`` ("bangs=3,smiling=5" strings, one condition each).
+        generator: a :class:`~synthaug.generator.Generator` or a trained run folder; None: the most recent run
+            (under ``$SYNTHAUG_RUNS``, else ./runs) that can draw what is asked for.
+        out: the output folder, neither the run folder nor inside the dataset the run was trained on; calling
+            again with the same arguments resumes or does nothing.
+        classes: class names; or ``species`` (a group such as a NABirds species), or ``attributes``
+            ("bangs=3,smiling=5" strings, one condition each).
+        all_classes: every class of the run. None: every class when no classes, species or attributes are named;
+            False: one of them must be named.
         num, per_class: images in all (split evenly) or per condition; exactly one is given.
-        guidance, sampler, steps, seed, images_per_shard: override the run's [sampling] settings.
+        guidance, sampler, steps, seed, batch_size, images_per_shard: override the run's [sampling] settings
+            (``batch_size`` changes no image).
         from_real: draw real-guided variations of the run's own real training images (SDEdit) at
-            ``strength`` (one value, or several for a mix), instead of drawing from pure noise.
+            ``strength`` (one value, or several for a mix; default 0.5), instead of drawing from pure noise.
         min_confidence: keep only images the run's filter classifier is at least this sure of (0: all),
-            drawing at most ``max_draws`` candidates per image.
+            drawing at most ``max_draws`` candidates per image (default 8).
         overwrite: replace a different generation already in ``out``.
 
     Returns:
@@ -576,14 +598,58 @@ def write_shards(
 
     >>> write_shards(Generator.load("runs/digits"), "synthetic/digits", per_class=100)   # doctest: +SKIP
     """
-    gen = generator if isinstance(generator, Generator) else Generator.load(generator)
-    strengths = (strength,) if isinstance(strength, (int, float)) else tuple(strength)
+    check_output_path(Path(out), "out")  # before a run is chosen: a folder that cannot be written is the first mistake
+    if isinstance(generator, (str, Path)) and Path(generator).exists() and not Path(generator).is_dir():
+        raise SynthaugError(f"{{generator}} {generator} is a file, not a run folder; give the folder that synthaug train "
+                            "wrote (e.g. runs/digits).", arguments=("generator",))
+    if strength is not None and not from_real:
+        raise SynthaugError("{strength} only applies to real-guided variations; add {from_real}.",
+                            arguments=("strength", "from_real"))
+    if max_draws is not None and not min_confidence:
+        raise SynthaugError("{max_draws} only applies to confidence filtering; add {min_confidence} P (e.g. 0.5).",
+                            arguments=("max_draws", "min_confidence"))
+    strengths = (0.5,) if strength is None else (strength,) if isinstance(strength, (int, float)) else tuple(strength)
+    if all_classes is None:
+        all_classes = not (classes or species or attributes)
     request = GenerateRequest(classes=tuple(classes or ()), species=(species,) if species else (),
-                              attributes=tuple(attributes or ()),
-                              all_classes=not (classes or species or attributes), num=num, per_class=per_class,
-                              from_real=from_real, strengths=strengths, min_confidence=min_confidence, max_draws=max_draws)
-    sampling = gen.sampling.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, images_per_shard=images_per_shard)
-    return generate_shards(gen, request, out, sampling, overwrite=overwrite)
+                              attributes=tuple(attributes or ()), all_classes=all_classes, num=num, per_class=per_class,
+                              from_real=from_real, strengths=strengths, min_confidence=min_confidence,
+                              max_draws=8 if max_draws is None else max_draws)
+    if generator is None:
+        generator = choose_run(request)
+        log.info("Using the run %s.", generator)
+    if isinstance(generator, Generator):
+        source, defaults = generator, generator.sampling
+    else:
+        source = open_run(generator)  # opened once: its recipe and condition schema are read once, here and below
+        defaults = source.recipe().sampling
+    sampling = defaults.replace(guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                                images_per_shard=images_per_shard)
+    return generate_shards(source, request, out, sampling, overwrite=overwrite)
+
+
+def check_out_apart(out: Path, run: Run) -> None:
+    """Refuse an ``out`` that is the run folder itself, or the dataset folder the run was trained on (or a folder
+    inside it), where the shards would mix with the run's files or become part of the real dataset."""
+    from synthaug.data import parse_spec
+
+    target = out.resolve()
+    if target == run.path.resolve():
+        raise SynthaugError(f"{{out}} {out} is the run folder itself; choose a folder of its own for the shards (e.g. "
+                            f"{out / 'synthetic'}).", arguments=("out",))
+    spec = run.recipe().data.spec
+    fmt, root = parse_spec(spec)
+    if root is None:  # digits: built in, no folder
+        return
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        if not (fmt.name == "wds" and root.parent.is_dir()):  # a dataset that is gone (or a hub id) has no folder here
+            return
+        root = root.parent  # wds: a shard pattern, e.g. /data/shards/train-{000..009}.tar
+    if target == root or root in target.parents:
+        raise SynthaugError(f"{{out}} {out} is {'' if target == root else 'inside '}{root}, the {fmt.name} dataset the run "
+                            "was trained on, where the shards would become part of that dataset; choose a folder outside it.",
+                            arguments=("out",))
 
 
 def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
@@ -613,8 +679,8 @@ def choose_run(request: GenerateRequest, root: Path | None = None) -> Path:
     what = ", ".join(repr(n) for n in names) if names else ("attribute conditions" if request.attributes else "classes")
     suggestion = recipe_with_classes(names, bool(request.attributes))
     hint = (f"train one first: synthaug train {suggestion}" if suggestion
-            else "train a recipe whose dataset has it first (synthaug train RECIPE), or pass --run")
-    raise SynthaugError(f"No trained run can draw {what}; {hint}.")
+            else "train a recipe whose dataset has it first (synthaug train RECIPE), or pass {generator}")
+    raise SynthaugError(f"No trained run can draw {what}; {hint}.", arguments=("generator",))
 
 
 def recipe_with_classes(names: list[str], attributes: bool) -> str | None:

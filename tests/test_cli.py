@@ -377,6 +377,81 @@ def test_a_read_only_output_folder_is_refused_before_training(tmp_path, monkeypa
     assert list(read_only.iterdir()) == []
 
 
+def test_a_library_error_names_its_arguments_and_the_command_line_its_flags():
+    from synthaug import SynthaugError
+    from synthaug.cli import FLAGS, flag_names
+
+    e = SynthaugError("{num} and {per_class} must be positive; see {classes} and {other}.", arguments=("num", "per_class", "classes"))
+    assert str(e) == "num and per_class must be positive; see classes and {other}."  # only the arguments it names
+    assert e.sentence(FLAGS["generate"]) == "--num and --per-class must be positive; see --class and {other}."
+    assert e.sentence(FLAGS["inspect"]) == str(e)  # a command without such flags prints the library's names
+    assert SynthaugError("{num} is a word here").sentence(FLAGS["generate"]) == "{num} is a word here"
+    # train's run folder is --out only when --out was given; else the recipe key run_dir (from the recipe or --set)
+    assert flag_names("train", {"out": Path("r")}) == {"run_dir": "--out"} and flag_names("train", {"out": None}) == {}
+
+
+def test_the_library_refuses_the_same_paths_itself_naming_its_arguments(a_file, tmp_path, digits_run, monkeypatch):
+    """The checks the commands rely on belong to the library functions they protect: a library caller gets them too,
+    in sentences that name the library's arguments (the commands print their flags: see the test above this one)."""
+    from synthaug import SynthaugError
+    from synthaug.benchmark import evaluate_synthetic, run_benchmark
+    from synthaug.data import DataConfig
+    from synthaug.generator.train import train_generator
+    from synthaug.inspection import inspect_dataset
+    from synthaug.recipe import load_recipe
+    from synthaug.shards import verify_shards
+    from synthaug.synthesis import write_shards
+
+    give = "give a folder written by synthaug generate"
+    cases = [
+        (lambda: train_generator(load_recipe(None, [f"run_dir={a_file}"])),
+         f"run_dir {a_file} is a file, not a folder; choose a folder (it may not exist yet)."),
+        (lambda: train_generator(load_recipe(None, [f"run_dir={a_file / 'run'}"])),
+         f"Could not write or read {a_file / 'run'}: {a_file} is a file, not a folder; choose another run_dir path."),
+        (lambda: run_benchmark(load_recipe(None, [f"run_dir={tmp_path / 'r'}"]), out=a_file),
+         f"out {a_file} is a file, not a folder; choose a folder (it may not exist yet)."),
+        (lambda: write_shards(digits_run.path, a_file, ["3"], num=2), f"out {a_file} is a file, not a folder;"),
+        (lambda: write_shards(a_file, tmp_path / "o", ["3"], num=2),
+         f"generator {a_file} is a file, not a run folder; give the folder that synthaug train wrote (e.g. runs/digits)."),
+        (lambda: inspect_dataset(DataConfig(spec="digits"), grid=tmp_path), f"grid {tmp_path} is a folder; give the path of the file to write."),
+        (lambda: inspect_dataset(DataConfig(spec="digits"), grid=a_file / "g.png"),
+         f"Could not write or read {a_file / 'g.png'}: {a_file} is a file, not a folder; choose another grid path."),
+        (lambda: verify_shards(tmp_path / "missing"), f"{tmp_path / 'missing'} does not exist; {give}."),
+        (lambda: verify_shards(a_file), f"{a_file} is a file, not a folder; {give}."),
+        (lambda: evaluate_synthetic(a_file), f"{a_file} is a file, not a folder; {give}."),
+    ]
+    for call, message in cases:
+        with pytest.raises(SynthaugError) as e:
+            call()
+        assert str(e.value).startswith(message), (message, str(e.value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+    # evaluate: a set it could not write its results into, refused before any work
+    read_only = tmp_path / "s"
+    read_only.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only or not mode & os.W_OK)
+    with pytest.raises(SynthaugError, match=f"^{re.escape(str(read_only))} is read-only, and evaluate writes evaluation.json"):
+        evaluate_synthetic(read_only)
+
+
+def test_evaluate_of_a_moved_dataset_names_data_in_the_library_and_data_flag_at_the_command_line(tmp_path):
+    import json
+
+    from synthaug import SynthaugError
+    from synthaug.benchmark import evaluate_synthetic
+    from synthaug.shards import MANIFEST_FORMAT
+
+    gone = tmp_path / "cars"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "data": {"spec": f"imagefolder:{gone}"},
+                                                              "schema": {"dataset": f"imagefolder:{gone}"}}))
+    moved = f"The dataset {tmp_path / 's'} was drawn from, imagefolder:{gone}, is no longer at {gone}; pass "
+    with pytest.raises(SynthaugError) as e:
+        evaluate_synthetic(tmp_path / "s")
+    assert str(e.value) == moved + "data imagefolder:PATH with its new place."
+    assert one_sentence_error(run("evaluate", "--synthetic", str(tmp_path / "s"))) == (
+        f"Error: {moved}--data imagefolder:PATH with its new place.")
+
+
 def test_os_errors_keep_the_free_space_advice_only_where_it_helps():
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
         sentence = os_error_sentence(OSError(code, os.strerror(code), "/x/out"))

@@ -200,8 +200,10 @@ def test_fuzzed_generate_arguments_never_trace_back_or_leave_a_false_manifest(to
 @given(strength=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.lists(st.floats(-1, 2), min_size=0, max_size=3)),
        confidence=st.floats(allow_nan=True, allow_infinity=True), draws=st.integers(-3, 20))
 def test_fuzzed_variation_and_filter_settings_are_checked_exactly(strength, confidence, draws):
-    """--strength, --min-confidence and --max-draws: a value outside its range is a SynthaugError naming the option,
-    raised when the request is made (before anything is drawn or written); any value inside it is accepted."""
+    """--strength, --min-confidence and --max-draws: a value outside its range is a SynthaugError naming the argument
+    (the command line names the option), raised when the request is made (before anything is drawn or written); any
+    value inside it is accepted."""
+    from synthaug.cli import FLAGS
     from synthaug.synthesis import GenerateRequest
 
     strengths = tuple(strength) if isinstance(strength, list) else (strength,)
@@ -209,8 +211,9 @@ def test_fuzzed_variation_and_filter_settings_are_checked_exactly(strength, conf
     try:
         GenerateRequest(all_classes=True, num=4, from_real=True, strengths=strengths, min_confidence=confidence, max_draws=draws)
     except SynthaugError as e:
-        first_bad = ["--strength", "--min-confidence", "--max-draws"][valid.index(False)]
-        assert str(e).startswith(first_bad) and "\n" not in str(e)
+        first_bad = ["strength", "min_confidence", "max_draws"][valid.index(False)]
+        assert str(e).startswith(first_bad + " ") and "\n" not in str(e)
+        assert e.sentence(FLAGS["generate"]).startswith("--" + first_bad.replace("_", "-") + " ")
     else:
         assert all(valid)
 

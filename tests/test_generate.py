@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import webdataset as wds
@@ -13,7 +14,7 @@ from synthaug import SynthaugError
 from synthaug.cli import app
 from synthaug.files import sha256_file
 from synthaug.generator import Generator
-from synthaug.synthesis import GenerateRequest, generate_shards
+from synthaug.synthesis import GenerateRequest, generate_shards, write_shards
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
 from synthaug.shards import describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, write_shard
@@ -184,3 +185,75 @@ def test_write_shard_describes_what_it_wrote_exactly_as_reading_it_back_does(tmp
         for sample in samples:
             writer.write(sample)
     assert (tmp_path / "webdataset.tar").read_bytes() == (tmp_path / "synth-000005.tar").read_bytes()
+
+
+@pytest.mark.parametrize("kwargs, flags, library, command_line", [
+    (dict(num=2, per_class=2), ["--num", "2", "--per-class", "2"],
+     "Say how many images with exactly one of num N or per_class N (a positive number).",
+     "Say how many images with exactly one of --num N or --per-class N (a positive number)."),
+    (dict(num=-2), ["--num", "-2"], "num and per_class must be positive.", "--num and --per-class must be positive."),
+    (dict(num=2, strength=0.3), ["--num", "2", "--strength", "0.3"],
+     "strength only applies to real-guided variations; add from_real.",
+     "--strength only applies to real-guided variations; add --from-real."),
+    (dict(num=2, max_draws=3), ["--num", "2", "--max-draws", "3"],
+     "max_draws only applies to confidence filtering; add min_confidence P (e.g. 0.5).",
+     "--max-draws only applies to confidence filtering; add --min-confidence P (e.g. 0.5)."),
+    (dict(num=2, min_confidence=1.5), ["--num", "2", "--min-confidence", "1.5"],
+     "min_confidence must lie in [0, 1), e.g. 0.9.", "--min-confidence must lie in [0, 1), e.g. 0.9."),
+    (dict(num=2, from_real=True, strength=(0.0, 0.5)), ["--num", "2", "--from-real", "--strength", "0,0.5"],
+     "strength must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.", "--strength must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix."),
+    (dict(num=2, sampler="ddpm", steps=1001), ["--num", "2", "--sampler", "ddpm", "--steps", "1001"],
+     "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use steps 1000 or fewer.",
+     "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use --steps 1000 or fewer."),
+])
+def test_a_generate_mistake_names_arguments_in_the_library_and_flags_at_the_command_line(digits_run, tmp_path, kwargs, flags,
+                                                                                      library, command_line):
+    """write_shards holds every check of `synthaug generate`; its sentence names write_shards' arguments, and the
+    command line prints the same sentence with its flags (cli.FLAGS)."""
+    with pytest.raises(SynthaugError) as e:
+        write_shards(digits_run.path, tmp_path / "lib", ["3"], **kwargs)
+    assert str(e.value) == library
+    result = cli("generate", "--run", str(digits_run.path), "--class", "3", *flags, "--out", str(tmp_path / "cli"))
+    assert result.exit_code == 1 and result.output.strip() == f"Error: {command_line}", result.output
+    assert not (tmp_path / "lib").exists() and not (tmp_path / "cli").exists()
+
+
+def test_write_shards_itself_refuses_out_in_the_run_folder_or_in_its_dataset(imagefolder_tree, tmp_path):
+    """The checks that keep shards out of the run folder and the real dataset are the library's (write_shards and
+    generate_shards), so a library caller gets them too; the sentence names the argument out (the command line: --out)."""
+    run = train_generator(tiny_recipe(tmp_path / "run", f"data.spec=imagefolder:{imagefolder_tree}", "data.resolution=8",
+                                      "generator.batch_size=8", "generator.duration_kimg=0.016")).path
+    before = sorted(imagefolder_tree.rglob("*")), sorted(run.rglob("*"))
+    name = "BMW M3 Coupe 2012"
+    with pytest.raises(SynthaugError) as e:
+        write_shards(run, run, [name], num=2, overwrite=True)
+    assert str(e.value) == f"out {run} is the run folder itself; choose a folder of its own for the shards (e.g. {run / 'synthetic'})."
+    for out in (imagefolder_tree, imagefolder_tree / "train" / "synthetic"):
+        with pytest.raises(SynthaugError) as e:
+            write_shards(run, out, [name], num=2, overwrite=True)
+        with pytest.raises(SynthaugError) as low:
+            generate_shards(run, GenerateRequest(classes=(name,), num=2), out, sampling(), overwrite=True)
+        for error in (e, low):
+            assert str(error.value).startswith(f"out {out} is ") and str(error.value).endswith(
+                f"{imagefolder_tree.resolve()}, the imagefolder dataset the run was trained on, where the shards would "
+                "become part of that dataset; choose a folder outside it."), str(error.value)
+    assert (sorted(imagefolder_tree.rglob("*")), sorted(run.rglob("*"))) == before  # nothing written into either
+
+
+def test_one_generate_reads_the_runs_recipe_and_condition_schema_once(digits_run, tmp_path, monkeypatch):
+    """The run is opened once and passed on (the checks of --out, the sampling defaults, the generator, the real
+    images variations start from): one `synthaug generate` reads recipe.toml and condition.json once each."""
+    reads = []
+    read_text = Path.read_text
+
+    def counted(path, *args, **kwargs):
+        if path.name in ("recipe.toml", "condition.json") and path.parent.resolve() == digits_run.path.resolve():
+            reads.append(path.name)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    result = cli("generate", "--run", str(digits_run.path), "--class", "3", "--num", "2", "--from-real", "--steps", "2",
+                 "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert sorted(reads) == ["condition.json", "recipe.toml"]
+

@@ -20,6 +20,7 @@ from synthaug.conditions import ConditionSchema
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import build_denoiser, unet_config
 from synthaug.generator.sampling import make_sampler, run_network, sample_images, training_scheduler
+from synthaug.recipe import SamplingConfig
 from synthaug.generator.train import batch_rows, drop_conditions, train_generator
 
 CLASS_SCHEMA = ConditionSchema("class", ("a", "b", "c"), (1, 2, 3), resolution=8, channels=1)
@@ -121,9 +122,9 @@ def tiny_model():
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "unipc", "euler"])
 def test_every_sampler_runs_and_is_deterministic(tiny_model, sampler):
     cfg = dict(training_scheduler().config)
-    kwargs = dict(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
-    a = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
-    b = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
+    sampling = SamplingConfig(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
+    a = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, sampling)
+    b = sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], cfg, sampling)
     assert a.shape == (2, 8, 8, 1) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
 
@@ -131,17 +132,17 @@ def test_every_sampler_runs_and_is_deterministic(tiny_model, sampler):
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
 def test_seeds_in_one_batch_equal_one_at_a_time(tiny_model, sampler):
     cfg = dict(training_scheduler().config)
-    kwargs = dict(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
-    both = sample_images(tiny_model, torch.tensor([0, 2]), CLASS_SCHEMA.null(1), [3, 4], cfg, **kwargs)
-    first = sample_images(tiny_model, torch.tensor([0]), CLASS_SCHEMA.null(1), [3], cfg, **kwargs)
-    second = sample_images(tiny_model, torch.tensor([2]), CLASS_SCHEMA.null(1), [4], cfg, **kwargs)
+    sampling = SamplingConfig(sampler=sampler, steps=3, guidance=2.0, network_batch=4)
+    both = sample_images(tiny_model, torch.tensor([0, 2]), CLASS_SCHEMA.null(1), [3, 4], cfg, sampling)
+    first = sample_images(tiny_model, torch.tensor([0]), CLASS_SCHEMA.null(1), [3], cfg, sampling)
+    second = sample_images(tiny_model, torch.tensor([2]), CLASS_SCHEMA.null(1), [4], cfg, sampling)
     np.testing.assert_array_equal(both, np.concatenate([first, second]))  # bit-identical
 
 
 def test_batched_guidance_equals_two_separate_forwards(tiny_model):
     cfg = dict(training_scheduler().config)
     cond, null, seeds, s = torch.tensor([0, 1, 2]), CLASS_SCHEMA.null(1), [7, 8, 9], 3.0
-    fast = sample_images(tiny_model, cond, null, seeds, cfg, sampler="ddim", steps=4, guidance=s, network_batch=8)
+    fast = sample_images(tiny_model, cond, null, seeds, cfg, SamplingConfig(sampler="ddim", steps=4, guidance=s, network_batch=8))
     # reference: the same loop with the conditional and the null branch as separate forwards
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -201,8 +202,8 @@ def test_every_sampler_recovers_the_image_an_exact_denoiser_predicts(prediction,
     x0 = torch.linspace(-0.9, 0.9, 64).reshape(1, 1, 8, 8)
     oracle = ExactDenoiser(x0, config)
     assert isinstance(oracle, Backend)
-    images = sample_images(oracle, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], config, sampler=sampler, steps=10,
-                           guidance=2.0, network_batch=4)
+    images = sample_images(oracle, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [3, 4], config,
+                           SamplingConfig(sampler=sampler, steps=10, guidance=2.0, network_batch=4))
     want = ((x0[0] + 1) * 127.5).round().permute(1, 2, 0).numpy()
     # a sampler that read the output as the wrong prediction type (v as epsilon) would land elsewhere
     assert np.abs(images.astype(float) - want).max() <= 1, np.abs(images.astype(float) - want).max()
@@ -234,8 +235,8 @@ def test_guidance_one_needs_no_null_branch(tiny_model, monkeypatch):
     calls = []
     original = tiny_model.forward
     monkeypatch.setattr(tiny_model, "forward", lambda x, t, c: calls.append(len(x)) or original(x, t, c))
-    sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [1, 2], cfg, sampler="ddim", steps=2,
-                  guidance=1.0, network_batch=2)
+    sample_images(tiny_model, torch.tensor([0, 1]), CLASS_SCHEMA.null(1), [1, 2], cfg,
+                  SamplingConfig(sampler="ddim", steps=2, guidance=1.0, network_batch=2))
     assert calls == [2, 2]  # 2 steps x one chunk of the 2 conditional rows
 
 

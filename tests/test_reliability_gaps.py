@@ -145,10 +145,11 @@ def test_a_read_only_out_folder_is_refused_by_generate_before_any_work(digits_ru
 # -- evaluate ------------------------------------------------------------------------------------
 
 def test_evaluate_of_a_read_only_set_is_refused_before_any_work(tmp_path, monkeypatch):
-    import synthaug.benchmark
+    import synthaug.benchmark.evaluate
     import synthaug.cli
 
-    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", lambda *a, **k: pytest.fail("refused before evaluating"))
+    # evaluate_synthetic refuses it itself, before its first work (reading the set)
+    monkeypatch.setattr(synthaug.benchmark.evaluate, "load_shard_set", lambda *a, **k: pytest.fail("refused before evaluating"))
     # root may write anywhere: the test plays a user who may read the folder but not write it
     monkeypatch.setattr(synthaug.cli.os, "access", lambda path, mode: Path(path) != tmp_path or not mode & os.W_OK)
     line = error_line(cli("evaluate", "--synthetic", tmp_path))
@@ -182,9 +183,9 @@ def test_evaluate_of_a_set_too_small_to_measure_says_why_instead_of_a_traceback(
 
 
 def test_evaluate_of_a_set_whose_dataset_moved_says_to_pass_data(tmp_path, monkeypatch):
-    import synthaug.benchmark
+    import synthaug.benchmark.evaluate
 
-    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", lambda *a, **k: pytest.fail("the moved dataset is caught first"))
+    monkeypatch.setattr(synthaug.benchmark.evaluate, "load_shard_set", lambda *a, **k: pytest.fail("the moved dataset is caught first"))
     gone = tmp_path / "cars"
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "data": {"spec": f"imagefolder:{gone}"},

@@ -336,7 +336,7 @@ def test_train_rewrites_damaged_weights_and_then_generate_works(finished, tmp_pa
 
 
 @pytest.mark.parametrize("sampler, steps, prediction, message", [
-    ("ddpm", 1001, "epsilon", "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use --steps 1000 or fewer."),
+    ("ddpm", 1001, "epsilon", "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use steps 1000 or fewer."),
     ("ddim", 100000, "epsilon", "The ddim sampler can take at most 1000 steps"),
     # leading spacing divides the schedule into steps + 1 parts: at 1000 steps every timestep would be 0
     ("dpm++2m", 1000, "epsilon", "The dpm++2m sampler can take at most 999 steps"),
@@ -345,7 +345,7 @@ def test_train_rewrites_damaged_weights_and_then_generate_works(finished, tmp_pa
     ("dpm++2m", 1001, "v", "The dpm++2m sampler can take at most 1000 steps"),
     # trailing spacing overshoots to timestep -1 at some counts below the schedule's length
     ("ddim", 61, "v", "The ddim sampler cannot take 61 steps on this run's 1000-step noise schedule (diffusers would "
-                      "visit a timestep outside it); use --steps 60 or 62."),
+                      "visit a timestep outside it); use steps 60 or 62."),
     ("ddim", 0, "epsilon", "The number of sampling steps must be positive"),
 ])
 def test_steps_beyond_the_schedule_are_one_sentence(sampler, steps, prediction, message):
@@ -364,7 +364,8 @@ def test_steps_within_the_schedule_pass_and_sampling_checks_them(finished):
     with pytest.raises(SynthaugError, match="can take at most 1000 steps"):
         gen.check_sampling(gen.sampling.replace(sampler="ddpm", steps=1001))
     with pytest.raises(SynthaugError, match="can take at most 1000 steps"):  # not diffusers' ValueError
-        sample_images(gen.denoiser, torch.tensor([3]), gen.schema.null(1), [0], gen.scheduler_config, sampler="ddim", steps=1001)
+        sample_images(gen.denoiser, torch.tensor([3]), gen.schema.null(1), [0], gen.scheduler_config,
+                      gen.sampling.replace(sampler="ddim", steps=1001))
 
 
 def test_damaged_state_json_is_one_sentence(finished, tmp_path):

@@ -159,18 +159,34 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     The memorization audit compares the synthetic images with the real training images of the generator
     (the subset its run folder records, when that run is still there; else every real training image).
 
+    Before any work the folder is checked: a shard folder this process may write into (``evaluation.json`` and
+    ``memorization.png`` are written there at the end), whose manifest's dataset is still where it was (unless
+    ``data`` names it).
+
     Args:
         folder: a folder written by ``synthaug generate`` (its manifest names the real dataset).
         data: a dataset spec to compare with instead of the manifest's.
         benchmark: a :class:`~synthaug.recipe.BenchmarkConfig` (classifier, seeds, FID settings).
         device: torch device (default: a GPU when there is one).
+
+    Returns:
+        The evaluation, as written to ``folder/evaluation.json``.
     """
+    import os
+
     from synthaug.data import DataConfig
-    from synthaug.files import write_text_atomic
+    from synthaug.files import check_input_folder, write_text_atomic
     from synthaug.grids import save_png
     from synthaug.recipe import BenchmarkConfig
+    from synthaug.shards import SHARD_FOLDER
     from synthaug.weights.fid_inception import RESIZE_MODE, describe_fid_weights
 
+    check_input_folder(Path(folder), "folder", SHARD_FOLDER)
+    if not os.access(folder, os.W_OK | os.X_OK):  # found out only at the end, after minutes of work
+        raise SynthaugError(f"{folder} is read-only, and evaluate writes evaluation.json and memorization.png into it; make "
+                            "it writable, or copy the set to a writable folder and evaluate the copy.")
+    if not data:
+        check_manifest_dataset(Path(folder))
     b = benchmark or BenchmarkConfig()
     dev = default_device(device)
     syn = load_shard_set(folder)
@@ -200,3 +216,25 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     }
     write_text_atomic(Path(folder) / "evaluation.json", json.dumps(result, indent=1, default=float) + "\n")
     return result
+
+
+def check_manifest_dataset(folder: Path) -> None:
+    """The dataset a shard set's manifest names must still be where it was; if it moved, say to pass ``data``
+    rather than describe the layout of a folder that is not there."""
+    from synthaug.data import parse_spec
+    from synthaug.shards import read_manifest
+
+    try:
+        manifest = read_manifest(folder)
+    except SynthaugError:
+        return  # evaluate says what the folder is
+    spec = (manifest.get("data") or {}).get("spec") or (manifest.get("schema") or {}).get("dataset")
+    if not isinstance(spec, str):
+        return
+    try:
+        fmt, root = parse_spec(spec)
+    except SynthaugError:
+        return  # said as it is when the dataset is read
+    if isinstance(root, Path) and not root.exists():
+        raise SynthaugError(f"The dataset {folder} was drawn from, {spec}, is no longer at {root}; pass {{data}} "
+                            f"{fmt.name}:PATH with its new place.", arguments=("data",))

@@ -635,12 +635,23 @@ def verdict(headline: str, base: str, gain: dict, mde: float, versus_aug: dict |
             "reliably (80% power).")
 
 
+def check_benchmark_folders(recipe: Recipe, out: str | Path | None = None) -> None:
+    """Refuse, before any work, a run folder (``recipe.run_dir``) or report folder (``out``) that cannot be made:
+    :func:`run_benchmark` checks them first (the command line too, before it prints the recipe, so that the mistake
+    is all it prints)."""
+    from synthaug.files import check_output_path
+
+    check_output_path(recipe.run_path, "run_dir")
+    check_output_path(Path(out).expanduser() if out else recipe.run_path / "benchmark", "out")
+
+
 def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | None = None, command: str | None = None,
                   fresh: bool = False) -> dict:
     """Run the whole benchmark of ``recipe`` and write its report into ``out``.
 
     Args:
-        recipe: the resolved recipe (its ``[benchmark]`` section says what to measure).
+        recipe: the resolved recipe (its ``[benchmark]`` section says what to measure); its ``run_dir`` and ``out``
+            are checked first (:func:`check_benchmark_folders`).
         out: the report folder (default: ``<run folder>/benchmark``); its ``stages/`` keep every finished stage.
         device: torch device (default: a GPU when there is one).
         command: the command line to print in the report (default: this process's).
@@ -650,6 +661,7 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
         The report (also written to ``out/report.json``, with ``report.md`` and plots).
     """
     started = time.time()
+    check_benchmark_folders(recipe, out)
     bench = Benchmark(recipe, Path(out).expanduser() if out else recipe.run_path / "benchmark", default_device(device), fresh)
     command = command or " ".join(shlex.quote(a) for a in ["synthaug", *sys.argv[1:]])
     bench.check()

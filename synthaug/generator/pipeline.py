@@ -86,8 +86,9 @@ class Generator:
         check_steps(sampling.sampler, sampling.steps, self.scheduler_config)
 
     @classmethod
-    def load(cls, run: str | Path, device: str | torch.device | None = None) -> Generator:
-        """Load the EMA weights of a trained run folder onto ``device`` (default: a GPU if present).
+    def load(cls, run: str | Path | Run, device: str | torch.device | None = None) -> Generator:
+        """Load the EMA weights of a trained run folder (or an opened :class:`~synthaug.runs.Run`, whose recipe and
+        condition schema are then not read again) onto ``device`` (default: a GPU if present).
 
         On a GPU that supports it, the network runs under bf16 autocast. A training that is writing the
         run replaces ``ema/`` by two renames (``ema`` -> ``ema.old``, new -> ``ema``); a load that meets
@@ -96,11 +97,11 @@ class Generator:
         run.json records are refused, unless a training of the run is going on (it writes run.json next); a note
         says when training is still going on.
         """
-        path = Path(run)
+        path = run.path if isinstance(run, Run) else Path(run)
         for attempt in range(LOAD_RETRIES + 1):
             before = folder_identity(path / "ema")
             try:
-                gen = cls._load_once(path, device)
+                gen = cls._load_once(run, device)
                 if folder_identity(path / "ema") == before:
                     if gen.run.training():
                         log.warning("%s is still being trained (a synthaug train holds %s); drawing from its latest "
@@ -120,8 +121,8 @@ class Generator:
         raise SynthaugError(f"{path / 'ema'} kept changing while it was read; load it again once its training has finished.")
 
     @classmethod
-    def _load_once(cls, path: Path, device) -> Generator:
-        run = open_run(path)
+    def _load_once(cls, run: str | Path | Run, device) -> Generator:
+        run = open_run(run)
         weights_sha256 = run.weights_sha256()  # checks every weight file before it is used
         record = run.weights_record()  # the step of these weights, covered by the checksums just checked
         if not run.training():
@@ -130,7 +131,7 @@ class Generator:
 
         device = default_device(device)
         recipe = run.recipe()
-        schema = ConditionSchema.load(run.condition_file)
+        schema = run.schema()
         denoiser = load_model(run.ema_dir, recipe.generator, schema, device).eval()
         scheduler_config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
         gen = cls(run, denoiser, schema, scheduler_config, device, inference_dtype(device), recipe.sampling)
@@ -146,7 +147,8 @@ class Generator:
     def resolve_classes(self, names: list[str | int]) -> list[Condition]:
         """Conditions for class names (groups such as NABirds species expand to their classes)."""
         if self.schema.kind != "class":
-            raise SynthaugError("This run is attribute-conditional; ask for attributes (--attr bangs=3,smiling=5).")
+            raise SynthaugError("This run is attribute-conditional; ask for attributes ({attributes} bangs=3,smiling=5).",
+                                arguments=("attributes",))
         out: list[Condition] = []
         for name in names:
             for c in self.schema.resolve(str(name)).classes:
@@ -156,7 +158,8 @@ class Generator:
 
     def all_classes(self) -> list[Condition]:
         if self.schema.kind != "class":
-            raise SynthaugError("This run is attribute-conditional; --all-classes needs a class-conditional run.")
+            raise SynthaugError("This run is attribute-conditional; {all_classes} needs a class-conditional run.",
+                                arguments=("all_classes",))
         return [self.class_condition(c) for c in range(self.schema.num_classes)]
 
     def attribute_condition(self, text: str | dict[str, int]) -> Condition:
@@ -180,11 +183,8 @@ class Generator:
                 chunk = conditions[start : start + sampling.batch_size]
                 value = torch.tensor([c.value for c in chunk], dtype=torch.long)
                 value = value[:, 0] if self.schema.kind == "class" else value
-                out.append(sample_images(
-                    self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size], self.scheduler_config,
-                    sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
-                    network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype,
-                ))
+                out.append(sample_images(self.denoiser, value, self.schema.null(1), seeds[start : start + sampling.batch_size],
+                                         self.scheduler_config, sampling, autocast_dtype=self.autocast_dtype))
         return np.concatenate(out) if out else np.zeros((0, self.schema.resolution, self.schema.resolution, self.schema.channels), np.uint8)
 
     def vary_conditions(self, sources: np.ndarray, conditions: list[Condition], strengths: list[float], seeds: list[int],
@@ -203,11 +203,9 @@ class Generator:
                     pixels = torch.from_numpy(np.ascontiguousarray(sources[chunk])).permute(0, 3, 1, 2).to(self.device)
                     with torch.inference_mode():
                         init = self.denoiser.encode(pixels)
-                    out[chunk] = sample_images(
-                        self.denoiser, value, self.schema.null(1), [seeds[i] for i in chunk], self.scheduler_config,
-                        sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
-                        network_batch=sampling.network_batch, autocast_dtype=self.autocast_dtype, init=init, strength=strength,
-                    )
+                    out[chunk] = sample_images(self.denoiser, value, self.schema.null(1), [seeds[i] for i in chunk],
+                                               self.scheduler_config, sampling, autocast_dtype=self.autocast_dtype,
+                                               init=init, strength=strength)
         return out, [steps_run(sampling.steps, v) if v < 1 else sampling.steps for v in strengths]
 
     def vary(self, images, conditions: list[str | int | dict], strength: float = 0.5, seed: int = 0,

@@ -26,6 +26,7 @@ from synthaug.errors import SynthaugError
 
 if TYPE_CHECKING:
     from synthaug.generator.backends import Backend
+    from synthaug.recipe import SamplingConfig
 
 PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}  # generator.prediction -> diffusers' prediction_type
 SAMPLER_CLASSES = {
@@ -100,10 +101,10 @@ def check_steps(sampler: str, steps: int, scheduler_config: dict) -> None:
     >>> check_steps("dpm++2m", 1000, config)
     Traceback (most recent call last):
     ...
-    synthaug.errors.SynthaugError: The dpm++2m sampler can take at most 999 steps on this run's 1000-step noise schedule; use --steps 999 or fewer.
+    synthaug.errors.SynthaugError: The dpm++2m sampler can take at most 999 steps on this run's 1000-step noise schedule; use steps 999 or fewer.
     """
     if steps < 1:
-        raise SynthaugError(f"The number of sampling steps must be positive, not {steps}; use e.g. --steps 20.")
+        raise SynthaugError(f"The number of sampling steps must be positive, not {steps}; use e.g. {{steps}} 20.", arguments=("steps",))
     if set_steps(make_sampler(sampler, scheduler_config), steps):
         return
     limit = int(scheduler_config["num_train_timesteps"])
@@ -114,9 +115,9 @@ def check_steps(sampler: str, steps: int, scheduler_config: dict) -> None:
     below, above = nearest(range(min(steps - 1, limit), 0, -1)), nearest(range(steps + 1, limit + 1))
     if above is None:
         raise SynthaugError(f"The {sampler} sampler can take at most {below} steps on this run's {limit}-step noise "
-                            f"schedule; use --steps {below} or fewer.")
+                            f"schedule; use {{steps}} {below} or fewer.", arguments=("steps",))
     raise SynthaugError(f"The {sampler} sampler cannot take {steps} steps on this run's {limit}-step noise schedule "
-                        f"(diffusers would visit a timestep outside it); use --steps {below} or {above}.")
+                        f"(diffusers would visit a timestep outside it); use {{steps}} {below} or {above}.", arguments=("steps",))
 
 
 def run_network(denoiser: Backend, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null_row: torch.Tensor,
@@ -147,11 +148,8 @@ def sample_images(
     null: torch.Tensor,
     seeds: list[int],
     scheduler_config: dict,
+    sampling: SamplingConfig,
     *,
-    sampler: str = "dpm++2m",
-    steps: int = 20,
-    guidance: float = 2.0,
-    network_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
     init: torch.Tensor | None = None,
     strength: float = 1.0,
@@ -170,12 +168,13 @@ def sample_images(
         null: the null condition for one image, (1,) or (1, A).
         seeds: one seed per image (``derive_seed(base_seed, condition key, index)``).
         scheduler_config: the training scheduler's config (timesteps, beta schedule, prediction type).
-        sampler, steps: which diffusers scheduler, and how many network evaluations it makes.
-        guidance: 1 = plain conditional; > 1 extrapolates away from the null condition.
-        network_batch: rows per network call; part of what makes an image reproducible.
+        sampling: the sampler settings it uses: ``sampler`` (which diffusers scheduler) and ``steps`` (how many
+            network evaluations it makes), ``guidance`` (1 = plain conditional; > 1 extrapolates away from the null
+            condition) and ``network_batch`` (rows per network call; part of what makes an image reproducible).
         autocast_dtype: e.g. torch.bfloat16 on a GPU.
         init, strength: the images to vary, (B, *sample_shape), and how much of the schedule they go through.
     """
+    sampler, steps, guidance, network_batch = sampling.sampler, sampling.steps, sampling.guidance, sampling.network_batch
     device = next(denoiser.parameters()).device
     shape = (len(seeds), *denoiser.sample_shape)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]

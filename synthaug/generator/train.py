@@ -27,6 +27,7 @@ from synthaug.data import load_dataset
 from synthaug.device import out_of_memory_advice
 from synthaug.errors import SynthaugError
 from synthaug.files import (
+    check_output_path,
     exclusive_lock,
     folder_atomic,
     reserve_space,
@@ -255,8 +256,7 @@ def save_grid(denoiser: Backend, schema: ConditionSchema, scheduler_config: dict
     cond, per_row = grid_conditions(schema)
     s = recipe.sampling
     seeds = [derive_seed(s.seed, "grid column", i % per_row) for i in range(len(cond))]  # a column shares its noise
-    images = sample_images(denoiser, cond, schema.null(1), seeds, scheduler_config, sampler=s.sampler, steps=s.steps,
-                           guidance=s.guidance, network_batch=s.network_batch, autocast_dtype=autocast)
+    images = sample_images(denoiser, cond, schema.null(1), seeds, scheduler_config, s, autocast_dtype=autocast)
     save_png(tile_images(images, per_row), path, min_side=512)
 
 
@@ -358,11 +358,18 @@ def build_training(recipe: Recipe, device: torch.device):
     return dataset, schema, model, train_sched, loss_fn
 
 
+def check_run_folder(recipe: Recipe) -> None:
+    """Refuse, before any work, a run folder (``recipe.run_dir``) that cannot be made: :func:`train_generator` checks
+    it first (the command line too, before it prints the recipe, so that the mistake is all it prints)."""
+    check_output_path(recipe.run_path, "run_dir")
+
+
 def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     """Train (or resume) the generator of ``recipe`` in its run folder.
 
     Args:
-        recipe: the resolved recipe; its ``data`` training split is the only real data used.
+        recipe: the resolved recipe; its ``data`` training split is the only real data used, and its ``run_dir``
+            (checked first: :func:`check_run_folder`) is the run folder.
         fresh: delete what the run folder holds and start over.
 
     Returns:
@@ -372,6 +379,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    check_run_folder(recipe)
     g_cfg = recipe.generator
     run = Run(recipe.run_path)
     mixed = g_cfg.mixed_precision
