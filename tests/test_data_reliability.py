@@ -36,7 +36,7 @@ from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.weights import fid_inception as fi
 from synthaug.weights import timm_imagenet as ti
 from test_data import write_cars_devkit
-from test_timm_imagenet import fresh_cache, need_package  # noqa: F401 (fresh_cache is a fixture)
+from test_timm_imagenet import need_package
 
 SAMPLING = SamplingConfig(steps=2, network_batch=8, batch_size=8, images_per_shard=4)
 

@@ -6,11 +6,9 @@ import json
 
 import pytest
 import webdataset as wds
-from typer.testing import CliRunner
 
-from conftest import TINY, tiny_recipe
+from conftest import TINY, cli, tiny_recipe
 from synthaug import SynthaugError
-from synthaug.cli import app
 from synthaug.files import sha256_file
 from synthaug.generator import Generator
 from synthaug.synthesis import GenerateRequest, generate_shards
@@ -18,7 +16,6 @@ from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
 from synthaug.shards import describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, write_shard
 
-runner = CliRunner()
 
 
 def sampling(**kw) -> SamplingConfig:
@@ -112,12 +109,6 @@ def test_species_resolves_to_nabirds_categories(nabirds_tree, tmp_path):
     assert manifest["per_class"] == {"Allen's Hummingbird (Adult Male)": 3, "Allen's Hummingbird (Female, immature)": 3}
     metas = [s["json"] for s in read_back(out)]
     assert sorted({m["class_id"] for m in metas}) == [380, 679]
-
-
-def cli(*args, env=None):
-    result = runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_cli_train_then_generate(tmp_path, monkeypatch):

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import tiny_recipe
+from conftest import cli, tiny_recipe
 from synthaug import SynthaugError
-from synthaug.cli import app
 from synthaug.generator import Generator
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
@@ -157,12 +155,6 @@ def test_filtered_kept_images_equal_the_unfiltered_first_draws(gen, tmp_path):
         key = f"c7-{m['index']:06d}"
         if m["draws"] == 1:  # accepted at its first draw: the very image an unfiltered run draws
             np.testing.assert_array_equal(filtered[key], plain[key])
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_cli_from_real_and_filter(digits_run, tmp_path):

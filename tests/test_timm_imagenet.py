@@ -24,12 +24,6 @@ def need_package(model_name: str):
         pytest.skip(str(e))
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_mobilenet_logits_equal_torchvision():
     import torchvision
 

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import mean_colour
+from conftest import cli, mean_colour, one_sentence_error
 from synthaug import SynthaugError, load_dataset
-from synthaug.cli import app
 from synthaug.data import FORMATS, read_catalog
 from synthaug.data.config import DataConfig
 
@@ -58,17 +56,6 @@ def shards(tmp_path):
     write_shard(folder / "test-000000.tar", [sample(f"t{c}", c, meta={"label": NAMES[c], "class_name": NAMES[c]}) for c in range(3)])
     (folder / "classes.txt").write_text("\n".join(NAMES) + "\n")
     return folder
-
-
-runner = CliRunner()
-
-
-def one_sentence_error(*args) -> str:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "400"})
-    assert "Traceback" not in result.output and result.exit_code == 1, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("."), result.output
-    return lines[0]
 
 
 def assert_colours_match_labels(ds) -> None:
@@ -128,7 +115,7 @@ def test_wds_is_listed_and_takes_only_its_options(shards):
     assert FORMATS["wds"].options == ("label_key",)
     with pytest.raises(SynthaugError, match="The imagefolder format has no 'label_key' option"):
         read_catalog(DataConfig(spec=f"imagefolder:{shards}", label_key="label"))
-    result = runner.invoke(app, ["datasets"], env={"COLUMNS": "200"})
+    result = cli("datasets")
     assert result.exit_code == 0 and "wds" in result.output and "hf" in result.output
 
 
@@ -138,19 +125,19 @@ def test_wds_unreadable_image_is_skipped_or_with_strict_one_sentence(tmp_path):
     write_shard(tmp_path / "a.tar", samples)
     ds = load_dataset(f"wds:{tmp_path}/a.tar", resolution=8)
     assert len(ds) == 3 and [s for s, _ in ds.skipped] == ["a.tar/k1.png"]
-    line = one_sentence_error("inspect", f"wds:{tmp_path}/a.tar", "--strict", "-r", "8")
+    line = one_sentence_error(cli("inspect", f"wds:{tmp_path}/a.tar", "--strict", "-r", "8"))
     assert "1 image file could not be read" in line and "a.tar/k1.png" in line
 
 
 def test_wds_bad_input_is_one_sentence(tmp_path, shards):
-    assert "No shards match" in one_sentence_error("inspect", f"wds:{tmp_path}/nothing-{{0..3}}.tar")
-    assert "1 of the 3 shards" in one_sentence_error("inspect", f"wds:{shards}/train-{{000000..000002}}.tar")
+    assert "No shards match" in one_sentence_error(cli("inspect", f"wds:{tmp_path}/nothing-{{0..3}}.tar"))
+    assert "1 of the 3 shards" in one_sentence_error(cli("inspect", f"wds:{shards}/train-{{000000..000002}}.tar"))
     write_shard(tmp_path / "nolabel.tar", [sample("k0", 0, cls=False)])
-    assert "has no .cls label" in one_sentence_error("inspect", f"wds:{tmp_path}/nolabel.tar")
+    assert "has no .cls label" in one_sentence_error(cli("inspect", f"wds:{tmp_path}/nolabel.tar"))
     write_shard(tmp_path / "noimage.tar", [{"__key__": "k0", "txt": b"hello", "cls": b"0"}])
-    assert "has no image" in one_sentence_error("inspect", f"wds:{tmp_path}/noimage.tar")
+    assert "has no image" in one_sentence_error(cli("inspect", f"wds:{tmp_path}/noimage.tar"))
     (tmp_path / "broken.tar").write_bytes(b"this is not a tar file" * 40)
-    assert "is not a readable tar file" in one_sentence_error("inspect", f"wds:{tmp_path}/broken.tar")
+    assert "is not a readable tar file" in one_sentence_error(cli("inspect", f"wds:{tmp_path}/broken.tar"))
     with pytest.raises(SynthaugError, match=r"has no field 'species' \(its fields: class_name, label\)"):
         load_dataset(f"wds:{shards}/train-*.tar", label_key="species")
     (shards / "classes.txt").write_text("red\ngreen\n")
@@ -198,7 +185,7 @@ def test_hf_folder_counts_labels_names_and_splits(hf_folders, folder):
 
 
 def test_hf_label_feature_is_chosen_by_option(hf_folders):
-    line = one_sentence_error("inspect", f"hf:{hf_folders / 'single'}")
+    line = one_sentence_error(cli("inspect", f"hf:{hf_folders / 'single'}"))
     assert "has several ClassLabel features (label, kind); choose one with data.label_key" in line
     kind = load_dataset(f"hf:{hf_folders / 'single'}", resolution=8, label_key="kind")
     assert kind.class_names == ["warm", "cool"] and list(kind.class_counts()) == [4, 8]
@@ -214,11 +201,11 @@ def test_hf_bad_input_is_one_sentence(hf_folders, tmp_path):
         load_dataset(f"hf:{hf_folders / 'single'}", label_key="image")
     (tmp_path / "empty").mkdir()
     assert "holds neither a dataset written by save_to_disk nor .parquet files" in one_sentence_error(
-        "inspect", f"hf:{tmp_path / 'empty'}")
-    assert "does not exist" in one_sentence_error("inspect", f"hf:{tmp_path / 'missing'}")
+        cli("inspect", f"hf:{tmp_path / 'empty'}"))
+    assert "does not exist" in one_sentence_error(cli("inspect", f"hf:{tmp_path / 'missing'}"))
 
 
 def test_hf_without_the_datasets_package_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
-    line = one_sentence_error("inspect", f"hf:{tmp_path}")
+    line = one_sentence_error(cli("inspect", f"hf:{tmp_path}"))
     assert line == "Error: The hf: format needs the datasets package; install it with pip install 'synthaug[hf]'."
