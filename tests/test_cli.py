@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, cli, one_sentence_error, write_image
+from conftest import COLOURS, cli, error_line, one_sentence_error, write_image
 from synthaug import __version__, progress
 from synthaug.cli import count, os_error_sentence
 
@@ -215,6 +215,53 @@ def test_bad_input_is_one_sentence_and_exit_1(args, message):
     assert message in one_sentence_error(cli(*args))
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--set", "generator.lrate=1", "--dry-run"], "Unknown recipe key 'generator.lrate'"),
+        (["train", "--set", "generator.batch_size=many", "--dry-run"], "generator.batch_size must be a whole number"),
+        (["train", "--set", "generator.batch_size=0", "--dry-run"], "generator.batch_size must be positive"),
+        (["train", "--set", "sampling.steps=-2", "--dry-run"], "sampling.steps must be positive"),
+        (["train", "--set", "sampling.guidance=-0.5", "--dry-run"], "guidance scale must be 0 or more"),
+        (["train", "--set", "sampling.sampler=heun", "--dry-run"], "sampling.sampler 'heun' is not known"),
+        (["train", "--set", "generator.preset=huge", "--dry-run"], "generator.preset 'huge' is not known; use one of tiny, small"),
+        (["train", "--set", "generator.prediction=x0", "--dry-run"], "generator.prediction 'x0' is not known; use one of epsilon, v."),
+        (["train", "--set", "generator.loss=l3", "--dry-run"], "generator.loss 'l3' is not known; use one of mse, l1."),
+        (["train", "--set", "generator.condition=bogus", "--dry-run"], "generator.condition 'bogus' is not known"),
+        (["train", "--set", "data.split=sideways", "--dry-run"], "data.split 'sideways' is not known"),
+        (["train", "--set", "data.level=genus", "--dry-run"], "data.level 'genus' is not known; use one of category, species."),
+        (["train", "--set", "genrator.lr=1", "--dry-run"], "Unknown recipe key 'genrator'; did you mean 'generator'?"),
+        (["train", "."], ". is a folder, not a recipe file"),
+        (["train", "--fresh", "--set", "generator.preset=huge"], "generator.preset 'huge' is not known"),
+        (["verify", "no-such-folder"], "no-such-folder does not exist; give a folder written by synthaug generate."),
+        (["evaluate", "--synthetic", "no-such-folder"], "no-such-folder does not exist"),
+        (["train", "--set", "data.resolution=7"], "Resolution 7 cannot be halved 1 times by the tiny U-Net"),
+        (["benchmark", "--set", "benchmark.classifier=resnet_9000", "--set", "benchmark.judge_steps=1"], "resnet_9000"),
+        (["generate", "--class", "3", "--num", "0", "--out", "o"], "--num N or --per-class N"),
+        (["generate", "--class", "3", "--per-class", "-4", "--out", "o"], "must be positive"),
+        (["inspect", "digits", "--resolution", "-8"], "data.resolution -8 is out of range"),
+        (["classes", "digits", "--search", "eleven"], "No class named 'eleven'"),
+    ],
+)
+def test_bad_values_in_any_command_are_one_sentence_and_exit_1(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert message in error_line(cli(*args))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "sampling.steps=0", "--dry-run"], "sampling.steps must be positive."),
+    (["train", "--set", "sampling.images_per_shard=0", "--dry-run"], "sampling.images_per_shard must be positive."),
+    (["generate", "--class", "3", "--num", "2", "--steps", "0"], "sampling.steps must be positive."),
+    (["generate", "--class", "3", "--num", "2", "--shard-size", "0"], "sampling.images_per_shard must be positive."),
+    (["generate", "--class", "3", "--num", "2", "--batch-size", "0"], "sampling.batch_size must be positive."),
+])
+def test_zero_steps_and_shard_sizes_are_one_sentence(digits_run, tmp_path, args, message):
+    if args[0] == "generate":
+        args = [*args, "--run", digits_run.path, "--out", tmp_path / "o"]
+    assert error_line(cli(*args)) == f"Error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
 def test_classes_lists_and_searches(cub_tree):
     result = cli("classes", f"cub:{cub_tree}")
     assert result.exit_code == 0 and "Laysan Albatross" in result.output and "3 of 3 classes" in result.output
@@ -358,6 +405,37 @@ def test_a_read_only_output_folder_is_refused_before_training(tmp_path, monkeypa
     assert line == (f"Error: Could not write or read {read_only / 'run'}: the folder {read_only} is read-only; "
                     "choose a writable --out path.")
     assert list(read_only.iterdir()) == []
+
+
+def test_unwritable_output_is_one_sentence(digits_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli("generate", "--run", digits_run.path, "--class", "4", "--num", "2", "--out", blocker / "out")
+    line = error_line(result)
+    assert "Could not write or read" in line and "a-file" in line
+
+
+def test_a_read_only_out_folder_is_refused_by_generate_before_any_work(digits_run, tmp_path, monkeypatch):
+    import synthaug.cli
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    monkeypatch.setattr(synthaug.cli.os, "access", lambda path, mode: Path(path) != read_only)  # root may write anywhere
+    line = error_line(cli("generate", "--run", digits_run.path, "--class", "3", "--num", "2", "--out", read_only / "s"))
+    assert line == f"Error: Could not write or read {read_only / 's'}: the folder {read_only} is read-only; choose a writable --out path."
+    assert list(read_only.iterdir()) == []
+
+
+def test_evaluate_of_a_read_only_set_is_refused_before_any_work(tmp_path, monkeypatch):
+    import synthaug.benchmark
+    import synthaug.cli
+
+    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", lambda *a, **k: pytest.fail("refused before evaluating"))
+    # root may write anywhere: the test plays a user who may read the folder but not write it
+    monkeypatch.setattr(synthaug.cli.os, "access", lambda path, mode: Path(path) != tmp_path or not mode & os.W_OK)
+    line = error_line(cli("evaluate", "--synthetic", tmp_path))
+    assert line == (f"Error: {tmp_path} is read-only, and evaluate writes evaluation.json and memorization.png into it; make it "
+                    "writable, or copy the set to a writable folder and evaluate the copy.")
 
 
 def test_os_errors_keep_the_free_space_advice_only_where_it_helps():

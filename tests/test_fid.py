@@ -1,62 +1,38 @@
-"""Issue 12 audit: tests for pieces the benchmark and the training loop rely on that had no test of their own.
-
-- ``train.ema_weights``: grids and snapshots take the EMA weights through diffusers' store / copy_to / restore.
-- ``benchmark.evaluate``: the FID, KID and jackknife intervals the report prints (until now only checked by
-  ``fid_ci95[0] <= fid <= fid_ci95[1]``, which holds for any number).
-"""
+"""FID and KID as numbers: the Fréchet distance against torchmetrics, seeded KID subsets, the jackknife intervals
+the benchmark reports, and degenerate feature sets (constant, all zero, an eigensolver that does not converge)."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 
 from synthaug.benchmark.evaluate import _fid_leave_one_out, _jackknife, _kid_leave_one_out, fid_kid, frechet_distance
-from synthaug.generator.conditions import ConditionSchema
-from synthaug.generator.model import build_denoiser
-from synthaug.generator.train import ema_weights
+from synthaug.weights import fid_inception as fi
 from synthaug.weights.fid_inception import fid_from_features
 
 
-def trained_copy():
-    """A tiny denoiser whose training weights have moved away from its EMA weights."""
-    from diffusers.training_utils import EMAModel
+@pytest.mark.parametrize("n_real, n_fake", [(20, 30), (300, 200), (500, 40)])
+def test_fid_formula_matches_torchmetrics(n_real, n_fake):
+    from torchmetrics.image.fid import _compute_fid
 
-    torch.manual_seed(0)
-    schema = ConditionSchema("class", ("a", "b"), (0, 1), resolution=8, channels=1)
-    model = build_denoiser(schema, "tiny", base_channels=8)
-    params = model.trainable_parameters()
-    ema = EMAModel(params, decay=0.5, use_ema_warmup=False, foreach=True)
-    for _ in range(2):  # diffusers' first EMA step copies the weights (decay 0); the second averages
-        with torch.no_grad():
-            for p in params:
-                p.add_(1.0)  # a step of training
-        ema.step(params)
-    return model, ema
+    g = torch.Generator().manual_seed(n_real)
+    mix = torch.randn(64, 64, generator=g, dtype=torch.float64)  # correlated features, unlike `fake`
+    real = torch.randn(n_real, 64, generator=g, dtype=torch.float64) @ mix
+    fake = torch.randn(n_fake, 64, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    expected = _compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)).item()
+    assert fi.fid_from_features(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert fi.fid_from_features(real.numpy(), fake.numpy()) == pytest.approx(expected, rel=1e-6)
 
 
-def test_ema_weights_swaps_the_ema_weights_in_and_the_training_ones_back_without_a_copy():
-    model, ema = trained_copy()
-    params = model.trainable_parameters()
-    trained = [p.detach().clone() for p in params]
-    storage = [p.data_ptr() for p in params]
-    model.train()
-    with ema_weights(model, ema) as inside:
-        assert inside is model  # the model itself, not a copy of it
-        assert all(torch.equal(p, s.to(p.dtype)) for p, s in zip(model.trainable_parameters(), ema.shadow_params))
-        assert not any(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
-        assert [p.data_ptr() for p in model.trainable_parameters()] == storage  # copied into place
-        model.eval()  # e.g. a grid samples in eval mode
-    assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
-    assert model.training  # the loop goes on training
+def test_kid_is_seeded():
+    real, fake = np.random.default_rng(0).normal(size=(2, 30, 16))
+    assert fi.kid_from_features(real, fake, 10, 4, seed=1) == fi.kid_from_features(real, fake, 10, 4, seed=1)
 
-    with pytest.raises(RuntimeError), ema_weights(model, ema):
-        raise RuntimeError("a snapshot that failed half-way")
-    assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
 
-    with ema_weights(model, ema, use=False):  # model/ is saved with the training weights
-        assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
-
+# -- the numbers the benchmark reports: FID, KID and their jackknife intervals -------------------------
 
 def feature_sets(n: int, m: int, d: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -67,8 +43,8 @@ def feature_sets(n: int, m: int, d: int, seed: int = 0):
 
 @pytest.mark.parametrize("n, m, d", [(6, 9, 16), (40, 30, 8)])  # fewer samples than dimensions, and more
 def test_the_benchmark_fid_equals_the_frechet_distance_checked_against_torchmetrics(n, m, d):
-    """frechet_distance (the FID the report prints) against fid_from_features (tested against torchmetrics in
-    test_fid_inception.py): the same number, also for singular (constant) sets."""
+    """frechet_distance (the FID the report prints) against fid_from_features (tested against torchmetrics above):
+    the same number, also for singular (constant) sets."""
     a, b = feature_sets(n, m, d)
     assert frechet_distance(a, b) == pytest.approx(fid_from_features(a, b), rel=1e-9, abs=1e-9)
     assert frechet_distance(b, a) == pytest.approx(frechet_distance(a, b), rel=1e-9)
@@ -114,3 +90,36 @@ def test_jackknife_interval_known_answer_and_fid_kid_uses_it():
     full, without_a, without_b = _kid_leave_one_out(a, b)
     assert (q["kid"], q["kid_std"]) == (pytest.approx(full), 0.0)
     assert q["kid_ci95"] == pytest.approx(_jackknife(full, without_a, without_b))
+
+
+# -- degenerate feature sets ---------------------------------------------------------------------------
+
+def test_fid_of_constant_and_all_zero_feature_sets_is_finite_with_a_known_value():
+    rng = np.random.default_rng(0)
+    for n, d in ((10, 64), (200, 16)):  # fewer samples than dimensions, and more
+        constant, zero = np.full((n, d), 3.0), np.zeros((n, d))
+        varied = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+        assert fi.fid_from_features(constant, constant) == 0.0 and fi.fid_from_features(zero, zero) == 0.0
+        assert fi.fid_from_features(constant, zero) == pytest.approx(9.0 * d)  # ||mu1 - mu2||^2 only
+        expected = np.square(varied.mean(0) - 3.0).sum() + np.trace(np.cov(varied.T))  # S_constant = 0
+        assert fi.fid_from_features(constant, varied) == pytest.approx(expected, rel=1e-9)
+        assert fi.fid_from_features(varied, constant) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fi.fid_from_features(np.full((4, 8), np.nan), zero[:4, :8])
+
+
+def test_fid_retries_an_eigensolver_that_does_not_converge(monkeypatch, caplog):
+    real, fake = np.random.default_rng(1).normal(size=(2, 300, 8))
+    expected = fi.fid_from_features(real, fake)
+    original, failed = torch.linalg.eigvalsh, []
+
+    def flaky(m):
+        if not failed:
+            failed.append(True)
+            raise torch.linalg.LinAlgError("failed to converge")
+        return original(m)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", flaky)
+    with caplog.at_level(logging.WARNING):
+        assert fi.fid_from_features(real, fake) == pytest.approx(expected, abs=1e-4)
+    assert failed and "did not converge" in caplog.text
