@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthaug.benchmark.evaluate import _fid_leave_one_out, _jackknife, _kid_leave_one_out, fid_kid, frechet_distance
+from synthaug.benchmark.evaluate import fid_kid, frechet_distance
 from synthaug.weights import fid_inception as fi
 from synthaug.weights.fid_inception import fid_from_features
 
@@ -54,42 +54,60 @@ def test_the_benchmark_fid_equals_the_frechet_distance_checked_against_torchmetr
     assert frechet_distance(constant, np.zeros((m, d))) == pytest.approx(9.0 * d)  # ||mu1 - mu2||^2 only
 
 
+def mmd(x, y) -> float:
+    """The unbiased MMD^2 with KID's kernel ((x.y / d + 1)^3), written out, for sets of any sizes."""
+    d = x.shape[1]
+    kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    n, m = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.mean())
+
+
+def without_each_row(measure, a, b) -> tuple[list[float], list[float]]:
+    """``measure`` recomputed on every reduced set: without each row of ``a``, and without each row of ``b``."""
+    return [measure(np.delete(a, i, 0), b) for i in range(len(a))], [measure(a, np.delete(b, k, 0)) for k in range(len(b))]
+
+
+def jackknife(estimate: float, *leave_one_out) -> list[float]:
+    """A 95% interval (normal approximation) from the two-sample jackknife variance, written out: the sum over
+    both sets of (n - 1) / n * sum_i (v_i - mean v)^2, v_i the estimate without row i."""
+    var = sum((len(v) - 1) / len(v) * np.sum((np.asarray(v) - np.mean(v)) ** 2) for v in leave_one_out)
+    return [estimate - 1.959964 * np.sqrt(var), estimate + 1.959964 * np.sqrt(var)]
+
+
+def assert_interval(got: list[float], expected: list[float]) -> None:
+    """The same interval: its ends, and its width on its own (a small width hides in the ends' tolerance)."""
+    assert got == pytest.approx(expected, rel=1e-8)
+    assert got[1] - got[0] == pytest.approx(expected[1] - expected[0], rel=1e-8)
+
+
 def test_leave_one_out_fid_and_kid_equal_recomputing_without_each_row():
-    """The jackknife's rank-one shortcuts against the plain recomputation on every reduced set."""
+    """fid_kid's intervals, which it builds from rank-one shortcuts for the leave-one-out FID and KID, against the
+    jackknife of the plain recomputation on every reduced set."""
     from torchmetrics.image.kid import poly_mmd
 
     a, b = feature_sets(7, 6, 5, seed=1)
-    brute = [frechet_distance(np.delete(a, i, 0), b) for i in range(len(a))]
-    np.testing.assert_allclose(_fid_leave_one_out(a, b), brute, rtol=1e-8, atol=1e-10)
-
-    def mmd(x, y) -> float:
-        """The unbiased MMD^2 with KID's kernel, written out, for sets of any sizes."""
-        d = x.shape[1]
-        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        n, m = len(x), len(y)
-        return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                     - 2 * kxy.mean())
-
-    full, without_a, without_b = _kid_leave_one_out(a, b)
-    assert full == pytest.approx(mmd(a, b), rel=1e-9)
-    np.testing.assert_allclose(without_a, [mmd(np.delete(a, i, 0), b) for i in range(len(a))], rtol=1e-8)
-    np.testing.assert_allclose(without_b, [mmd(a, np.delete(b, k, 0)) for k in range(len(b))], rtol=1e-8)
+    q = fid_kid(a, b, kid_subset=6, seed=0)  # a subset as large as the smaller set: KID is the full MMD, no subsets
+    assert_interval(q["fid_ci95"], jackknife(frechet_distance(a, b), *without_each_row(frechet_distance, a, b)))
+    assert (q["kid"], q["kid_std"]) == (pytest.approx(mmd(a, b), rel=1e-9), 0.0)
+    assert_interval(q["kid_ci95"], jackknife(mmd(a, b), *without_each_row(mmd, a, b)))
     # torchmetrics' KID (which assumes sets of one size) on sets of one size: the same number
     same = a[:6]
-    assert _kid_leave_one_out(same, b)[0] == pytest.approx(float(poly_mmd(torch.from_numpy(same), torch.from_numpy(b))), rel=1e-9)
+    assert fid_kid(same, b, kid_subset=6, seed=0)["kid"] == pytest.approx(
+        float(poly_mmd(torch.from_numpy(same), torch.from_numpy(b))), rel=1e-9)
 
 
 def test_jackknife_interval_known_answer_and_fid_kid_uses_it():
+    # the interval written out above, on a known answer:
     # var = (n-1)/n * sum (v - mean)^2 = 3/4 * (4 * 0.25) = 0.75 for [0, 0, 1, 1] (mean 0.5)
-    low, high = _jackknife(10.0, np.array([0.0, 0.0, 1.0, 1.0]))
+    low, high = jackknife(10.0, np.array([0.0, 0.0, 1.0, 1.0]))
     assert (low, high) == pytest.approx((10 - 1.959964 * np.sqrt(0.75), 10 + 1.959964 * np.sqrt(0.75)))
     a, b = feature_sets(8, 8, 6, seed=2)
     q = fid_kid(a, b, kid_subset=8, seed=0)  # subset == n: KID is the full unbiased MMD, no subsets
     assert q["fid"] == pytest.approx(frechet_distance(a, b))
-    assert q["fid_ci95"] == pytest.approx(_jackknife(q["fid"], _fid_leave_one_out(a, b), _fid_leave_one_out(b, a)))
-    full, without_a, without_b = _kid_leave_one_out(a, b)
-    assert (q["kid"], q["kid_std"]) == (pytest.approx(full), 0.0)
-    assert q["kid_ci95"] == pytest.approx(_jackknife(full, without_a, without_b))
+    assert_interval(q["fid_ci95"], jackknife(q["fid"], *without_each_row(frechet_distance, a, b)))
+    assert (q["kid"], q["kid_std"]) == (pytest.approx(mmd(a, b)), 0.0)
+    assert_interval(q["kid_ci95"], jackknife(mmd(a, b), *without_each_row(mmd, a, b)))
 
 
 # -- degenerate feature sets ---------------------------------------------------------------------------
