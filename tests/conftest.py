@@ -1,13 +1,18 @@
-"""Shared fixtures: tiny dataset trees in each published layout, and the real subsets when present."""
+"""Shared fixtures and helpers: tiny dataset trees in each published layout, the real subsets when present, tiny
+trained runs and shard sets, caches, and the command line run in-process with its one-sentence errors."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from synthaug.recipe import SamplingConfig
+from synthaug.synthesis import GenerateRequest
 
 SHARED_DATA = Path(os.environ.get("SYNTHAUG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -223,3 +228,128 @@ def digits_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
     return train_generator(tiny_recipe(run_dir))
+
+
+# A run trained for two steps (a snapshot and a grid at the end), for tests that need a finished run to copy.
+TWO_STEPS = ("generator.duration_kimg=0.064", "generator.grid_every_kimg=0.064")
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A finished 2-step digits run, trained under umask 022; tests work on copies of it (:func:`copy_of`)."""
+    from synthaug.generator.train import train_generator
+
+    old = os.umask(0o022)
+    try:
+        return train_generator(tiny_recipe(tmp_path_factory.mktemp("finished") / "run", *TWO_STEPS)).path
+    finally:
+        os.umask(old)
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    shutil.copytree(finished, tmp_path / "run", symlinks=True)
+    return tmp_path / "run"
+
+
+# -- shard sets ------------------------------------------------------------------------------------
+
+SAMPLING = SamplingConfig(steps=2, network_batch=8, batch_size=8, images_per_shard=4)
+REQUEST = GenerateRequest(classes=("2", "5"), num=16)  # the `generated` set: 16 digits in 4 shards of 4
+
+
+@pytest.fixture(scope="session")
+def generated(digits_run, tmp_path_factory):
+    from synthaug.synthesis import generate_shards
+
+    out = tmp_path_factory.mktemp("generated") / "s"
+    generate_shards(digits_run.path, REQUEST, out, SAMPLING)
+    return out
+
+
+@pytest.fixture
+def shard_set(generated, tmp_path):
+    """A copy of a finished set, for one test to change."""
+    return shutil.copytree(generated, tmp_path / "s")
+
+
+# -- files and caches ------------------------------------------------------------------------------
+
+def files_of(folder: Path, leave_out: tuple[str, ...] = (".lock",)) -> dict:
+    """Every file under ``folder`` with its sha256 (but the lock file): the same before and after means untouched."""
+    from synthaug.files import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in leave_out}
+
+
+def snapshot(run: Path) -> dict:
+    """Every file of a run folder with its sha256 (but the lock, and recipe.toml, which records the run_dir
+    of the copy that last trained)."""
+    return files_of(run, leave_out=(".lock", "recipe.toml"))
+
+
+def flip_byte(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def unwritable_cache(tmp_path, monkeypatch):
+    """A cache path under a file: nothing can be created there, even by root (chmod would not stop root)."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "blocker" / "cache"))
+
+
+@pytest.fixture
+def fake_inception(monkeypatch):
+    """Inception replaced by a cheap, deterministic feature map; ``calls`` counts the images it was run on."""
+    import torch
+
+    from synthaug.weights import fid_inception as fi
+
+    calls = []
+
+    def run(images, weights, device):
+        calls.append(len(images))
+        x = torch.from_numpy(np.asarray(images, dtype=np.float64)).reshape(len(images), -1)
+        return x.mean(1, keepdim=True) * torch.linspace(0, 1, fi.FEATURE_DIM, dtype=torch.float64)
+
+    monkeypatch.setattr(fi, "inception_features", run)
+    return calls
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def cli(*args, env=None):
+    """`synthaug ARGS` run in-process by Typer's CliRunner (paths may be given as Path objects); a traceback in
+    its output fails the test."""
+    from typer.testing import CliRunner
+
+    from synthaug.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300", **(env or {})})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def error_line(result) -> str:
+    """The one error sentence of a failed command: exit code 1, the last line of the output, and the only line
+    that starts with Error: (what the command printed before failing, such as log lines, may come first)."""
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 1 and lines[-1].startswith("Error: "), result.output
+    assert sum(line.startswith("Error: ") for line in lines) == 1, result.output
+    return lines[-1]
+
+
+def one_sentence_error(result) -> str:
+    """:func:`error_line` of a command that printed nothing else: one line, one sentence."""
+    line = error_line(result)
+    assert len([x for x in result.output.splitlines() if x.strip()]) == 1 and line.endswith((".", "?")), result.output
+    return line

@@ -1,22 +1,25 @@
-"""Benchmark: statistics, ratio subsets, conditioning accuracy, leakage, evaluate, and a tiny end-to-end run."""
+"""Benchmark: statistics, ratio subsets, conditioning accuracy, leakage, evaluate (and what it cannot measure), a tiny
+end-to-end run, benchmark folders (--fresh, stages synthaug did not write, two at once), classifier workers."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import tiny_recipe
+from conftest import SAMPLING, TINY, cli, error_line, files_of, tiny_recipe
 from synthaug import SynthaugError, load_dataset
 from synthaug.benchmark import check_no_leakage, evaluate_synthetic, paired_gain, run_benchmark, summarize, take_ratio
-from synthaug.cli import app
+from synthaug.files import exclusive_lock
 from synthaug.report import arm_rows
 from synthaug.synthesis import GenerateRequest, generate_shards
 from synthaug.recipe import BenchmarkConfig, SamplingConfig
+from synthaug.shards import MANIFEST_FORMAT
 
 # The cheapest honest benchmark: tiny generator, tiny classifiers, 2 seeds, few Inception images.
 TINY_BENCH = [
@@ -349,10 +352,9 @@ def test_evaluate_refuses_a_set_from_another_label_space(digits_run, tmp_path, c
 def test_cli_evaluate_with_missing_weights_is_one_sentence(digits_run, tmp_path):
     out = tmp_path / "s"
     generate_shards(digits_run.path, GenerateRequest(classes=("1",), num=2), out, SamplingConfig(steps=2, network_batch=8))
-    result = CliRunner().invoke(app, ["evaluate", "--synthetic", str(out), "--set", "benchmark.fid_weights=/no/weights.pth"],
-                                env={"COLUMNS": "200"})
+    result = cli("evaluate", "--synthetic", out, "--set", "benchmark.fid_weights=/no/weights.pth")
     assert result.exit_code == 1 and "/no/weights.pth" in result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind", ["junk", "empty", "folder"])
@@ -362,9 +364,77 @@ def test_cli_evaluate_with_bad_weights_is_one_sentence_not_an_abort(digits_run, 
     bad = tmp_path / "weights.pth"
     bad.mkdir() if kind == "folder" else bad.write_bytes(b"" if kind == "empty" else b"junk bytes")
     for args, env in ((["--set", f"benchmark.fid_weights={bad}"], {}), ([], {"SYNTHAUG_FID_WEIGHTS": str(bad)})):
-        result = CliRunner().invoke(app, ["evaluate", "--synthetic", str(out), *args], env={"COLUMNS": "200", **env})
+        result = cli("evaluate", "--synthetic", out, *args, env=env)
         assert result.exit_code == 1 and str(bad) in result.output and "Aborted" not in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: f.mkdir(), "manifest.json is missing and"),
+    (lambda f: f.mkdir() or (f / "imagenet-0000.tar").write_bytes(b"\0" * 1024), "but no record of a synthaug generation"),
+])
+def test_evaluate_of_a_folder_without_a_manifest_is_one_sentence(tmp_path, make, message):
+    make(tmp_path / "s")
+    assert message in error_line(cli("evaluate", "--synthetic", tmp_path / "s"))
+
+
+def small_evaluation(synthetic: int, test: int):
+    """What evaluate_synthetic returns when a side has fewer than 2 images (FID, KID, accuracy not measured)."""
+    def evaluated(folder, data=None, benchmark=None):
+        return {"synthetic_images": synthetic, "dataset": "digits", "real_test_images": test, "generator_train_images": 1295,
+                "cas_top1": {"mean": 0.5, "ci95": 0.1}, "judge": {"model": "test_resnet", "trained_on": "every real training image",
+                                                                  "test_score": {"top1": 0.9}},
+                "quality": {"n": min(synthetic, test), "fid": None, "kid": None, "conditioning": {"accuracy": None},
+                            "note": f"only {synthetic} synthetic image(s): too few to measure"}}
+    return evaluated
+
+
+def test_evaluate_of_a_set_too_small_to_measure_says_why_instead_of_a_traceback(tmp_path, monkeypatch):
+    import synthaug.benchmark
+
+    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", small_evaluation(1, 360))
+    result = cli("evaluate", "--synthetic", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert ("FID, KID and conditioning accuracy were not measured: they need at least 2 images on each side, and the "
+            "synthetic set has 1 image; generate more images into a new folder.") in result.output
+    assert "CAS top-1 %" in result.output and "FID vs real test" not in result.output
+    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", small_evaluation(40, 1))  # a one-image test split
+    assert "and the real test split has 1 image; use a dataset or split with more test images." in cli(
+        "evaluate", "--synthetic", tmp_path).output
+
+
+def test_evaluate_of_a_set_whose_dataset_moved_says_to_pass_data(tmp_path, monkeypatch):
+    import synthaug.benchmark.evaluate
+
+    monkeypatch.setattr(synthaug.benchmark.evaluate, "load_shard_set", lambda *a, **k: pytest.fail("the moved dataset is caught first"))
+    gone = tmp_path / "cars"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "data": {"spec": f"imagefolder:{gone}"},
+                                                              "schema": {"dataset": f"imagefolder:{gone}"}}))
+    line = error_line(cli("evaluate", "--synthetic", tmp_path / "s"))
+    assert line == (f"Error: The dataset {tmp_path / 's'} was drawn from, imagefolder:{gone}, is no longer at {gone}; pass "
+                    "--data imagefolder:PATH with its new place.")
+
+
+def test_evaluate_reads_the_real_set_at_the_synthetic_sets_resolution(digits_run, imagefolder_tree, tmp_path, monkeypatch):
+    """A set of another resolution than the dataset's default (8 px digits against a 64 px imagefolder) is compared
+    with the real images decoded at its own resolution."""
+    import synthaug.benchmark.evaluate as evaluate
+
+    generate_shards(digits_run.path, GenerateRequest(classes=("3",), num=2), tmp_path / "s", SAMPLING)
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def record(config):
+        asked.append(config)
+        raise Stop
+
+    monkeypatch.setattr(evaluate, "load_dataset", record)
+    with pytest.raises(Stop):
+        evaluate.evaluate_synthetic(tmp_path / "s", data=f"imagefolder:{imagefolder_tree}")
+    assert asked[0].resolution == 8 and asked[0].spec == f"imagefolder:{imagefolder_tree}"
 
 
 @pytest.mark.data
@@ -383,8 +453,7 @@ def test_cub_recipe_with_tiny_overrides_runs_end_to_end(shared_data, tmp_path, f
         "benchmark.fid_max_images=8", "benchmark.kid_subset_size=4", "benchmark.strengths=[0.5]",
         "benchmark.min_confidences=[0.5]", "benchmark.max_draws=2", "benchmark.real_multiples=[2]",
     ]
-    result = CliRunner().invoke(app, ["benchmark", "recipes/cub.toml", *sum((["--set", o] for o in overrides), [])],
-                                env={"COLUMNS": "200"})
+    result = cli("benchmark", "recipes/cub.toml", *sum((["--set", o] for o in overrides), []))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cub" / "benchmark" / "report.json").read_text())
     d = report["dataset"]
@@ -413,3 +482,119 @@ def test_attribute_benchmark_end_to_end_with_faces(dialog_tree, tmp_path, fid_we
         assert len(q["conditioning"]["per_head"]) == 5
     assert set(s["arms"]) >= {"real", "synthetic only (CAS)"}
     assert (tmp_path / "report" / "report.md").read_text().count("faces detected % (real)") == 1
+
+
+# -- benchmark folders: --fresh, a stages/ folder synthaug did not write, two benchmarks at once -------
+
+def cli_benchmark(bars, run_dir, out, *extra):
+    sets = [*TINY, f"data.spec=imagefolder:{bars}", "data.resolution=8", "generator.batch_size=8",
+            "generator.duration_kimg=0.016", *TINY_BENCH, "benchmark.workers=1", f"run_dir={run_dir}", *extra]
+    return cli("benchmark", *[a for item in sets for a in ("--set", item)], "--out", out, "--fresh")
+
+
+def finished_stages(out: Path) -> dict:
+    """A benchmark folder's stages as a finished benchmark leaves them (a judge, a quality and a classifier stage);
+    returns every file with its bytes."""
+    from synthaug.benchmark.store import StageStore
+
+    store = StageStore(out)
+    store.save("classifiers", "a" * 24, {"arm": {"name": "real"}, "seed": 0, "split": "test", "score": {"top1": 0.5}})
+    store.save("quality", "b" * 24, {"fid": 30.0})
+    judge = store.folder("judge", "c" * 24)
+    judge.mkdir(parents=True)
+    (judge / "info.json").write_text("{}")
+    return files_of(out)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("data.spec=imagefolder:{tmp}/typo", "typo does not exist"),
+    ("data.resolution=7", "Resolution 7 cannot be halved"),  # found only when the generator is built
+])
+def test_fresh_checks_the_recipe_and_data_before_deleting_any_stage(tmp_path, bad, message):
+    bars = write_bars(tmp_path / "bars")
+    out = tmp_path / "report"
+    before = finished_stages(out)
+    line = error_line(cli_benchmark(bars, tmp_path / "run", out, bad.format(tmp=tmp_path)))
+    assert message in line, line
+    assert files_of(out) == before  # every stage still there
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_stages_folder_synthaug_did_not_write_is_neither_deleted_nor_written_into(tmp_path, fresh):
+    from synthaug import SynthaugError
+    from synthaug.benchmark import run_benchmark
+
+    bars = write_bars(tmp_path / "bars")
+    out = tmp_path / "userproj"
+    (out / "stages").mkdir(parents=True)
+    (out / "stages" / "notes.txt").write_text("x")
+    with pytest.raises(SynthaugError, match=r"userproj/stages holds files synthaug did not write \(notes.txt\).*choose another --out"):
+        run_benchmark(bars_recipe(bars, tmp_path / "run"), out=out, fresh=fresh)
+    assert (out / "stages" / "notes.txt").read_text() == "x" and sorted(p.name for p in (out / "stages").iterdir()) == ["notes.txt"]
+
+
+def test_two_benchmarks_on_one_folder_are_refused(tmp_path):
+    from synthaug import SynthaugError
+    from synthaug.benchmark import run_benchmark
+
+    bars = write_bars(tmp_path / "bars")
+    out = tmp_path / "report"
+    out.mkdir()
+    with exclusive_lock(out / ".lock", "test"), pytest.raises(SynthaugError, match="Another synthaug process is writing the benchmark folder"):
+        run_benchmark(bars_recipe(bars, tmp_path / "run"), out=out)
+
+
+# -- classifier worker processes -----------------------------------------------------------------------
+
+WORKERS_THEN_DIE = """
+import os, signal, sys, time
+from synthaug.benchmark.workers import WorkerPool
+pool = WorkerPool(2)
+futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+time.sleep(1.0)  # both workers have taken a run
+print(" ".join(str(p) for p in pool.pids()), flush=True)
+os.kill(os.getpid(), signal.SIG)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has died and waits to be reaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_classifier_workers_die_with_a_killed_benchmark(signal_name):
+    """A benchmark stopped by SIGKILL (or SIGTERM outside the CLI) used to leave its workers training on."""
+    import subprocess
+    import time
+
+    proc = subprocess.run([sys.executable, "-c", WORKERS_THEN_DIE.replace("signal.SIG)", f"signal.{signal_name})")],
+                          capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2, proc.stderr
+    deadline = time.time() + 10
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
+def test_an_aborted_pool_stops_its_running_workers_at_once():
+    import time
+
+    from synthaug.benchmark.workers import WorkerPool
+
+    pool = WorkerPool(2)
+    futures = [pool.submit(time.sleep, 60) for _ in range(3)]
+    time.sleep(1.0)
+    pids = pool.pids()
+    assert len(pids) == 2
+    started = time.time()
+    pool.stop(abort=True)
+    while any(alive(p) for p in pids) and time.time() - started < 10:  # the pool's own thread may reap them
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+    assert all(f.done() for f in futures)  # cancelled, or failed with the broken pool: none runs on

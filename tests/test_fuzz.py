@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import cli, error_line
 from synthaug import SynthaugError
 from synthaug.recipe import SECTIONS, _toml_value, load_recipe
 from synthaug.shards import verify_shards
-from test_reliability import cli, error_line
 
 # Every enumerated recipe key ("generator.preset") with its allowed values, as the recipe declares them.
 CHOICES = {f"{section}.{name}": typing.get_args(hint)

@@ -1,4 +1,5 @@
-"""generate: shards read back with webdataset, manifest, reproducible bytes, resume, species, CLI errors."""
+"""generate: shards read back with webdataset, manifest, reproducible bytes, resume, species, CLI errors, and out
+folders in the wrong place."""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from typer.testing import CliRunner
 
-from conftest import TINY, tiny_recipe
+from conftest import TINY, cli, error_line, files_of, tiny_recipe
 from synthaug import SynthaugError
-from synthaug.cli import app
-from synthaug.files import sha256_file
+from synthaug.files import exclusive_lock, sha256_file
 from synthaug.generator import Generator
 from synthaug.synthesis import GenerateRequest, generate_shards, write_shards
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
-from synthaug.shards import describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, write_shard
+from synthaug.shards import (describe_shard, encode_png, encode_sample, partial_name, read_manifest, read_shard, verify_shards,
+                             write_shard)
 
-runner = CliRunner()
 
 
 def sampling(**kw) -> SamplingConfig:
@@ -113,12 +112,6 @@ def test_species_resolves_to_nabirds_categories(nabirds_tree, tmp_path):
     assert manifest["per_class"] == {"Allen's Hummingbird (Adult Male)": 3, "Allen's Hummingbird (Female, immature)": 3}
     metas = [s["json"] for s in read_back(out)]
     assert sorted({m["class_id"] for m in metas}) == [380, 679]
-
-
-def cli(*args, env=None):
-    result = runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_cli_train_then_generate(tmp_path, monkeypatch):
@@ -257,3 +250,54 @@ def test_one_generate_reads_the_runs_recipe_and_condition_schema_once(digits_run
     assert result.exit_code == 0, result.output
     assert sorted(reads) == ["condition.json", "recipe.toml"]
 
+
+# -- mistakes, and out folders in the wrong place ------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "3", "--num", "2", "--per-class", "2"], "Say how many images with exactly one of --num N or --per-class N"),
+    (["--attr", "smiling=1", "--num", "2"], "This run is class-conditional; use --class or --species instead of --attr."),
+    # a species is looked up as a class name (groups expand); a digits run has no such class or group
+    (["--species", "Allen's Hummingbird", "--num", "2"], "No class named \"Allen's Hummingbird\" in digits; run `synthaug classes digits`"),
+    (["--class", "3", "--num", "2", "--steps", "1001", "--sampler", "ddpm"],
+     "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use --steps 1000 or fewer."),
+])
+def test_generate_mistakes_are_one_sentence_and_leave_no_folder(digits_run, tmp_path, args, message):
+    out = tmp_path / "o"
+    assert message in error_line(cli("generate", "--run", digits_run.path, *args, "--out", out))
+    assert not out.exists()  # no generation.json left behind to make the corrected command "different settings"
+
+
+def test_the_corrected_steps_run_into_the_same_folder(digits_run, tmp_path):
+    out = tmp_path / "o"
+    error_line(cli("generate", "--run", digits_run.path, "--class", "3", "--num", "2", "--steps", "100000", "--sampler", "ddim",
+                   "--out", out))
+    result = cli("generate", "--run", digits_run.path, "--class", "3", "--num", "2", "--steps", "2", "--sampler", "ddim",
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    assert verify_shards(out)["ok"] and read_manifest(out)["settings"]["steps"] == 2
+
+
+def test_generate_refuses_out_in_the_run_folder_itself_or_in_its_dataset(imagefolder_tree, tmp_path):
+    run = train_generator(tiny_recipe(tmp_path / "run", f"data.spec=imagefolder:{imagefolder_tree}", "data.resolution=8",
+                                      "generator.batch_size=8", "generator.duration_kimg=0.016")).path
+    before = files_of(imagefolder_tree), files_of(run)
+    args = ["generate", "--run", run, "--class", "BMW M3 Coupe 2012", "--num", "2", "--overwrite", "--out"]
+    assert error_line(cli(*args, run)) == (f"Error: --out {run} is the run folder itself; choose a folder of its own for "
+                                           f"the shards (e.g. {run / 'synthetic'}).")
+    for out in (imagefolder_tree, imagefolder_tree / "train" / "synthetic"):
+        line = error_line(cli(*args, out))
+        assert f"{imagefolder_tree.resolve()}, the imagefolder dataset the run was trained on" in line, line
+        assert line.endswith("choose a folder outside it.")
+    assert (files_of(imagefolder_tree), files_of(run)) == before  # nothing written into either
+    assert not (imagefolder_tree / "train" / "synthetic").exists()
+    # a folder inside the run (as the benchmark's own report folder is) is fine: train leaves it alone
+    assert cli(*args, run / "synthetic").exit_code == 0 and verify_shards(run / "synthetic")["ok"]
+
+
+def test_a_second_generate_into_the_same_folder_refuses(digits_run, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    with exclusive_lock(out / ".lock", "test"):
+        result = cli("generate", "--run", digits_run.path, "--class", "4", "--num", "2", "--out", out)
+    assert result.exit_code == 1 and "Another synthaug process is writing the folder" in result.output
+    assert not (out / "manifest.json").exists() and not list(out.glob("synth-*"))

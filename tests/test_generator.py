@@ -1,16 +1,19 @@
-"""Generator: model, loss, sampling determinism and guidance, training with exact resume."""
+"""Generator: model, loss, sampling determinism and guidance and the steps a noise schedule allows; training with
+exact resume, its EMA weights, v-prediction, a diverging loss, and what a run's state allows."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_recipe
+from conftest import TWO_STEPS, copy_of, snapshot, tiny_recipe
 from synthaug import SynthaugError, load_dataset
 from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
@@ -19,9 +22,9 @@ from synthaug.generator import train as train_module
 from synthaug.conditions import ConditionSchema
 from synthaug.generator.loss import DiffusionLoss
 from synthaug.generator.model import build_denoiser, unet_config
-from synthaug.generator.sampling import make_sampler, run_network, sample_images, training_scheduler
+from synthaug.generator.sampling import check_steps, make_sampler, run_network, sample_images, training_scheduler
+from synthaug.generator.train import batch_rows, drop_conditions, ema_weights, train_generator
 from synthaug.recipe import SamplingConfig
-from synthaug.generator.train import batch_rows, drop_conditions, train_generator
 
 CLASS_SCHEMA = ConditionSchema("class", ("a", "b", "c"), (1, 2, 3), resolution=8, channels=1)
 ATTR_SCHEMA = ConditionSchema("attributes", ("face",), (0,), resolution=8, channels=3,
@@ -99,6 +102,15 @@ def test_batch_rows_cover_each_epoch_once():
     for e in range(7):
         assert sorted(rows[e * 20 : (e + 1) * 20].tolist()) == list(range(20))
     assert torch.equal(batch_rows(3, 7, 20, seed=1), batch_rows(3, 7, 20, seed=1))
+
+
+def test_a_batch_larger_than_the_dataset_takes_every_image_equally_often():
+    rows = batch_rows(0, 64, 8, seed=3)  # generator.batch_size 64 on 8 training images: 8 whole epochs in one step
+    assert len(rows) == 64 and np.bincount(rows.numpy(), minlength=8).tolist() == [8] * 8
+    for e in range(8):
+        assert sorted(rows[e * 8:(e + 1) * 8].tolist()) == list(range(8))
+    steps = torch.cat([batch_rows(s, 12, 8, seed=3) for s in range(2)])  # 12 a step: epochs run across steps
+    assert np.bincount(steps.numpy(), minlength=8).tolist() == [3] * 8
 
 
 def test_condition_dropout_rates():
@@ -464,3 +476,196 @@ def test_the_kimg_cap_ends_a_time_budgeted_run_too(tmp_path, monkeypatch):
     run = train_generator(tiny_recipe(tmp_path / "r", "generator.duration_minutes=5"))
     info = json.loads(run.info_file.read_text())
     assert info["finished"] is True and info["step"] == 4 and info["train_seconds"] < 1  # duration_kimg 0.128: 4 steps
+
+
+# -- training: EMA weights, v-prediction, a diverging loss, the progress label -------------------------
+
+def trained_copy():
+    """A tiny denoiser whose training weights have moved away from its EMA weights."""
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    schema = ConditionSchema("class", ("a", "b"), (0, 1), resolution=8, channels=1)
+    model = build_denoiser(schema, "tiny", base_channels=8)
+    params = model.trainable_parameters()
+    ema = EMAModel(params, decay=0.5, use_ema_warmup=False, foreach=True)
+    for _ in range(2):  # diffusers' first EMA step copies the weights (decay 0); the second averages
+        with torch.no_grad():
+            for p in params:
+                p.add_(1.0)  # a step of training
+        ema.step(params)
+    return model, ema
+
+
+def test_ema_weights_swaps_the_ema_weights_in_and_the_training_ones_back_without_a_copy():
+    model, ema = trained_copy()
+    params = model.trainable_parameters()
+    trained = [p.detach().clone() for p in params]
+    storage = [p.data_ptr() for p in params]
+    model.train()
+    with ema_weights(model, ema) as inside:
+        assert inside is model  # the model itself, not a copy of it
+        assert all(torch.equal(p, s.to(p.dtype)) for p, s in zip(model.trainable_parameters(), ema.shadow_params))
+        assert not any(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
+        assert [p.data_ptr() for p in model.trainable_parameters()] == storage  # copied into place
+        model.eval()  # e.g. a grid samples in eval mode
+    assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
+    assert model.training  # the loop goes on training
+
+    with pytest.raises(RuntimeError), ema_weights(model, ema):
+        raise RuntimeError("a snapshot that failed half-way")
+    assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
+
+    with ema_weights(model, ema, use=False):  # model/ is saved with the training weights
+        assert all(torch.equal(p, t) for p, t in zip(model.trainable_parameters(), trained))
+
+
+def test_v_prediction_reaches_the_saved_schedule_and_the_loss(tmp_path, monkeypatch):
+    used = []
+
+    class Spy(train_module.DiffusionLoss):
+        def __call__(self, *args):
+            used.append(self.prediction)
+            return super().__call__(*args)
+
+    monkeypatch.setattr(train_module, "DiffusionLoss", Spy)
+    run = train_generator(tiny_recipe(tmp_path / "v", "generator.prediction=v", "generator.duration_kimg=0.032"))
+    config = json.loads((run.ema_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and used == ["v"]
+
+
+def test_diverging_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_call = train_module.DiffusionLoss.__call__
+
+    def nan_from_step_3(self, *args):
+        calls["n"] += 1
+        loss = real_call(self, *args)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(train_module.DiffusionLoss, "__call__", nan_from_step_3)
+    recipe = tiny_recipe(tmp_path / "run", "generator.snapshot_every_kimg=0.032", "generator.log_every_kimg=0.064")
+    with pytest.raises(SynthaugError, match=r"loss became nan between step 2 and step 3; the last good state \(step 2"):
+        train_generator(recipe)
+    state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run" / "model" / "unet" / "diffusion_pytorch_model.safetensors").values())
+
+
+def test_the_progress_label_names_the_dataset_not_the_recipe(finished, tmp_path, monkeypatch):
+    labels = []
+    real_task = train_module.progress.task
+    monkeypatch.setattr(train_module.progress, "task", lambda label, **kw: labels.append(label) or real_task(label, **kw))
+    run = copy_of(finished, tmp_path)
+    train_generator(tiny_recipe(run, *TWO_STEPS, "name=birds"))  # a recipe named birds that trains on digits
+    assert labels == ["training on digits"]
+    assert train_module.dataset_label("cub:/data/CUB_200_2011") == "cub:CUB_200_2011"
+
+
+# -- resuming: the same log and grids as an uninterrupted run, and what a run's state allows -----------
+
+# 24 steps: a log line at steps 1, 4, 7, ..., 22 and 24, a snapshot every 6 steps, a grid every 8
+SCHEDULES = ("generator.duration_kimg=0.768", "generator.log_every_kimg=0.096", "generator.snapshot_every_kimg=0.192",
+             "generator.grid_every_kimg=0.256")
+
+
+def test_a_killed_and_resumed_run_logs_and_draws_its_grids_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    grids = []
+
+    def draw(denoiser, schema, scheduler_config, recipe, path, autocast):  # a grid: which weights it was drawn from
+        weights = torch.cat([p.detach().flatten() for p in denoiser.trainable_parameters()]).numpy().tobytes()
+        grids.append((path.parent.parent.name, hashlib.sha256(weights).hexdigest()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(train_module, "save_grid", draw)
+    straight = train_generator(tiny_recipe(tmp_path / "a", *SCHEDULES))
+    real_clock = train_module.clock
+    readings = []
+
+    def killed_in_step_14():  # read once before the loop, then once after each step
+        readings.append(1)
+        if len(readings) == 15:
+            raise KeyboardInterrupt  # step 14 has trained, its log line at 13 is written; the last snapshot is at 12
+        return real_clock()
+
+    monkeypatch.setattr(train_module, "clock", killed_in_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+    assert json.loads((tmp_path / "b" / "state" / "state.json").read_text())["step"] == 12
+    monkeypatch.setattr(train_module, "clock", real_clock)
+    resumed = train_generator(tiny_recipe(tmp_path / "b", *SCHEDULES))
+
+    def logged(run):
+        return [(e["step"], e["kimg"], e["loss"], e["lr"]) for e in map(json.loads, run.log_file.read_text().splitlines())]
+
+    assert [line[0] for line in logged(straight)] == [1, 4, 7, 10, 13, 16, 19, 22, 24]
+    assert logged(resumed) == logged(straight)  # the same lines, each the mean loss of the same steps
+    drawn = {run: [w for r, w in grids if r == run] for run in ("a", "b")}
+    assert len(drawn["a"]) == 3 and drawn["b"] == drawn["a"]  # at steps 8, 16 and 24, before the kill and after
+    assert snapshot(resumed.path / "ema") == snapshot(straight.path / "ema")
+
+
+def test_a_run_whose_state_was_deleted_is_kept_not_retrained(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    shutil.rmtree(run / "state")
+    before = snapshot(run)
+    # the same recipe: the run has finished, nothing to train, nothing rewritten
+    train_generator(tiny_recipe(run, *TWO_STEPS))
+    assert snapshot(run) == before
+    # a longer one cannot continue without the optimizer and EMA state: refused, nothing touched
+    with pytest.raises(SynthaugError, match=r"state is missing, so .* \(trained 2 steps\) cannot continue exactly.*restore state/"):
+        train_generator(tiny_recipe(run, "generator.duration_kimg=0.128"))
+    assert snapshot(run) == before
+    assert json.loads((run / "run.json").read_text())["finished"] is True
+
+
+def test_a_shorter_duration_than_trained_is_refused(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    before = snapshot(run)
+    with pytest.raises(SynthaugError, match=r"has already trained 0.064 kimg, more than generator.duration_kimg = 0.032 asks "
+                                            r"for; set generator.duration_kimg to 0.064 or more"):
+        train_generator(tiny_recipe(run, "generator.duration_kimg=0.032", "generator.grid_every_kimg=0.064"))
+    assert snapshot(run) == before and "duration_kimg = 0.064" in (run / "recipe.toml").read_text()
+
+
+def test_damaged_state_json_is_one_sentence(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    (run / "state" / "state.json").write_text('{"step": 2, "sha')
+    with pytest.raises(SynthaugError, match=r"state\.json is damaged .*restore it, or start over with --fresh\."):
+        train_generator(tiny_recipe(run, *TWO_STEPS))
+
+
+# -- sampling steps the noise schedule allows ----------------------------------------------------------
+
+@pytest.mark.parametrize("sampler, steps, prediction, message", [
+    ("ddpm", 1001, "epsilon", "The ddpm sampler can take at most 1000 steps on this run's 1000-step noise schedule; use steps 1000 or fewer."),
+    ("ddim", 100000, "epsilon", "The ddim sampler can take at most 1000 steps"),
+    # leading spacing divides the schedule into steps + 1 parts: at 1000 steps every timestep would be 0
+    ("dpm++2m", 1000, "epsilon", "The dpm++2m sampler can take at most 999 steps"),
+    ("unipc", 1001, "epsilon", "The unipc sampler can take at most 999 steps"),
+    ("euler", 1001, "epsilon", "The euler sampler can take at most 1000 steps"),
+    ("dpm++2m", 1001, "v", "The dpm++2m sampler can take at most 1000 steps"),
+    # trailing spacing overshoots to timestep -1 at some counts below the schedule's length
+    ("ddim", 61, "v", "The ddim sampler cannot take 61 steps on this run's 1000-step noise schedule (diffusers would "
+                      "visit a timestep outside it); use steps 60 or 62."),
+    ("ddim", 0, "epsilon", "The number of sampling steps must be positive"),
+])
+def test_steps_beyond_the_schedule_are_one_sentence(sampler, steps, prediction, message):
+    config = dict(training_scheduler(prediction=prediction).config)
+    with pytest.raises(SynthaugError) as e:
+        check_steps(sampler, steps, config)
+    assert message in str(e.value)
+
+
+def test_steps_within_the_schedule_pass_and_sampling_checks_them(finished):
+    config = dict(training_scheduler().config)
+    for sampler, steps in [("ddpm", 1000), ("ddim", 1000), ("dpm++2m", 999), ("unipc", 20), ("euler", 1000)]:
+        check_steps(sampler, steps, config)
+    gen = Generator.load(finished, device="cpu")
+    gen.check_sampling(gen.sampling.replace(steps=3))
+    with pytest.raises(SynthaugError, match="can take at most 1000 steps"):
+        gen.check_sampling(gen.sampling.replace(sampler="ddpm", steps=1001))
+    with pytest.raises(SynthaugError, match="can take at most 1000 steps"):  # not diffusers' ValueError
+        sample_images(gen.denoiser, torch.tensor([3]), gen.schema.null(1), [0], gen.scheduler_config,
+                      gen.sampling.replace(sampler="ddim", steps=1001))

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY
-from test_cli import run
-from test_reliability import error_line
+from conftest import TINY, cli, error_line
 
 import synthaug.generator.pipeline as pipeline_module
 from synthaug.errors import SynthaugError
@@ -27,13 +25,13 @@ def test_training_out_of_memory_names_batch_per_device_and_keeps_the_last_snapsh
 
     monkeypatch.setattr(Denoiser, "forward", forward_until_step_three)
     settings = [a for s in TINY for a in ("--set", s)]
-    line = error_line(run("train", *settings, "--out", str(tmp_path / "r")))  # after the training's own log lines
+    line = error_line(cli("train", *settings, "--out", str(tmp_path / "r")))  # after the training's own log lines
     assert "The GPU ran out of memory training 32 images per step on each device" in line
     assert "set generator.batch_per_device to 16" in line and "resumes from the last snapshot" in line
     assert json.loads((tmp_path / "r" / "state" / "state.json").read_text())["step"] == 2
     monkeypatch.setattr(Denoiser, "forward", forward)
     # the advice works: the same command with the smaller micro-batch resumes and finishes
-    result = run("train", *settings, "--set", "generator.batch_per_device=16", "--out", str(tmp_path / "r"))
+    result = cli("train", *settings, "--set", "generator.batch_per_device=16", "--out", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "run.json").read_text())["finished"] is True
 

@@ -1,13 +1,18 @@
-"""Quality measures: FID/KID with floors at the same n, conditioning accuracy, MTCNN face detection."""
+"""Quality measures: FID/KID with floors at the same n (also of constant and black images), conditioning accuracy,
+MTCNN face detection, and the Inception feature cache (damaged: named and computed again)."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from synthaug.quality import conditioning_accuracy, face_detection, fid_kid_with_floor
+from conftest import flip_byte
+from synthaug.cache import cache_file_is_intact
+from synthaug.quality import conditioning_accuracy, face_detection, features, fid_kid_with_floor
 
 
 def test_conditioning_accuracy_known_answer():
@@ -70,3 +75,41 @@ def test_big_feature_sets_say_when_they_start_and_end(monkeypatch):
     assert lines[0] == "Inception features of 1,100 images: started"
     assert lines[-1].startswith("Inception features of 1,100 images: done, 1,100/1,100 (100%)")
     assert not any("10 images" in line for line in lines)  # small sets stay quiet
+
+
+def test_face_detection_of_no_images_is_an_error_not_nan():
+    pytest.importorskip("facenet_pytorch")
+    from synthaug.quality import face_detection
+
+    with pytest.raises(ValueError, match="at least one image"):
+        face_detection(np.zeros((0, 8, 8, 3), np.uint8), torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_fid_and_kid_of_constant_and_black_images_through_inception_are_finite(fid_weights):
+    from synthaug.quality import fid_kid_with_floor
+
+    grey, black = np.full((6, 8, 8, 1), 128, np.uint8), np.zeros((6, 8, 8, 1), np.uint8)
+    q = fid_kid_with_floor(grey, black, grey, fid_weights, torch.device("cpu"), max_images=6, kid_subset_size=3)
+    assert q["fid"] == pytest.approx(0.0, abs=1e-6) and q["floor_fid"] > 1  # grey vs grey; black vs grey
+    assert all(np.all(np.isfinite(v)) for v in q.values())  # numbers and their intervals
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "truncated", "record lost"])
+def test_a_damaged_feature_cache_is_named_and_computed_again(fresh_cache, fake_inception, caplog, damage):
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    expected = features(images, None, torch.device("cpu"), cache=True)
+    (path,) = (fresh_cache / "features").glob("*.npy")
+    assert cache_file_is_intact(path) and fake_inception == [5]
+    np.testing.assert_array_equal(features(images, None, torch.device("cpu"), cache=True), expected)
+    assert fake_inception == [5]  # read from the cache
+    if damage == "bit flip":
+        flip_byte(path, path.stat().st_size - 9)  # inside the last float: np.load would read it without complaint
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.with_name(path.name + ".sha256").unlink()  # e.g. killed between writing the two files
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(features(images, None, torch.device("cpu"), cache=True), expected)
+    assert fake_inception == [5, 5] and cache_file_is_intact(path)
+    assert (f"The feature cache {path} is damaged" in caplog.text) == (damage != "record lost")

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import tiny_recipe
+from conftest import cli, tiny_recipe
 from synthaug import SynthaugError
-from synthaug.cli import app
 from synthaug.generator import Generator
 from synthaug.generator.train import train_generator
 from synthaug.recipe import SamplingConfig
@@ -177,12 +175,6 @@ def test_a_filtered_variation_set_reads_the_runs_recipe_and_condition_schema_onc
     manifest = generate_shards(digits_run.path, request, tmp_path / "f", SAMPLING, device="cpu", filter_config=FILTER)
     assert manifest["filter"]["per_class"]["5"]["planned"] == 2
     assert sorted(reads) == ["condition.json", "recipe.toml"]
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_cli_from_real_and_filter(digits_run, tmp_path):

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from conftest import TINY, tiny_recipe
+from conftest import TINY, cli, tiny_recipe
 from synthaug import SynthaugError
-from synthaug.cli import app
 from synthaug.generator import Generator
 from synthaug.conditions import ConditionSchema
 from synthaug.synthesis import write_shards
@@ -25,7 +23,6 @@ from synthaug.recipe import load_recipe
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-runner = CliRunner()
 TEMPLATE = "a photo of a {class}, a digit"
 TWO_STEPS = ["generator.batch_size=8", "generator.duration_kimg=0.016", "generator.log_every_kimg=0.008",
              "generator.snapshot_every_kimg=0.016", "generator.warmup_kimg=0"]
@@ -81,12 +78,6 @@ def sd_sets(parts, run_dir):
 def text_unet_sets(parts, run_dir):
     return [*TINY, *TWO_STEPS, "data.shots_per_class=3", "generator.backend=text-unet", f"generator.text_encoder={parts['t5']}",
             f"generator.prompt_template={TEMPLATE}", f"run_dir={run_dir}"]
-
-
-def cli(*args):
-    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def as_cli(sets):

