@@ -29,7 +29,7 @@ def cache_root() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return _expand(os.environ["XDG_CACHE_HOME"]) / "synthaug"
     home = _home()
-    return Path(home) / ".cache" / "synthaug" if home else _temporary_root()
+    return Path(home) / ".cache" / "synthaug" if home else temporary_root()
 
 
 def _home() -> str | None:
@@ -49,12 +49,14 @@ def _expand(value: str) -> Path:
     """``Path(value).expanduser()`` with the home folder :func:`_home` finds (pathlib raises without one)."""
     if value == "~" or value.startswith("~/"):
         home = _home()
-        return Path(home, value[2:]) if home else _temporary_root()
+        return Path(home, value[2:]) if home else temporary_root()
     return Path(value).expanduser()
 
 
 @functools.cache
-def _temporary_root() -> Path:
+def temporary_root() -> Path:
+    """Where caches go when no home folder is known: a folder of this user's in the temporary folder (chosen once per
+    process; ``temporary_root.cache_clear()`` chooses again)."""
     root = Path(tempfile.gettempdir()) / f"synthaug-cache-{os.getuid()}"
     try:
         root.mkdir(mode=0o700, exist_ok=True)

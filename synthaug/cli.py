@@ -24,7 +24,7 @@ from synthaug.version import __version__
 from synthaug.data import config as data_config
 from synthaug.errors import SynthaugError
 from synthaug.files import blocking_file
-from synthaug.recipe import Sampler
+from synthaug.recipe import DEFAULT_STRENGTH, STRENGTH_RANGE, Sampler
 from synthaug.words import count
 
 # Rich draws 80 columns when it is not writing to a terminal, which wraps tables and log lines in a log file;
@@ -438,8 +438,9 @@ def generate_command(
     shard_size: Annotated[Optional[int], typer.Option(help=f"Images per shard {FROM_RUN}.")] = None,
     from_real: Annotated[bool, typer.Option("--from-real", help="Real-guided variations (SDEdit) of the run's own real "
                                             "training images, instead of images from pure noise.")] = False,
-    strength: Annotated[str, typer.Option(help="With --from-real: how far each real image is noised, in (0, 1]; a list "
-                                          "such as 0.3,0.6 draws a mix.")] = "0.5",
+    strength: Annotated[Optional[str], typer.Option(
+        help=f"With --from-real: how far each real image is noised, in {STRENGTH_RANGE}; a list such as 0.3,0.6 draws a mix.",
+        show_default=str(DEFAULT_STRENGTH))] = None,
     min_confidence: Annotated[float, typer.Option("--min-confidence", help="Keep an image only when a classifier trained "
                                                   "on the run's real images gives its class at least this probability "
                                                   "(0: keep all).")] = 0.0,
@@ -451,13 +452,13 @@ def generate_command(
     from synthaug.synthesis import write_shards
 
     try:
-        strengths = tuple(float(v) for v in strength.split(",") if v.strip())
+        strengths = None if strength is None else tuple(float(v) for v in strength.split(",") if v.strip())
     except ValueError:
         raise SynthaugError(f"--strength {strength!r} is not a number or a list of numbers; write e.g. 0.5 or 0.3,0.6.") from None
     manifest = write_shards(
         run, out, class_, species=species, attributes=attr, all_classes=all_classes, num=num, per_class=per_class,
         guidance=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, images_per_shard=shard_size,
-        from_real=from_real, strength=None if strength == "0.5" else strengths,  # "0.5", the default: not given
+        from_real=from_real, strength=strengths,
         min_confidence=min_confidence, max_draws=max_draws, overwrite=overwrite,
     )
     console.print(f"{count(manifest['num_samples'], 'image')} in {count(len(manifest['shards']), 'shard')} in {out}",

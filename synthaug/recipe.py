@@ -155,6 +155,17 @@ class GeneratorConfig:
         check_bounds(self, "generator")
 
 
+# Real-guided variations (SDEdit): a real image is noised to this share of the noise schedule, then denoised toward its
+# condition; 1 is plain sampling from the image's seed, and 0 would return the image itself.
+DEFAULT_STRENGTH = 0.5
+STRENGTH_RANGE = "(0, 1]"
+
+
+def valid_strength(value: float) -> bool:
+    """Whether ``value`` is a variation strength: in (0, 1]."""
+    return 0 < value <= 1
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """The ``[sampling]`` section: how `synthaug generate` draws images.
@@ -241,7 +252,7 @@ class BenchmarkConfig:
         for key in ("fid_max_images", "kid_subset_size"):
             _check(getattr(self, key) > 1, f"benchmark.{key} must be at least 2.")
         _check(self.low_shot_duration_kimg >= 0, "benchmark.low_shot_duration_kimg must not be negative.")
-        _check(all(0 < v <= 1 for v in self.strengths), "benchmark.strengths must lie in (0, 1]; e.g. [0.3, 0.5, 0.7].")
+        _check(all(map(valid_strength, self.strengths)), f"benchmark.strengths must lie in {STRENGTH_RANGE}; e.g. [0.3, 0.5, 0.7].")
         _check(all(0 < v < 1 for v in self.min_confidences), "benchmark.min_confidences must lie in (0, 1); e.g. [0.5, 0.9].")
         _check(self.max_draws >= 1, "benchmark.max_draws must be at least 1.")
         _check(self.workers >= 0, "benchmark.workers must be 0 (one per CPU core) or positive.")
@@ -259,7 +270,7 @@ class Recipe:
     """A whole recipe: which data, which generator, how to sample."""
 
     name: str = "digits"
-    run_dir: str = ""  # default: runs/<name>
+    run_dir: str = ""  # default: <runs_root()>/<name> ($SYNTHAUG_RUNS, else ./runs)
     data: DataConfig = field(default_factory=lambda: DataConfig(spec="digits", resolution=8, val_fraction=0.1))
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -366,7 +377,8 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return out
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """A Python value (bool, number, string, list) as a TOML literal that tomllib reads back as the same value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -381,16 +393,16 @@ def _toml_value(value) -> str:
         # JSON's escapes are TOML's; TOML also forbids a raw DEL, which JSON leaves as it is
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
     """The fully resolved recipe as TOML that :func:`load_recipe` reads back to the same recipe."""
     data = recipe_to_dict(recipe)
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in SECTIONS]
+    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if k not in SECTIONS]
     for name in SECTIONS:
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items()]
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in data[name].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ from synthaug.errors import SynthaugError
 from synthaug.files import check_output_path, exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from synthaug.generator import Condition, Generator
 from synthaug.generator.pipeline import plan_conditions, split_evenly
-from synthaug.recipe import SamplingConfig, load_recipe, recipe_files
+from synthaug.recipe import DEFAULT_STRENGTH, STRENGTH_RANGE, SamplingConfig, load_recipe, recipe_files, valid_strength
 from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed, numpy_rng
 from synthaug.shards import (
@@ -77,7 +77,7 @@ class GenerateRequest:
     per_class: int = 0
     counts: tuple[int, ...] = ()  # or one count per condition, in order (library use)
     from_real: bool = False  # real-guided variations (SDEdit) of the run's own real training images
-    strengths: tuple[float, ...] = (0.5,)  # from_real: the share of the noise schedule each source is noised to
+    strengths: tuple[float, ...] = (DEFAULT_STRENGTH,)  # from_real: the share of the noise schedule each source is noised to
     min_confidence: float = 0.0  # keep an image only when the filter classifier's probability is at least this
     max_draws: int = 8  # with min_confidence: candidates drawn at most per image
 
@@ -95,8 +95,8 @@ class GenerateRequest:
         if sum(bool(x) for x in (self.num, self.per_class, self.counts)) != 1 or (self.counts and not any(self.counts)):
             raise SynthaugError("Say how many images with exactly one of {num} N or {per_class} N (a positive number).",
                                 arguments=("num", "per_class"))
-        if not self.strengths or not all(0 < v <= 1 for v in self.strengths):
-            raise SynthaugError("{strength} must lie in (0, 1], e.g. 0.5 or 0.3,0.6 for a mix.", arguments=("strength",))
+        if not self.strengths or not all(map(valid_strength, self.strengths)):
+            raise SynthaugError(f"{{strength}} must lie in {STRENGTH_RANGE}, e.g. 0.5 or 0.3,0.6 for a mix.", arguments=("strength",))
         if not 0 <= self.min_confidence < 1:
             raise SynthaugError("{min_confidence} must lie in [0, 1), e.g. 0.9.", arguments=("min_confidence",))
         if not 1 <= self.max_draws <= 1000:
@@ -588,7 +588,7 @@ def write_shards(
         guidance, sampler, steps, seed, batch_size, images_per_shard: override the run's [sampling] settings
             (``batch_size`` changes no image).
         from_real: draw real-guided variations of the run's own real training images (SDEdit) at
-            ``strength`` (one value, or several for a mix; default 0.5), instead of drawing from pure noise.
+            ``strength`` (one value, or several for a mix; default ``DEFAULT_STRENGTH``, 0.5), instead of drawing from pure noise.
         min_confidence: keep only images the run's filter classifier is at least this sure of (0: all),
             drawing at most ``max_draws`` candidates per image (default 8).
         overwrite: replace a different generation already in ``out``.
@@ -608,7 +608,7 @@ def write_shards(
     if max_draws is not None and not min_confidence:
         raise SynthaugError("{max_draws} only applies to confidence filtering; add {min_confidence} P (e.g. 0.5).",
                             arguments=("max_draws", "min_confidence"))
-    strengths = (0.5,) if strength is None else (strength,) if isinstance(strength, (int, float)) else tuple(strength)
+    strengths = (DEFAULT_STRENGTH,) if strength is None else (strength,) if isinstance(strength, (int, float)) else tuple(strength)
     if all_classes is None:
         all_classes = not (classes or species or attributes)
     request = GenerateRequest(classes=tuple(classes or ()), species=(species,) if species else (),

@@ -339,6 +339,19 @@ def cli(*args, env=None):
     return result
 
 
+def count_reads(monkeypatch, folder: Path, names: tuple[str, ...]) -> list[str]:
+    """A list that grows by a file's name each time one of ``names`` in ``folder`` is read (Path.read_text)."""
+    reads, read_text, folder = [], Path.read_text, folder.resolve()
+
+    def counted(path, *args, **kwargs):
+        if path.name in names and path.parent.resolve() == folder:
+            reads.append(path.name)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    return reads
+
+
 def error_line(result) -> str:
     """The one error sentence of a failed command: exit code 1, the last line of the output, and the only line
     that starts with Error: (what the command printed before failing, such as log lines, may come first)."""

@@ -42,9 +42,9 @@ def no_home(monkeypatch, tmp_path):
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    project_cache._temporary_root.cache_clear()
+    project_cache.temporary_root.cache_clear()
     yield tmp_path / "tmp" / f"synthaug-cache-{os.getuid()}"
-    project_cache._temporary_root.cache_clear()
+    project_cache.temporary_root.cache_clear()
 
 
 def test_without_a_home_folder_caches_go_to_a_private_temporary_folder(no_home, imagefolder_tree, monkeypatch, caplog):

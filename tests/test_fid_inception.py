@@ -55,7 +55,7 @@ def sets(weights):
 
 @needs_fid_helper
 def test_converted_weights_match_torchscript(weights):
-    scripted = fi._load_torchscript(fi.fid_helper_model())
+    scripted = torch.jit.load(str(fi.fid_helper_model()), map_location="cpu").eval()  # the reference, read as it is
     images = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     ours = fi.inception_features(images, weights)
     with torch.inference_mode():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import cli, error_line
 from synthaug import SynthaugError
-from synthaug.recipe import SECTIONS, _toml_value, load_recipe
+from synthaug.recipe import SECTIONS, toml_value, load_recipe
 from synthaug.shards import verify_shards
 
 # Every enumerated recipe key ("generator.preset") with its allowed values, as the recipe declares them.
@@ -38,8 +38,8 @@ def not_allowed(allowed: tuple[str, ...]):
 
 
 def toml_text(data: dict) -> str:
-    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    sections = [f"[{k}]\n" + "\n".join(f'"{n}" = {_toml_value(v)}' for n, v in section.items())
+    top = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    sections = [f"[{k}]\n" + "\n".join(f'"{n}" = {toml_value(v)}' for n, v in section.items())
                 for k, section in data.items() if isinstance(section, dict)]
     return "\n".join(top) + "\n" + "\n\n".join(sections) + "\n"
 
@@ -224,7 +224,7 @@ def test_any_text_written_into_a_recipe_reads_back_the_same(text):
     """Saved recipes hold what the user typed (a class name, a prompt): every character survives TOML, DEL too."""
     import tomllib
 
-    assert tomllib.loads(f"x = {_toml_value(text)}")["x"] == text
+    assert tomllib.loads(f"x = {toml_value(text)}")["x"] == text
 
 
 # -- numbers: every numeric recipe key and command option refuses non-finite and absurd values ---------------

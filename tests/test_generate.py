@@ -4,12 +4,11 @@ folders in the wrong place."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import webdataset as wds
 
-from conftest import TINY, cli, error_line, files_of, tiny_recipe
+from conftest import TINY, cli, count_reads, error_line, files_of, tiny_recipe
 from synthaug import SynthaugError
 from synthaug.files import exclusive_lock, sha256_file
 from synthaug.generator import Generator
@@ -236,15 +235,7 @@ def test_write_shards_itself_refuses_out_in_the_run_folder_or_in_its_dataset(ima
 def test_one_generate_reads_the_runs_recipe_and_condition_schema_once(digits_run, tmp_path, monkeypatch):
     """The run is opened once and passed on (the checks of --out, the sampling defaults, the generator, the real
     images variations start from): one `synthaug generate` reads recipe.toml and condition.json once each."""
-    reads = []
-    read_text = Path.read_text
-
-    def counted(path, *args, **kwargs):
-        if path.name in ("recipe.toml", "condition.json") and path.parent.resolve() == digits_run.path.resolve():
-            reads.append(path.name)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = count_reads(monkeypatch, digits_run.path, ("recipe.toml", "condition.json"))
     result = cli("generate", "--run", str(digits_run.path), "--class", "3", "--num", "2", "--from-real", "--steps", "2",
                  "--out", str(tmp_path / "o"))
     assert result.exit_code == 0, result.output

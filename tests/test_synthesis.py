@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli, tiny_recipe
+from conftest import cli, count_reads, tiny_recipe
 from synthaug import SynthaugError
 from synthaug.generator import Generator
 from synthaug.generator.train import train_generator
@@ -160,17 +160,7 @@ def test_filtered_kept_images_equal_the_unfiltered_first_draws(gen, tmp_path):
 def test_a_filtered_variation_set_reads_the_runs_recipe_and_condition_schema_once(digits_run, tmp_path, monkeypatch):
     """generate_shards opens the run once and passes it on (generator, real sources, filter key, filter classifier):
     recipe.toml and condition.json are read once each."""
-    from pathlib import Path
-
-    reads = []
-    read_text = Path.read_text
-
-    def counted(path, *args, **kwargs):
-        if path.name in ("recipe.toml", "condition.json") and path.parent.resolve() == digits_run.path.resolve():
-            reads.append(path.name)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = count_reads(monkeypatch, digits_run.path, ("recipe.toml", "condition.json"))
     request = GenerateRequest(classes=("5",), per_class=2, from_real=True, min_confidence=0.05, max_draws=2)
     manifest = generate_shards(digits_run.path, request, tmp_path / "f", SAMPLING, device="cpu", filter_config=FILTER)
     assert manifest["filter"]["per_class"]["5"]["planned"] == 2

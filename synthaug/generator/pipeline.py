@@ -19,7 +19,7 @@ from synthaug.errors import SynthaugError
 from synthaug.device import default_device, inference_dtype, out_of_memory_advice
 from synthaug.conditions import ConditionSchema
 from synthaug.generator.sampling import check_steps, sample_images, steps_run
-from synthaug.recipe import SamplingConfig
+from synthaug.recipe import DEFAULT_STRENGTH, STRENGTH_RANGE, SamplingConfig, valid_strength
 from synthaug.runs import Run, open_run
 from synthaug.seeds import derive_seed
 
@@ -208,7 +208,7 @@ class Generator:
                                                init=init, strength=strength)
         return out, [steps_run(sampling.steps, v) if v < 1 else sampling.steps for v in strengths]
 
-    def vary(self, images, conditions: list[str | int | dict], strength: float = 0.5, seed: int = 0,
+    def vary(self, images, conditions: list[str | int | dict], strength: float = DEFAULT_STRENGTH, seed: int = 0,
              guidance: float | None = None, sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
         """Real-guided variations (SDEdit) of ``images``, one per image, toward each image's condition.
 
@@ -224,8 +224,8 @@ class Generator:
 
         >>> gen.vary(real_images, ["3"] * len(real_images), strength=0.4)   # doctest: +SKIP
         """
-        if not 0 < strength <= 1:
-            raise SynthaugError(f"strength must lie in (0, 1], not {strength}.")
+        if not valid_strength(strength):
+            raise SynthaugError(f"strength must lie in {STRENGTH_RANGE}, not {strength}.")
         array = images.permute(0, 2, 3, 1).cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
         size = (self.schema.resolution, self.schema.resolution, self.schema.channels)
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != size:
