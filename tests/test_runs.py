@@ -99,7 +99,7 @@ def test_train_refuses_the_root_and_the_home_folder_and_expands_a_tilde(tmp_path
 
 def test_a_file_as_the_run_folder_is_one_sentence(tmp_path):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(SynthaugError, match="afile is a file, not a run folder; choose a folder"):
+    with pytest.raises(SynthaugError, match="^run_dir .*afile is a file, not a folder; choose a folder"):
         train_generator(tiny_recipe(tmp_path / "afile"))
 
 

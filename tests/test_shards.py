@@ -161,7 +161,7 @@ def foreign_tars(folder):
 
 @pytest.mark.parametrize("make, message", [
     (lambda f: None, r"s does not exist; give a folder written by synthaug generate\."),
-    (lambda f: f.write_text("x"), r"s is a file, not a shard folder"),
+    (lambda f: f.write_text("x"), r"s is a file, not a folder; give a folder written by synthaug generate\."),
     (lambda f: f.mkdir(), r"manifest\.json is missing and .*s is empty; give a folder written by synthaug generate\."),
     (foreign_tars, r"holds 2 tar files \(imagenet-train-000\d\.tar, \.\.\.\) but no record of a synthaug generation"),
     (lambda f: f.mkdir() or (f / "notes.md").write_text("x"), r"s is not a synthaug shard set"),
