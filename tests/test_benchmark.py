@@ -535,6 +535,21 @@ def test_a_stages_folder_synthaug_did_not_write_is_neither_deleted_nor_written_i
     assert (out / "stages" / "notes.txt").read_text() == "x" and sorted(p.name for p in (out / "stages").iterdir()) == ["notes.txt"]
 
 
+def test_a_stage_store_whose_marker_is_half_written_is_ours(tmp_path):
+    """A second process of `accelerate launch` checking the store while the first writes its marker (a temporary file
+    beside it) refused the benchmark as 'files synthaug did not write' (a CI failure)."""
+    from synthaug import SynthaugError
+    from synthaug.benchmark.store import StageStore
+
+    store = StageStore(tmp_path)
+    store.root.mkdir()
+    (store.root / ".store.json.qe0ji_69.tmp").write_text("{")
+    store.check_ours()
+    (store.root / "notes.tmp").write_text("x")
+    with pytest.raises(SynthaugError, match=r"holds files synthaug did not write \(notes.tmp\)"):
+        store.check_ours()
+
+
 def test_two_benchmarks_on_one_folder_are_refused(tmp_path):
     from synthaug import SynthaugError
     from synthaug.benchmark import run_benchmark

@@ -256,7 +256,8 @@ class Benchmark:
         stages first, also the real data, its validation split and each setting's data and generator."""
         for shots in self.b.shots_per_class:
             Run(generator_for_shots(self.recipe, shots).run_path).check_trainable()
-        self.store.check_ours()
+        if self.main:  # the others would race the first process's writes into the store
+            self.store.check_ours()
         if not self.fresh:
             return
         self.real_data()
@@ -271,6 +272,7 @@ class Benchmark:
         from synthaug.files import exclusive_lock
 
         self.out.mkdir(parents=True, exist_ok=True)
+        self.barrier()  # every process has done its checks before the first writes (or, with --fresh, deletes)
         with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}") if self.main else contextlib.nullcontext():
             if self.main:
                 self.store.clear() if self.fresh else self.store.open()

@@ -89,8 +89,9 @@ class StageStore:
             return
         if not self.root.is_dir():
             raise SynthaugError(f"{self.root} is a file, not the benchmark's stage folder; move it, or choose another --out.")
-        foreign = sorted(p.name for p in self.root.iterdir() if not (p.is_dir() and p.name in KINDS and all(
-            STAGE_NAME.fullmatch(q.name) for q in p.iterdir())))
+        foreign = sorted(p.name for p in self.root.iterdir() if not (
+            (p.is_dir() and p.name in KINDS and all(STAGE_NAME.fullmatch(q.name) for q in p.iterdir()))
+            or re.fullmatch(rf"\.{re.escape(MARKER)}\..*\.tmp", p.name)))  # the marker, half written
         if foreign:
             raise SynthaugError(f"{self.root} holds files synthaug did not write ({', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''}), so the benchmark neither keeps its stages in it "

@@ -11,7 +11,7 @@ import os
 import queue
 import signal
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 
 import torch
 
@@ -30,10 +30,13 @@ class WorkerPool:
         context = multiprocessing.get_context(method)
         self._started: multiprocessing.Queue = context.Queue()
         self._pids: set[int] = set()
+        self._futures: list[Future] = []
         self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(self._started,))
 
     def submit(self, fn, *args, **kwargs) -> Future:
-        return self.executor.submit(fn, *args, **kwargs)
+        future = self.executor.submit(fn, *args, **kwargs)
+        self._futures = [f for f in self._futures if not f.done()] + [future]
+        return future
 
     def pids(self) -> list[int]:
         """The process ids of the workers started so far."""
@@ -53,6 +56,9 @@ class WorkerPool:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # the executor's own thread marks the killed runs failed (a broken pool) once it sees their workers gone:
+        # wait for that, so no caller finds a run still pending after the pool was stopped
+        wait(self._futures, timeout=30)
 
 
 def start_worker(started=None) -> None:
