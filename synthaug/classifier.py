@@ -51,6 +51,7 @@ class ClassifierConfig:
     label_smoothing: float = 0.1
     protocol: str = "finetune"  # or linear-probe: a frozen backbone's cached features and a linear head
     probe_views: int = 4  # linear-probe with classic augmentation: augmented views cached per image
+    views_per_seed: bool = True  # each seed draws its own augmented views (else one set of views for every seed)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -81,7 +82,7 @@ class ClassifierConfig:
         b = b or BenchmarkConfig()
         config = cls(model=b.classifier, pretrained=b.pretrained, resolution=b.classifier_resolution, steps=b.steps,
                      batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay, protocol=b.protocol,
-                     probe_views=b.probe_views)
+                     probe_views=b.probe_views, views_per_seed=b.probe_views_per_seed)
         return dataclasses.replace(config, **changes)
 
 
@@ -198,14 +199,15 @@ def train_linear_probe(images: Images, levels: list[int], config: ClassifierConf
 
     device = images.device
     probe = make_probe(config, sum(levels), images.channels, device)  # the shared frozen backbone: built before seeding
-    seed = derive_seed("classifier", seed)
+    replicate, seed = seed, derive_seed("classifier", seed)
     torch.manual_seed(seed)
     probe.head.reset_parameters()  # the head's initialisation depends on the seed only
     views = config.probe_views if augment_images else 0
     if synthetic is not None and mix_probability is None:  # one pool, drawn uniformly
         images, synthetic = Images.concat([images, synthetic]), None
-    feats = probe_features(probe, images, views, flip)  # (N, V, D)
-    syn_feats = probe_features(probe, synthetic, views, flip) if synthetic is not None else None
+    replicate = replicate if config.views_per_seed else 0  # the views are a source of noise a user's repeat varies too
+    feats = probe_features(probe, images, views, flip, replicate=replicate)  # (N, V, D)
+    syn_feats = probe_features(probe, synthetic, views, flip, replicate=replicate) if synthetic is not None else None
     optimizer = torch.optim.AdamW(probe.head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.steps // 2),
                              num_training_steps=config.steps)

@@ -42,13 +42,17 @@ def image_digest(images: Images) -> str:
     return images.digest
 
 
-def _view_spec(views: int, flip: bool) -> dict:
+def _view_spec(views: int, flip: bool, replicate: int = 0) -> dict:
     """Which inputs a feature set holds: the images themselves (views 0), or ``views`` augmented copies of each,
-    drawn from a fixed seed per chunk of :data:`PROBE_CHUNK` images (the same for every seed and arm)."""
-    return {"views": views, "flip": flip, "chunk": PROBE_CHUNK} if views else {"views": 0}
+    drawn from a seed per chunk of :data:`PROBE_CHUNK` images and per ``replicate`` (the same for every arm, so arms
+    stay paired; a benchmark seed draws its own views unless ``benchmark.probe_views_per_seed`` is false)."""
+    if not views:
+        return {"views": 0}
+    return {"views": views, "flip": flip, "chunk": PROBE_CHUNK} | ({"replicate": replicate} if replicate else {})
 
 
-def extract_features(probe: LinearProbe, images: Images, views: int = 0, flip: bool = False) -> torch.Tensor:
+def extract_features(probe: LinearProbe, images: Images, views: int = 0, flip: bool = False,
+                     replicate: int = 0) -> torch.Tensor:
     """(N, V, D) float32 backbone features of every image (V = 1 without views), one backbone call per chunk and view."""
     from synthaug.weights.timm_imagenet import input_normalization
 
@@ -58,7 +62,7 @@ def extract_features(probe: LinearProbe, images: Images, views: int = 0, flip: b
     out = []
     for k, chunk in enumerate(images.chunks(PROBE_CHUNK)):
         x = chunk.float() / 255.0
-        g = torch.Generator(device=device).manual_seed(derive_seed("probe-views", k))
+        g = torch.Generator(device=device).manual_seed(derive_seed("probe-views", *([replicate] if replicate else []), k))
         inputs = [augment(x, g, flip) for _ in range(views)] if views else [x]
         out.append(torch.stack([backbone(((v - mean) / std).contiguous(memory_format=torch.channels_last)).float()
                                 for v in inputs], dim=1))
@@ -96,7 +100,7 @@ def _remember(key: str, features: torch.Tensor) -> torch.Tensor:
 
 
 def probe_features(probe: LinearProbe, images: Images, views: int = 0, flip: bool = False,
-                   cache: bool = True) -> torch.Tensor:
+                   cache: bool = True, replicate: int = 0) -> torch.Tensor:
     """(N, V, D) features of ``images`` (see :func:`extract_features`), extracted once per image set.
 
     A set taken from a larger one (:meth:`Images.take`) uses that set's features, pooled sets their parts'. Others
@@ -106,25 +110,26 @@ def probe_features(probe: LinearProbe, images: Images, views: int = 0, flip: boo
     """
     if images.origin is not None and cache:
         parent, rows = images.origin
-        return probe_features(probe, parent, views, flip)[rows.to(images.device)]
+        return probe_features(probe, parent, views, flip, replicate=replicate)[rows.to(images.device)]
     if images.parts is not None and cache:
-        return torch.cat([probe_features(probe, part, views, flip) for part in images.parts])
+        return torch.cat([probe_features(probe, part, views, flip, replicate=replicate) for part in images.parts])
     # created outside inference mode so training can use them (predict runs under inference_mode)
     with torch.inference_mode(False), torch.no_grad():
         if not cache:
-            return extract_features(probe, images, views, flip)
+            return extract_features(probe, images, views, flip, replicate)
         import json
         import timm
 
-        identity = {**probe.spec, **_view_spec(views, flip), "images": image_digest(images), "timm": timm.__version__}
+        identity = {**probe.spec, **_view_spec(views, flip, replicate), "images": image_digest(images), "timm": timm.__version__}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         if key in _FEATURES:
             _FEATURES.move_to_end(key)
             return _FEATURES[key]
-        return _remember(key, _features_on_disk(key, probe, images, views, flip).to(images.device))
+        return _remember(key, _features_on_disk(key, probe, images, views, flip, replicate).to(images.device))
 
 
-def _features_on_disk(key: str, probe: LinearProbe, images: Images, views: int, flip: bool) -> torch.Tensor:
+def _features_on_disk(key: str, probe: LinearProbe, images: Images, views: int, flip: bool,
+                      replicate: int = 0) -> torch.Tensor:
     from safetensors.torch import load, save
 
     from synthaug.cache import cache_root, usable_cache_file, write_cache_file
@@ -136,6 +141,6 @@ def _features_on_disk(key: str, probe: LinearProbe, images: Images, views: int, 
                 return load(usable.read_bytes())["features"].clone()
             except (OSError, KeyError, RuntimeError, ValueError) as e:  # a damaged file: extract again
                 log.warning("The cached features in %s are unreadable (%s); extracting them again.", usable, e)
-        features = extract_features(probe, images, views, flip)
+        features = extract_features(probe, images, views, flip, replicate)
         write_cache_file(path, save({"features": features.cpu().contiguous()}))
         return features

@@ -84,8 +84,9 @@ def method_arm(setting: dict, results: dict, method: dict, ratio: float) -> str 
 def validation_rows(setting: dict) -> list[list[str]]:
     """The candidates compared on the validation split, the chosen ones marked."""
     c = setting["choices"]
-    chosen = {c["baseline"], method_arm(setting, setting["validation"], c["method"], c["ratio"])}
-    return [[shots_text(setting), name + (" **(chosen)**" if name in chosen else ""), images_text(r.get("training_images")),
+    best = method_arm(setting, setting["validation"], c["method"], c["ratio"])
+    marks = {c["baseline"]: " **(chosen baseline)**", best: " **(chosen)**" if c.get("chosen", True) else " (best candidate, not chosen)"}
+    return [[shots_text(setting), name + marks.get(name, ""), images_text(r.get("training_images")),
              interval(r["top1"])] for name, r in setting["validation"].items()]
 
 
@@ -199,6 +200,29 @@ FACES_HEADER = ["faces detected % (real)", "MTCNN confidence (real)"]
 SWEEP_HEADER = ["shots/class", "guidance", "FID", "KID x1000", "conditioning acc. %", "validation top-1 %"]
 
 
+def gain_text(g: dict) -> str:
+    """A gain with the interval its verdict rests on: the wider of the seed and test-image intervals (older reports
+    carry only the seed one)."""
+    d = g.get("decisive")
+    if d is None:
+        return f"{100 * g['mean']:+.1f} points (95% CI ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f})"
+    t = g.get("test_sample")
+    seeds = f"over seeds ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f}"
+    if t is None:
+        return f"{100 * g['mean']:+.1f} points (95% interval {100 * d['low']:+.1f} to {100 * d['high']:+.1f}, {seeds})"
+    return (f"{100 * g['mean']:+.1f} points (95% interval {100 * d['low']:+.1f} to {100 * d['high']:+.1f}, the wider of: "
+            f"{seeds}; over the evaluation images {100 * t['low']:+.1f} to {100 * t['high']:+.1f})")
+
+
+def noise_text(sources: dict | None) -> str:
+    """Which sources of noise the intervals cover, and which each setting holds fixed."""
+    if not sources:
+        return ""
+    return ("Intervals cover " + "; ".join(sources["varied_by_seed"]) + " (varied by seed), and "
+            + "; ".join(sources["covered_by_bootstrap"]) + ". Held fixed (one draw each): "
+            + ", ".join(sources["held_fixed"]) + ".")
+
+
 def answer_lines(report: dict) -> list[str]:
     """The plain answer, one paragraph per setting."""
     lines = []
@@ -206,13 +230,15 @@ def answer_lines(report: dict) -> list[str]:
         summary, c = s["summary"], s["choices"]
         g = summary["gain"]
         text = per_class_text(s)
+        chosen = c.get("chosen", True)
+        what = "Chosen on the validation split (never on test)" if chosen else "Best candidate on validation, not chosen"
         lines += [f"**{text[0].upper() + text[1:]}.** {summary['verdict']}",
                   "",
-                  f"- Chosen on the validation split (never on test): {c['label']}; baseline {summary['baseline_arm']}. "
-                  f"Gain {100 * g['mean']:+.1f} points (95% CI ±{pct(g['ci95'])}, paired p = {g['p_value']:.3f}); "
-                  f"minimum detectable effect at 80% power: {pct(summary['min_detectable_effect'])} points.",
-                  *([f"- Against real + classic aug (the same training without the synthetic images): "
-                     f"{100 * v['mean']:+.1f} points (95% CI ±{pct(v['ci95'])}, paired p = {v['p_value']:.3f})."]
+                  f"- {what}: {c['label']}; baseline {summary['baseline_arm']}. On test: {gain_text(g)}; minimum "
+                  f"detectable effect at 80% power: {pct(summary['min_detectable_effect'])} points.",
+                  *([f"- Choice rule: {c['rule']}. Its validation gain over real + classic aug: "
+                     f"{gain_text(c['validation_gain_over_classic_aug'])}."] if "rule" in c else []),
+                  *([f"- Against real + classic aug (the same training without the synthetic images): {gain_text(v)}."]
                     if (v := summary.get("gain_vs_classic_aug")) and summary["baseline_arm"] != "real + classic aug" else []),
                   f"- Highest test score among the synthetic arms: {summary['best_synthetic_arm_by_test']} "
                   "(picked on test, so optimistic; shown for completeness)."]
@@ -257,8 +283,10 @@ def render_markdown(report: dict) -> str:
         "## Does synthetic data help? (real test split)",
         "",
         f"Classifier: {classifier_text(c)}; {c['steps']} steps of {c['batch_size']} images at "
-        f"{c['resolution']} px for every arm, seeds {c['seeds']}. Intervals are 95% t-intervals over seeds; gains are "
-        "paired by seed (the same seed starts every arm from the same weights), and * marks p < 0.05 (paired t-test). "
+        f"{c['resolution']} px for every arm, seeds {c['seeds']}. Intervals in this table are 95% t-intervals over seeds; "
+        "gains are paired by seed (the same seed starts every arm from the same weights), and * marks p < 0.05 (paired "
+        "t-test); the answer above also gives a paired bootstrap over the test images and rests on the wider interval. "
+        f"{noise_text((report.get('provenance') or {}).get('replicates'))} "
         "Every synthetic arm is on top of classic augmentation; `Nx real` arms have N times the real images.",
         "",
         markdown_table(ARM_HEADER, [r for s in report["settings"] for r in arm_rows(s)]),
@@ -291,6 +319,7 @@ def render_markdown(report: dict) -> str:
         "## Provenance",
         "",
     ]
+    parts += provenance_lines(report.get("provenance"))
     for s in report["settings"]:
         g = s["generator"]
         parts.append(f"- shots/class {shots_text(s)}: generator `{g['run']}` ({g.get('kimg')} kimg) trained on {g['train_images']} "
@@ -301,6 +330,26 @@ def render_markdown(report: dict) -> str:
               "right), `memorization-<shots>.png` (closest synthetic images, top, above their nearest training images). "
               "Every number: `report.json`.", ""]
     return "\n".join(parts)
+
+
+def provenance_lines(p: dict | None) -> list[str]:
+    """The code, date and machine of this invocation, and a line for every stage kind reused from an earlier one."""
+    if not p:
+        return []
+    commit = p.get("commit")
+    code = (f"commit `{commit[:12]}`{' with uncommitted changes' if p.get('dirty') else ''}" if commit
+            else "no git checkout (an installed package)")
+    lines = [f"- This invocation: synthaug {p.get('synthaug')}, {code}, {p.get('date')}, recipe sha256 "
+             f"`{(p.get('recipe_sha256') or '')[:16]}…`, {len(p.get('cpu_flags', []))} CPU flags recorded in report.json."]
+    for r in p.get("reused_stages", []):
+        inv = r["invocation"]
+        by = (f"invocation {inv.get('id')} ({inv.get('date')}, commit `{(inv.get('commit') or 'unknown')[:12]}`"
+              f"{' with uncommitted changes' if inv.get('dirty') else ''}, recipe sha256 `{(inv.get('recipe_sha256') or 'unknown')[:16]}…`)"
+              if inv.get("date") else f"an earlier invocation that recorded no provenance ({inv.get('id')})")
+        lines.append(f"- **Reused** {r['stages']} {r['kind']} stage{'s' if r['stages'] != 1 else ''} written by {by}.")
+    for run in p.get("reused_generators", []):
+        lines.append(f"- **Reused** the finished generator `{run}` (trained by an earlier invocation).")
+    return lines
 
 
 def save_figure(fig, path: Path) -> None:

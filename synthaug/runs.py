@@ -406,7 +406,10 @@ def record_training(run: Run, recipe: Recipe, schema: ConditionSchema, describe_
     run.json; ``describe_text()``: a text backend's base model / text encoder sha256 and prompts, computed once), the
     condition schema and the resolved recipe."""
     if not run.info_file.exists():
-        info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, "kimg": 0, "finished": False}
+        from synthaug.provenance import git_state
+
+        info = {"id": uuid.uuid4().hex[:12], "name": recipe.name, "synthaug": __version__, **git_state(), "kimg": 0,
+                "finished": False}
         text = describe_text()
         info.update({"text": text} if text else {})
         write_text_atomic(run.info_file, json.dumps(info, indent=1))

@@ -1,3 +1,3 @@
 """The version of synthaug (the package and every file it writes record it)."""
 
-__version__ = "0.3.0.dev0"
+__version__ = "0.3.0.dev1"

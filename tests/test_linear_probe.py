@@ -110,13 +110,31 @@ def test_classic_augmentation_trains_on_cached_augmented_views(fake_imagenet):
     plain = train_classifier(train, None, [2], PROBE, seed=0)
     augmented = train_classifier(train, None, [2], PROBE, seed=0, augment_images=True, flip=True)
     assert calls[0] == 1 + PROBE.probe_views  # the plain images once, then each view once
-    train_classifier(train, None, [2], PROBE, seed=1, augment_images=True, flip=True)
-    assert calls[0] == 1 + PROBE.probe_views  # every seed (and arm) shares the views
+    train_classifier(train, None, [2], PROBE, seed=0, augment_images=True, flip=True)
+    assert calls[0] == 1 + PROBE.probe_views  # every arm of a seed shares its views
     views = probe_features(augmented, train, PROBE.probe_views, flip=True)
     base = probe_features(augmented, train)
     assert views.shape == (24, PROBE.probe_views, base.shape[2]) and base.shape[1] == 1
     assert not torch.allclose(views[:, 0], base[:, 0]) and not torch.allclose(views[:, 0], views[:, 1])
     assert not torch.equal(head(plain)[0], head(augmented)[0])  # the views reached the head
+
+
+def test_each_seed_draws_its_own_augmented_views_unless_told_not_to(fake_imagenet):
+    """Issue 27: with one set of views for every seed, a seed varied only the head's initialisation and batches, so the
+    seed intervals left out the augmentation noise a user's repeat would see."""
+    import dataclasses
+
+    train = images(24, 0)
+    calls = count_backbone_calls()
+    one = train_classifier(train, None, [2], PROBE, seed=0, augment_images=True)
+    train_classifier(train, None, [2], PROBE, seed=1, augment_images=True)
+    assert calls[0] == 2 * PROBE.probe_views  # seed 1 extracted its own views
+    seed0, seed1 = (probe_features(one, train, PROBE.probe_views, replicate=r) for r in (0, 1))
+    assert not torch.allclose(seed0, seed1)
+    shared = dataclasses.replace(PROBE, views_per_seed=False)
+    train_classifier(train, None, [2], shared, seed=2, augment_images=True)
+    train_classifier(train, None, [2], shared, seed=3, augment_images=True)
+    assert calls[0] == 2 * PROBE.probe_views  # both seeds used seed 0's views, already extracted
 
 
 def test_save_and_load_round_trip_predicts_identically(fake_imagenet, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from synthaug.benchmark.arms import Arm
 from synthaug.benchmark.run import Method, verdict, worth_real
-from synthaug.benchmark.stats import min_detectable_effect, paired_gain, summarize
+from synthaug.benchmark.stats import min_detectable_effect, paired_comparison, paired_gain, summarize
 from synthaug.report import arm_rows, kid_text, markdown_table, quality_rows, render_markdown, sweep_verdict, validation_rows
 
 REAL = [0.80, 0.82, 0.84]
@@ -42,7 +42,7 @@ def setting(shots: int) -> dict:
                   f"{aug} + {g1.label} x0.5": arm(Arm("a", augment=True, synthetic="main", ratio=0.5), [0.73, 0.74, 0.75], None, "k1"),
                   f"{aug} + {g2.label} x0.5": arm(Arm("b", augment=True, synthetic="main", ratio=0.5), [0.75, 0.76, 0.77], None, "k2")}
     headline = f"{aug} + {g2.label} x0.5"
-    gain = paired_gain(arms[headline]["top1"]["values"], arms[aug]["top1"]["values"])
+    gain = paired_comparison(arms[headline]["top1"]["values"], arms[aug]["top1"]["values"])
     return {"shots_per_class": shots, "train_images": 100, "synthetic_sets": sets, "arms": arms, "validation": validation,
             "arm_sets": {n: "k2" for n in arms if n not in ("real", aug)},
             "choices": {"guidance": 2.0, "method": {"guidance": 2.0, "strengths": (), "min_confidence": 0.0}, "label": g2.label,
@@ -86,8 +86,12 @@ def test_markdown_rows_match_the_json():
 
 def test_validation_rows_mark_the_choices():
     rows = validation_rows(setting(10))
-    chosen = [r[1] for r in rows if "(chosen)" in r[1]]
-    assert chosen == ["real + classic aug **(chosen)**", "real + classic aug + synthetic (guidance 2) x0.5 **(chosen)**"]
+    chosen = [r[1] for r in rows if "chosen" in r[1]]
+    assert chosen == ["real + classic aug **(chosen baseline)**", "real + classic aug + synthetic (guidance 2) x0.5 **(chosen)**"]
+    s = setting(10)
+    s["choices"]["chosen"] = False  # the choice rule: the best candidate's validation gain was within its uncertainty
+    assert [r[1] for r in validation_rows(s) if "chosen" in r[1]][1] == \
+        "real + classic aug + synthetic (guidance 2) x0.5 (best candidate, not chosen)"
 
 
 def test_quality_rows_skip_unmeasured_sets_and_show_intervals():
@@ -118,23 +122,23 @@ def test_markdown_table():
 
 
 def test_verdicts_say_what_to_do():
-    win = paired_gain([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
+    win = paired_comparison([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
     assert verdict("A", "B", win, 0.02).startswith("Worth running: A beats B by +10.7 points")
-    lose = paired_gain([0.7, 0.71, 0.7], [0.8, 0.8, 0.81])
+    lose = paired_comparison([0.7, 0.71, 0.7], [0.8, 0.8, 0.81])
     assert verdict("A", "B", lose, 0.02).startswith("Not worth running: A is worse than B")
-    null = paired_gain([0.8, 0.82, 0.8], [0.81, 0.8, 0.81])
+    null = paired_comparison([0.8, 0.82, 0.8], [0.81, 0.8, 0.81])
     assert "only a gain of about 2.0 points would be detected" in verdict("A", "B", null, 0.02)
 
 
 def test_a_win_over_real_only_must_also_beat_classic_augmentation():
     """Validation may choose plain real as the baseline; a synthetic arm (always on top of classic augmentation) that
     beats it but not real + classic aug is not called worth running: the gain would be classic augmentation's."""
-    over_real = paired_gain([0.184, 0.186, 0.183], [0.167, 0.169, 0.166])
-    behind_aug = paired_gain([0.184, 0.186, 0.183], [0.191, 0.192, 0.190])
+    over_real = paired_comparison([0.184, 0.186, 0.183], [0.167, 0.169, 0.166])
+    behind_aug = paired_comparison([0.184, 0.186, 0.183], [0.191, 0.192, 0.190])
     text = verdict("A", "real", over_real, 0.01, behind_aug)
     assert text.startswith("Not shown to help beyond classic augmentation: A beats real by +1.7 points")
     assert "against real + classic aug (the same training without the synthetic images) it is -0.7 points" in text
-    ahead_of_aug = paired_gain([0.184, 0.186, 0.183], [0.170, 0.171, 0.170])
+    ahead_of_aug = paired_comparison([0.184, 0.186, 0.183], [0.170, 0.171, 0.170])
     assert verdict("A", "real", over_real, 0.01, ahead_of_aug).startswith("Worth running: A beats real")
     assert verdict("A", "real + classic aug", over_real, 0.01, over_real).startswith("Worth running")
 

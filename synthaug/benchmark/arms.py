@@ -69,7 +69,15 @@ def train_and_score(arm: Arm, images: Images, mixed: Images | None, evaluation: 
     """One classifier of ``arm`` (its data from :func:`train_data`), trained with ``seed``, scored on ``evaluation``."""
     model = train_classifier(images, None, levels, config, seed, augment_images=arm.augment, flip=flip, synthetic=mixed,
                              mix_probability=arm.mix_probability or None, description=f"{arm.name}, seed {seed}")
-    return score(predict(model, evaluation, levels).cpu().numpy(), evaluation.y.cpu().numpy(), levels)
+    pred, truth = predict(model, evaluation, levels).cpu().numpy(), evaluation.y.cpu().numpy()
+    right = (pred.reshape(len(pred), -1) == truth.reshape(len(truth), -1)).sum(1)
+    # per evaluation image, how many heads it got right: what the bootstrap over evaluation images resamples
+    return {**score(pred, truth, levels), "correct": right.astype(int).tolist(), "heads": len(levels)}
+
+
+def correct_matrix(runs: list[dict]) -> np.ndarray:
+    """(seeds, images): each run's per-image score (the share of heads right), from :func:`train_and_score`."""
+    return np.array([np.asarray(r["correct"], dtype=np.float64) / r["heads"] for r in runs])
 
 
 def run_arm(arm: Arm, levels: list[int], config: ClassifierConfig, seeds: list[int], evaluation: Images, *,
@@ -102,6 +110,7 @@ def training_images(arm: Arm, real: Images | None, images: Images, mixed: Images
 
 def arm_result(arm: Arm, counts: dict, runs: list[dict], **extra) -> dict:
     """An arm's result from the scores of its seeds: the one form ``evaluate``'s CAS and every benchmark arm report."""
+    runs = [{k: v for k, v in r.items() if k not in ("correct", "heads")} for r in runs]  # per-image scores stay out
     return {"arm": arm.describe(), "training_images": counts, **extra, "runs": runs,
             "top1": summarize([r["top1"] for r in runs]), "macro_f1": summarize([r["macro_f1"] for r in runs]),
             "per_level": mean_per_level(runs)}

@@ -39,10 +39,10 @@ import torch
 
 from synthaug import progress
 from synthaug.version import __version__
-from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, train_and_score, train_data,
-                                     training_images)
+from synthaug.benchmark.arms import (Arm, SyntheticPool, arm_result, compare, correct_matrix, train_and_score,
+                                     train_data, training_images)
 from synthaug.benchmark.evaluate import CAS, Evaluator, Targets
-from synthaug.benchmark.stats import min_detectable_effect, paired_gain
+from synthaug.benchmark.stats import min_detectable_effect, paired_comparison
 from synthaug.benchmark.store import StageStore, stage_key
 from synthaug.benchmark.workers import WorkerPool, one_thread, resolve_workers
 from synthaug.classifier import ClassifierConfig
@@ -55,15 +55,29 @@ from synthaug.conditions import (ConditionSchema, resolve_kind, schema_from_data
                                           training_data_changes)
 from synthaug.generator.train import build_training, train_generator
 from synthaug.recipe import Recipe, recipe_to_dict
+from synthaug.provenance import cpu_flags, invocation_record
 from synthaug.runs import Run
+from synthaug.seeds import derive_seed
 from synthaug.shards import SyntheticSet, load_shard_set, sample_key
 from synthaug.synthesis import GenerateRequest, generate_shards
 
 log = logging.getLogger(__name__)
 CLASSIC = "real + classic aug"  # the arm every synthetic arm is built on: real images with classic augmentation
+CHOICE_BASE = CLASSIC
+# What a benchmark seed varies, and what each setting holds fixed (one draw each), for the report to say
+NOISE_SOURCES = {
+    "varied_by_seed": ["the classifier's initialisation and batch order", "its augmentation draws (for the linear probe: "
+                       "its augmented views, unless benchmark.probe_views_per_seed is false)"],
+    "covered_by_bootstrap": ["which images the evaluation split holds (paired bootstrap over its images, per class)"],
+    "held_fixed": ["the few-shot real subset", "the generator (one training run)", "the synthetic images drawn"],
+}
 # A synthetic set that supplies less than this share of the images its ratio asks for (a filter that kept almost
 # nothing) is no candidate: its arm is real + classic augmentation in all but name, and cannot be chosen or called best.
 MIN_KEPT_SHARE = 0.1
+CHOICE_RULE = ("a synthetic method is chosen only when its validation gain over real + classic aug is above zero across "
+               "the wider of two 95% intervals (over seeds, and a paired bootstrap over the validation images); otherwise "
+               "nothing is chosen and the best candidate is reported for information")
+KFOLD_NOTE = "choices made on the one validation split (no k-fold choices on the training split: not within the budget)"
 
 
 # -- what each setting trains on and draws -----------------------------------------------------
@@ -127,11 +141,29 @@ def synthetic_request(train: ImageSet, targets: Targets, ratio: float, method: M
     return GenerateRequest(attributes=conds, counts=tuple(math.ceil(ratio * m) for m in multiplicity), **extra)
 
 
+def ratio_total(train_counts: np.ndarray, ratio: float) -> int:
+    """The synthetic images ``ratio`` asks for in all: ratio x the real images, rounded half up (never to even)."""
+    return int(math.floor(ratio * int(np.sum(train_counts)) + 0.5))
+
+
+def per_class_counts(train_counts: np.ndarray, ratio: float) -> np.ndarray:
+    """Synthetic images per class for ``ratio``: each class its ``floor(ratio x n)``, and the remainder of
+    :func:`ratio_total` one each to the classes with the largest fractions (ties in a fixed seeded order), so that the
+    total is exact (x0.5 of 5 shots is 2.5 per class on average, not 2)."""
+    counts = np.asarray(train_counts, dtype=np.int64)
+    exact = ratio * counts
+    out = np.floor(exact + 1e-9).astype(np.int64)
+    remainder = ratio_total(counts, ratio) - int(out.sum())
+    if remainder > 0:
+        tie = np.random.default_rng(derive_seed("synthetic-ratio-remainder") % 2**32).permutation(len(counts))
+        order = np.lexsort((tie, -(exact - out)))  # largest fraction first, then the seeded order
+        out[order[:remainder]] += 1
+    return out
+
+
 def asked_for(train_counts: np.ndarray, ratio: float, kind: str) -> int:
     """How many synthetic images ``ratio`` asks for (what :func:`take_ratio` takes from a set that has them all)."""
-    if kind == "class":
-        return int(np.round(ratio * train_counts).astype(int).sum())
-    return int(round(ratio * int(train_counts.sum())))
+    return int(per_class_counts(train_counts, ratio).sum()) if kind == "class" else ratio_total(train_counts, ratio)
 
 
 def take_ratio(syn_targets: np.ndarray, syn_metas: list[dict], train_counts: np.ndarray, ratio: float,
@@ -140,13 +172,13 @@ def take_ratio(syn_targets: np.ndarray, syn_metas: list[dict], train_counts: np.
     lowest indices (so x0.5 lies inside x1, and a filtered set that kept fewer gives what it has)."""
     index = np.array([m["index"] for m in syn_metas])
     if kind == "class":
-        caps = np.round(ratio * train_counts).astype(int)
+        caps = per_class_counts(train_counts, ratio)
         rows = []
         for c, cap in enumerate(caps):
             mine = np.flatnonzero(syn_targets[:, 0] == c)
             rows.extend(mine[np.argsort(index[mine], kind="stable")][:cap].tolist())
         return np.sort(np.array(rows, dtype=np.int64))
-    total = int(round(ratio * int(train_counts.sum())))
+    total = ratio_total(train_counts, ratio)
     order = np.lexsort((np.arange(len(index)), index))  # round-robin order: index 0 of every condition first
     return np.sort(order[:total])
 
@@ -200,6 +232,7 @@ class ShotsSetting:
     choices: dict = field(default_factory=dict)
     arms: dict = field(default_factory=dict)  # arm name -> result on the test split
     arm_sets: dict = field(default_factory=dict)  # arm name -> the key of the synthetic set it used
+    correct: dict = field(default_factory=dict)  # (split, arm name) -> (seeds, images) per-image scores
 
     @property
     def label(self) -> str:
@@ -223,7 +256,7 @@ class Job:
 class Benchmark:
     """The stages of one benchmark run, sharing the recipe, the device, the judge, the store and the timings."""
 
-    def __init__(self, recipe: Recipe, out: Path, device: torch.device, fresh: bool = False):
+    def __init__(self, recipe: Recipe, out: Path, device: torch.device, fresh: bool = False, command: str = "synthaug benchmark"):
         from synthaug.device import process_state
 
         # a long barrier timeout: one process may train the judge or measure quality while the others wait
@@ -236,6 +269,7 @@ class Benchmark:
         self.trained_classifiers = 0
         self.workers = resolve_workers(self.b.workers, device, self.state.num_processes)
         self._pool = None
+        self.command = command
 
     @property
     def main(self) -> bool:
@@ -276,7 +310,10 @@ class Benchmark:
         with exclusive_lock(self.out / ".lock", f"the benchmark folder {self.out}") if self.main else contextlib.nullcontext():
             if self.main:
                 self.store.clear() if self.fresh else self.store.open()
+                self.store.begin(invocation_record(recipe_to_dict(self.recipe), self.command))
             self.barrier()
+            if not self.main:
+                self.store.join()
             yield
 
     # 1. the real data and the judge
@@ -296,9 +333,11 @@ class Benchmark:
                 log.info("%s: %s", self.recipe.data.spec, note)
             kind = resolve_kind(self.recipe.generator.condition, full)
             train = full.split("train")
-            judge = self.store.folder("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,
+            judge = self.store.folder_stage("judge", stage_key("judge", sources_sha256(train.sources), full.resolution,
                                                          dataclasses.asdict(self.config), self.b.judge_steps, kind))
             ev = Evaluator(full, kind, self.b, self.device, judge) if self.main else None
+            if self.main:
+                self.store.mark_folder("judge", judge.name)
             self.barrier()
             return ev or Evaluator(full, kind, self.b, self.device, judge, train_judge=False)
 
@@ -308,8 +347,13 @@ class Benchmark:
         with self.timed(f"generator ({label})"):
             g_recipe = generator_for_shots(self.recipe, shots)
             train = load_dataset(g_recipe.data).split("train")
+            before = Run(g_recipe.run_path).info() if not self.fresh else {}
             run = train_generator(g_recipe, fresh=self.fresh)
-        setting = ShotsSetting(shots, train, ev.images(train), run, check_no_leakage(run, train))
+        after = run.info()
+        reused = bool(before.get("finished")) and before.get("id") == after.get("id") and before.get("kimg") == after.get("kimg")
+        trained_by = {k: after.get(k) for k in ("id", "synthaug", "commit", "dirty")}
+        setting = ShotsSetting(shots, train, ev.images(train), run, {**check_no_leakage(run, train), "reused": reused,
+                                                                      "trained_by": trained_by})
         for m in self.b.real_multiples if shots else ():
             larger = load_dataset(dataclasses.replace(self.recipe.data, shots_per_class=shots * m)).split("train")
             if len(larger) > len(setting.more_real.get(max(setting.more_real, default=0), train)):  # only when it grows
@@ -332,10 +376,12 @@ class Benchmark:
         key = stage_key("synthetic", identity, dataclasses.asdict(request))
         if key in setting.sets and (setting.sets[key].quality is not None or not measure):
             return setting.sets[key]
-        folder = self.store.folder("synthetic", key)
+        folder = self.store.folder_stage("synthetic", key)
         with self.timed(f"generate ({setting.label})"):
             generate_shards(setting.run.path, request, folder, sampling, device=str(self.device),
                             filter_config=self.config if method.min_confidence else None)
+        if self.main:
+            self.store.mark_folder("synthetic", key)
         syn = load_shard_set(folder)
         check_held_out(syn, ev, folder)
         images, intended = ev.synthetic(syn)
@@ -428,9 +474,19 @@ class Benchmark:
         out = {}
         for k, (arm, sets, _) in enumerate(arms):
             mine = results[k * len(self.seeds) : (k + 1) * len(self.seeds)]
+            setting.correct[split, arm.name] = correct_matrix([r["score"] for r in mine])
             out[arm.name] = arm_result(arm, mine[0]["training_images"], [r["score"] for r in mine],
                                        synthetic_set=next(iter(sets.values())).key if sets else None)
         return out
+
+    def gain(self, ev: Evaluator, setting: ShotsSetting, split: str, arm: str, base: str) -> dict:
+        """``arm``'s gain over ``base`` on ``split``: paired by seed (a t-interval over seeds), paired by image (a
+        bootstrap over the split's images, within each class), and the wider of the two, which verdicts rest on."""
+        results = setting.validation if split == "val" else setting.arms
+        evaluation = ev.val if split == "val" else ev.test
+        return paired_comparison([r["top1"] for r in results[arm]["runs"]], [r["top1"] for r in results[base]["runs"]],
+                                 setting.correct[split, arm], setting.correct[split, base],
+                                 evaluation.labels if ev.targets.kind == "class" else None)
 
     # 3. choices on the validation split
     def choose(self, ev: Evaluator, setting: ShotsSetting) -> None:
@@ -464,9 +520,14 @@ class Benchmark:
                     chosen = best([chosen, best(usable)])
             setting.validation.update(results)
             baseline = max(["real", aug.name], key=lambda n: results[n]["top1"]["mean"])
+            # the best candidate is chosen only when its validation gain over real + classic aug (the same training
+            # without the synthetic images) is larger than its validation uncertainty
+            over_aug = self.gain(ev, setting, "val", self.synthetic_arm(chosen, ratio).name, aug.name)
         setting.choices = {"guidance": guidance, "method": dataclasses.asdict(chosen.method), "label": chosen.method.label,
-                           "baseline": baseline, "ratio": ratio, "tested": [dataclasses.asdict(m) for m in methods],
-                           "not_candidates": excluded, "min_kept_share": MIN_KEPT_SHARE}
+                           "chosen": over_aug["decisive"]["helps"], "validation_gain_over_classic_aug": over_aug,
+                           "rule": CHOICE_RULE, "baseline": baseline, "ratio": ratio,
+                           "tested": [dataclasses.asdict(m) for m in methods], "not_candidates": excluded,
+                           "min_kept_share": MIN_KEPT_SHARE, "kfold": KFOLD_NOTE}
 
     def synthetic_arm(self, s: SyntheticSetResult, ratio: float, augment: bool = True) -> Arm:
         return Arm(f"real{' + classic aug' if augment else ''} + {s.method.label} x{ratio:g}", augment=augment,
@@ -495,14 +556,14 @@ class Benchmark:
         compare(setting.arms, "real")
 
     # 5. the report
-    def summary(self, setting: ShotsSetting) -> dict:
+    def summary(self, ev: Evaluator, setting: ShotsSetting) -> dict:
         """The headline of one setting: the arm chosen on validation against the best real-only arm."""
         arms, c = setting.arms, setting.choices
         chosen = Method(**{**c["method"], "strengths": tuple(c["method"]["strengths"])})
         headline = next(name for name, a in arms.items() if a["arm"]["real"] and a["arm"]["augment"] and a["arm"]["ratio"] == c["ratio"]
                         and a.get("synthetic_set") and setting.sets[a["synthetic_set"]].method == chosen)
         base = c["baseline"]
-        gain = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[base]["runs"]])
+        gain = self.gain(ev, setting, "test", headline, base)
         synthetic = [n for n, a in arms.items() if a["arm"]["synthetic"] and a["arm"]["real"]]
         mde = min_detectable_effect([[r["top1"] for r in arms[n]["runs"]] for n in synthetic], [r["top1"] for r in arms[base]["runs"]])
         # the best on test among arms whose set supplies what their ratio asks (a near-empty filtered set is no contender)
@@ -511,10 +572,12 @@ class Benchmark:
         best_by_test = max(contenders or synthetic, key=lambda n: arms[n]["top1"]["mean"])
         # every synthetic arm is on top of classic augmentation: against real + classic aug, the same training without
         # the synthetic images, is what the synthetic images themselves add (reported even when validation chose real)
-        versus_aug = paired_gain([r["top1"] for r in arms[headline]["runs"]], [r["top1"] for r in arms[CLASSIC]["runs"]])
-        return {"headline_arm": headline, "baseline_arm": base, "gain": gain, "min_detectable_effect": mde,
-                "gain_vs_classic_aug": versus_aug, "best_synthetic_arm_by_test": best_by_test,
-                "worth_real": worth_real(setting, headline), "verdict": verdict(headline, base, gain, mde, versus_aug)}
+        versus_aug = self.gain(ev, setting, "test", headline, CHOICE_BASE) if base != CHOICE_BASE else gain
+        chosen_flag = c.get("chosen", True)
+        return {"headline_arm": headline, "chosen": chosen_flag, "baseline_arm": base, "gain": gain,
+                "min_detectable_effect": mde, "gain_vs_classic_aug": versus_aug, "best_synthetic_arm_by_test": best_by_test,
+                "worth_real": worth_real(setting, headline), "noise_sources": NOISE_SOURCES,
+                "verdict": verdict(headline, base, gain, mde, versus_aug, chosen_flag, c.get("validation_gain_over_classic_aug"))}
 
     def report(self, ev: Evaluator, settings: list[ShotsSetting], command: str, started: float) -> dict:
         from synthaug.report import write_report
@@ -540,8 +603,11 @@ class Benchmark:
             "settings": [{"shots_per_class": s.shots, "train_images": len(s.train), "per_class": per_class_range(s.train, targets),
                           "generator": s.generator,
                           "choices": s.choices, "validation": s.validation, "arms": s.arms, "arm_sets": s.arm_sets,
-                          "synthetic_sets": {k: v.describe() for k, v in s.sets.items()}, "summary": self.summary(s)}
+                          "synthetic_sets": {k: v.describe() for k, v in s.sets.items()}, "summary": self.summary(ev, s)}
                          for s in settings],
+            "provenance": {**(self.store.invocation or {}), "cpu_flags": cpu_flags(), "reused_stages": self.store.reused_summary(),
+                           "reused_generators": [s.generator["run"] for s in settings if s.generator.get("reused")],
+                           "replicates": NOISE_SOURCES},
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "classifiers_trained_this_run": self.trained_classifiers,
             "total_s": round(time.time() - started, 1),
@@ -618,23 +684,35 @@ def worth_real(setting: ShotsSetting, arm_name: str) -> dict | None:
             "curve": [{"per_class": n / classes, "top1": acc} for n, acc in points]}
 
 
-def verdict(headline: str, base: str, gain: dict, mde: float, versus_aug: dict | None = None) -> str:
-    """The plain answer for one setting; ``versus_aug``: the headline's paired gain over real + classic aug (the same
-    training without the synthetic images), which a win over a real-only baseline must not hide."""
-    points = 100 * gain["mean"]
-    if gain["significant"] and points > 0:
-        if base != CLASSIC and versus_aug is not None and not (versus_aug["significant"] and versus_aug["mean"] > 0):
+def interval_text(gain: dict) -> str:
+    """A gain's decisive interval in words: which of the two 95% intervals it is (see :func:`decisive_interval`)."""
+    d = gain["decisive"]
+    where = "over seeds" if d["from"] == "seeds" else "over the evaluation images (paired bootstrap)"
+    return f"95% interval {100 * d['low']:+.1f} to {100 * d['high']:+.1f}, the wider one, {where}"
+
+
+def verdict(headline: str, base: str, gain: dict, mde: float, versus_aug: dict | None = None, chosen: bool = True,
+            validation: dict | None = None) -> str:
+    """The plain answer for one setting, resting on the wider of the seed and test-image intervals (``gain``:
+    :meth:`Benchmark.gain`). ``versus_aug``: the headline's gain over real + classic aug (the same training without the
+    synthetic images), which a win over a real-only baseline must not hide; ``chosen``: whether validation chose the
+    synthetic method at all (``validation``: its validation gain over real + classic aug)."""
+    points, d = 100 * gain["mean"], gain["decisive"]
+    if not chosen:
+        why = (f" (the best candidate gained {100 * validation['mean']:+.1f} points on validation, "
+               f"{interval_text(validation)})") if validation else ""
+        return (f"Nothing chosen: no synthetic method's validation gain over {CHOICE_BASE} was larger than its uncertainty"
+                f"{why}. For information, {headline} vs {base} on test: {points:+.1f} points ({interval_text(gain)}).")
+    if d["helps"]:
+        if base != CHOICE_BASE and versus_aug is not None and not versus_aug["decisive"]["helps"]:
             return (f"Not shown to help beyond classic augmentation: {headline} beats {base} by {points:+.1f} points "
-                    f"(95% CI ±{100 * gain['ci95']:.1f}, paired p = {gain['p_value']:.3f}), but against {CLASSIC} (the "
-                    f"same training without the synthetic images) it is {100 * versus_aug['mean']:+.1f} points (95% CI "
-                    f"±{100 * versus_aug['ci95']:.1f}, paired p = {versus_aug['p_value']:.3f}).")
-        return (f"Worth running: {headline} beats {base} by {points:+.1f} points (95% CI ±{100 * gain['ci95']:.1f}, "
-                f"paired p = {gain['p_value']:.3f}).")
-    if gain["significant"]:
-        return f"Not worth running: {headline} is worse than {base} by {points:.1f} points (paired p = {gain['p_value']:.3f})."
-    return (f"Not shown to help: {headline} vs {base} is {points:+.1f} points (95% CI ±{100 * gain['ci95']:.1f}, paired "
-            f"p = {gain['p_value']:.3f}); with these seeds only a gain of about {100 * mde:.1f} points would be detected "
-            "reliably (80% power).")
+                    f"({interval_text(gain)}), but against {CHOICE_BASE} (the same training without the synthetic images) "
+                    f"it is {100 * versus_aug['mean']:+.1f} points ({interval_text(versus_aug)}).")
+        return f"Worth running: {headline} beats {base} by {points:+.1f} points ({interval_text(gain)})."
+    if d["hurts"]:
+        return f"Not worth running: {headline} is worse than {base} by {-points:.1f} points ({interval_text(gain)})."
+    return (f"Not shown to help: {headline} vs {base} is {points:+.1f} points ({interval_text(gain)}); with these seeds only "
+            f"a gain of about {100 * mde:.1f} points would be detected reliably (80% power).")
 
 
 def check_benchmark_folders(recipe: Recipe, out: str | Path | None = None) -> None:
@@ -664,8 +742,9 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
     """
     started = time.time()
     check_benchmark_folders(recipe, out)
-    bench = Benchmark(recipe, Path(out).expanduser() if out else recipe.run_path / "benchmark", default_device(device), fresh)
     command = command or " ".join(shlex.quote(a) for a in ["synthaug", *sys.argv[1:]])
+    bench = Benchmark(recipe, Path(out).expanduser() if out else recipe.run_path / "benchmark", default_device(device), fresh,
+                      command)
     bench.check()
     with bench.lock(), closing_on_error(bench):
         ev = bench.load_real()                                                                 # 1. real data, judge

@@ -52,6 +52,57 @@ class StageStore:
 
     def __init__(self, out: Path):
         self.root = Path(out) / "stages"
+        self.invocation: dict | None = None  # this invocation (see :meth:`begin`); stages it writes carry its id
+        self.reused: dict[str, dict[str, int]] = {}  # kind -> id of the invocation that wrote it -> stages reused
+
+    def begin(self, invocation: dict) -> None:
+        """Start an invocation (the first process, holding the lock): recorded in the store's marker with the earlier
+        ones, so a stage reused later can name the code and recipe that made it."""
+        self.invocation = invocation
+        marker = self.marker()
+        marker.setdefault("invocations", {})[invocation["id"]] = invocation
+        write_text_atomic(self.root / MARKER, json.dumps(marker, indent=1) + "\n")
+
+    def join(self) -> None:
+        """The other processes of an invocation take the first one's (the latest in the marker)."""
+        invocations = self.marker().get("invocations", {})
+        self.invocation = list(invocations.values())[-1] if invocations else None
+
+    def marker(self) -> dict:
+        try:
+            value = json.loads((self.root / MARKER).read_text())
+        except (OSError, ValueError):
+            return {"synthaug": __version__, "what": "benchmark stages"}
+        return value if isinstance(value, dict) else {"synthaug": __version__, "what": "benchmark stages"}
+
+    def note(self, kind: str, written_by: str | None) -> None:
+        """Count a stage this invocation reads that another one wrote."""
+        if self.invocation is not None and written_by != self.invocation["id"]:
+            by_kind = self.reused.setdefault(kind, {})
+            by_kind[written_by or "unknown"] = by_kind.get(written_by or "unknown", 0) + 1
+
+    def folder_stage(self, kind: str, key: str) -> Path:
+        """A stage kept as a folder (the judge, a synthetic set): its folder. A sidecar ``<key>.json`` names the
+        invocation that wrote it: call :meth:`mark_folder` once it is complete."""
+        folder = self.folder(kind, key)
+        sidecar = folder.with_name(f"{key}.json")
+        if folder.is_dir() and sidecar.is_file():
+            try:
+                self.note(kind, json.loads(sidecar.read_text()).get("written_by"))
+            except (OSError, ValueError, AttributeError):
+                self.note(kind, None)
+        return folder
+
+    def mark_folder(self, kind: str, key: str) -> None:
+        sidecar = self.folder(kind, key).with_name(f"{key}.json")
+        if not sidecar.is_file() and self.invocation is not None:
+            write_text_atomic(sidecar, json.dumps({"written_by": self.invocation["id"]}) + "\n")
+
+    def reused_summary(self) -> list[dict]:
+        """Per kind and earlier invocation, how many stages this invocation reused, with that invocation's record."""
+        known = self.marker().get("invocations", {})
+        return [{"kind": kind, "stages": n, "invocation": known.get(by, {"id": by})}
+                for kind, by_id in sorted(self.reused.items()) for by, n in sorted(by_id.items())]
 
     def folder(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -75,10 +126,12 @@ class StageStore:
             log.warning("Stage file %s was changed or damaged since it was written (its sha256 does not match); running "
                         "that stage again.", path)
             return None
+        self.note(kind, value.pop("written_by", None))
         return value
 
     def save(self, kind: str, key: str, value: dict) -> dict:
-        write_text_atomic(self.file(kind, key), json.dumps({**value, CHECKSUM: content_sha256(value)}, indent=1,
+        stored = {**value, "written_by": self.invocation["id"] if self.invocation else None}
+        write_text_atomic(self.file(kind, key), json.dumps({**stored, CHECKSUM: content_sha256(stored)}, indent=1,
                                                            default=float) + "\n")
         return value
 
