@@ -151,8 +151,20 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
     assert saved["settings"][0]["arms"]["real"]["top1"] == report["settings"][0]["arms"]["real"]["top1"]
     assert saved["command"] == "synthaug benchmark tiny" and saved["versions"]["torch"]
     for key in ("recipe", "machine", "dataset", "classifier", "judge", "fid_weights", "fid_resize", "settings",
-                "timings_s", "total_s", "synthaug"):
+                "timings_s", "total_s", "synthaug", "provenance"):
         assert key in saved, key
+    p = saved["provenance"]
+    for key in ("id", "commit", "dirty", "date", "recipe_sha256", "cpu_flags", "reused_stages", "reused_generators", "replicates"):
+        assert key in p, key
+    assert p["command"] == "synthaug benchmark tiny" and p["reused_stages"] == [] and p["reused_generators"] == []
+    assert p["replicates"]["held_fixed"] and "Reused" not in (out / "report.md").read_text()
+    for s in saved["settings"]:  # both intervals, and the wider one the verdict rests on
+        g = s["summary"]["gain"]
+        assert g["test_sample"]["low"] <= g["mean"] <= g["test_sample"]["high"]
+        assert g["decisive"]["from"] in ("seeds", "images") and g["decisive"]["low"] <= g["mean"] <= g["decisive"]["high"]
+        c = s["choices"]
+        assert c["chosen"] == c["validation_gain_over_classic_aug"]["decisive"]["helps"] and "wider" in c["rule"]
+        assert s["summary"]["verdict"].startswith("Nothing chosen") == (not c["chosen"])
     assert len(saved["fid_weights"]["sha256"]) == 64
     assert [s["shots_per_class"] for s in saved["settings"]] == [3, 0]
     d = saved["dataset"]
@@ -174,8 +186,8 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
             spec, used = arm["arm"], arm["training_images"]
             if spec["real"] and "x real" not in name:
                 assert used["real"] == s["train_images"]
-            if spec["ratio"] is not None and "filtered" not in name:  # x0.5 and x1 of every class: round(ratio * per class) each
-                assert used["synthetic"] == 2 * round(spec["ratio"] * per_class)
+            if spec["ratio"] is not None and "filtered" not in name:  # x0.5 and x1 exactly: 3 of 6 at 3 shots and x0.5
+                assert used["synthetic"] == int(np.floor(spec["ratio"] * s["train_images"] + 0.5))
             if spec["synthetic"]:
                 assert spec["augment"] or not spec["real"]  # every synthetic arm is on top of classic augmentation
         names = set(s["arms"])
@@ -235,6 +247,12 @@ def test_a_rerun_reuses_every_stage_and_new_ratios_train_only_their_arms(tiny_be
     recipe, out, report = tiny_benchmark
     again = run_benchmark(recipe, out=out, command="again")
     assert again["classifiers_trained_this_run"] == 0
+    reused = again["provenance"]["reused_stages"]  # every stage, named with the invocation that wrote it
+    assert {r["kind"] for r in reused} == {"judge", "synthetic", "quality", "classifiers"}
+    assert {r["invocation"]["command"] for r in reused} == {"synthaug benchmark tiny"}
+    assert len(again["provenance"]["reused_generators"]) == 2
+    md = (out / "report.md").read_text()
+    assert "**Reused**" in md and "stages written by invocation" in md and "the finished generator" in md
     assert [s["arms"] for s in again["settings"]] == [s["arms"] for s in report["settings"]]
     more = dataclasses.replace(recipe, benchmark=dataclasses.replace(recipe.benchmark, synthetic_ratios=(0.5, 1.0, 1.5)))
     grown = run_benchmark(more, out=out, command="more ratios")
