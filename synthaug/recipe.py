@@ -212,6 +212,7 @@ class BenchmarkConfig:
     protocol: ClassifierProtocol = "finetune"  # linear-probe: frozen backbone (needs pretrained weights) + linear head
     probe_views: int = bounded(4, 1, 64)  # linear-probe with classic augmentation: augmented views per image whose features are cached
     probe_views_per_seed: bool = True  # each seed draws its own augmented views (a source of noise the intervals then cover)
+    synthetic_draws_per_seed: bool = True  # each seed trains on its own draw of every synthetic set (generation x seeds)
     classifier_resolution: int = bounded(16, 1, 4096)
     steps: int = bounded(120, 1, 10**7)
     batch_size: int = bounded(64, 1, 65536)

@@ -158,6 +158,11 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
         assert key in p, key
     assert p["command"] == "synthaug benchmark tiny" and p["reused_stages"] == [] and p["reused_generators"] == []
     assert p["replicates"]["held_fixed"] and "Reused" not in (out / "report.md").read_text()
+    assert any("synthetic images drawn" in v for v in p["replicates"]["varied_by_seed"])
+    for s in saved["settings"]:  # seed 1 trained on its own draw of every set its arms used (seed 0 on the set itself)
+        assert s["replicate_draws"] == len(s["synthetic_sets"])
+    drawn = [p for p in (out / "stages" / "synthetic").iterdir() if p.is_dir()]
+    assert len(drawn) == 2 * sum(len(s["synthetic_sets"]) for s in saved["settings"])
     for s in saved["settings"]:  # both intervals, and the wider one the verdict rests on
         g = s["summary"]["gain"]
         assert g["test_sample"]["low"] <= g["mean"] <= g["test_sample"]["high"]
@@ -633,3 +638,17 @@ def test_an_aborted_pool_stops_its_running_workers_at_once():
         time.sleep(0.1)
     assert not any(alive(p) for p in pids)
     assert all(f.done() for f in futures)  # cancelled, or failed with the broken pool: none runs on
+
+
+def test_the_report_names_what_each_seed_varies_and_what_is_held_fixed():
+    from synthaug.benchmark.run import noise_sources
+    from synthaug.classifier import ClassifierConfig
+    from synthaug.recipe import BenchmarkConfig
+
+    b = BenchmarkConfig(synthetic_draws_per_seed=False, probe_views_per_seed=False, pretrained="offline", protocol="linear-probe")
+    fixed = noise_sources(b, ClassifierConfig.from_benchmark(b))
+    assert any("synthetic images drawn" in x for x in fixed["held_fixed"])
+    assert any("augmented views" in x for x in fixed["held_fixed"]) and len(fixed["varied_by_seed"]) == 1
+    varied = noise_sources(BenchmarkConfig(), ClassifierConfig.from_benchmark())
+    assert any("synthetic images drawn" in x for x in varied["varied_by_seed"])
+    assert varied["held_fixed"] == ["the few-shot real subset", "the generator (one training run)"]

@@ -54,6 +54,7 @@ from synthaug.errors import SynthaugError
 from synthaug.conditions import (ConditionSchema, resolve_kind, schema_from_dataset, sources_sha256,
                                           training_data_changes)
 from synthaug.generator.train import build_training, train_generator
+from synthaug.data.config import MAX_SEED
 from synthaug.recipe import Recipe, recipe_to_dict
 from synthaug.provenance import cpu_flags, invocation_record
 from synthaug.runs import Run
@@ -64,13 +65,25 @@ from synthaug.synthesis import GenerateRequest, generate_shards
 log = logging.getLogger(__name__)
 CLASSIC = "real + classic aug"  # the arm every synthetic arm is built on: real images with classic augmentation
 CHOICE_BASE = CLASSIC
-# What a benchmark seed varies, and what each setting holds fixed (one draw each), for the report to say
-NOISE_SOURCES = {
-    "varied_by_seed": ["the classifier's initialisation and batch order", "its augmentation draws (for the linear probe: "
-                       "its augmented views, unless benchmark.probe_views_per_seed is false)"],
-    "covered_by_bootstrap": ["which images the evaluation split holds (paired bootstrap over its images, per class)"],
-    "held_fixed": ["the few-shot real subset", "the generator (one training run)", "the synthetic images drawn"],
-}
+
+
+def noise_sources(b, config: ClassifierConfig) -> dict:
+    """What a benchmark seed varies, what the bootstrap covers, and what each setting holds fixed (one draw each)."""
+    varied = ["the classifier's initialisation and batch order"]
+    fixed = ["the few-shot real subset", "the generator (one training run)"]
+    if config.protocol != "linear-probe":
+        varied.append("its classic augmentation draws")
+    elif config.views_per_seed:
+        varied.append("its augmented views (linear probe)")
+    else:
+        fixed.append("the linear probe's augmented views (benchmark.probe_views_per_seed = false)")
+    if b.synthetic_draws_per_seed:
+        varied.append("the synthetic images drawn (each seed its own draw of every set)")
+    else:
+        fixed.append("the synthetic images drawn (benchmark.synthetic_draws_per_seed = false)")
+    return {"varied_by_seed": varied,
+            "covered_by_bootstrap": ["which images the evaluation split holds (paired bootstrap over its images, per class)"],
+            "held_fixed": fixed}
 # A synthetic set that supplies less than this share of the images its ratio asks for (a filter that kept almost
 # nothing) is no candidate: its arm is real + classic augmentation in all but name, and cannot be chosen or called best.
 MIN_KEPT_SHARE = 0.1
@@ -233,6 +246,7 @@ class ShotsSetting:
     arms: dict = field(default_factory=dict)  # arm name -> result on the test split
     arm_sets: dict = field(default_factory=dict)  # arm name -> the key of the synthetic set it used
     correct: dict = field(default_factory=dict)  # (split, arm name) -> (seeds, images) per-image scores
+    replicates: dict = field(default_factory=dict)  # (set key, seed) -> that seed's own draw of the set
 
     @property
     def label(self) -> str:
@@ -362,20 +376,25 @@ class Benchmark:
 
     # synthetic sets, each drawn once into the store and measured
     def synthetic_set(self, ev: Evaluator, setting: ShotsSetting, method: Method, ratio: float,
-                      measure: bool = True) -> SyntheticSetResult:
+                      measure: bool = True, replicate: int = 0) -> SyntheticSetResult:
         """The set of ``method`` with enough images for ``ratio``, drawn into the store once; with ``measure``, its
-        quality too (FID/KID, conditioning, faces, memorization), measured once."""
+        quality too (FID/KID, conditioning, faces, memorization), measured once. ``replicate`` k > 0: another draw of
+        the same set, from its own sampling seed (for seed k's classifiers; never measured)."""
         from synthaug.grids import save_png
 
         sampling = self.recipe.sampling.replace(guidance=method.guidance)
+        if replicate:
+            sampling = sampling.replace(seed=derive_seed(sampling.seed, "replicate", replicate) % (MAX_SEED + 1))
+            measure = False
         request = synthetic_request(setting.train, ev.targets, ratio, method, self.b.max_draws)
         # What determines each image (not how many there are): image i of a condition is the same in a larger set
         identity = stage_key("images", setting.generator["weights_sha256"], dataclasses.asdict(sampling) | {"batch_size": 0},
                            dataclasses.asdict(method), self.b.max_draws if method.min_confidence else None,
                            dataclasses.asdict(self.config) if method.min_confidence else None)
         key = stage_key("synthetic", identity, dataclasses.asdict(request))
-        if key in setting.sets and (setting.sets[key].quality is not None or not measure):
-            return setting.sets[key]
+        known = setting.replicates if replicate else setting.sets
+        if key in known and (known[key].quality is not None or not measure):
+            return known[key]
         folder = self.store.folder_stage("synthetic", key)
         with self.timed(f"generate ({setting.label})"):
             generate_shards(setting.run.path, request, folder, sampling, device=str(self.device),
@@ -401,8 +420,15 @@ class Benchmark:
                 self.barrier()
         result = SyntheticSetResult(key, identity, method, folder, syn, pool, self.store.load("quality", q_key) if measure else None,
                                     grid, ratio, asked)
-        setting.sets[key] = result
+        known[key] = result
         return result
+
+    def draws(self, ev: Evaluator, setting: ShotsSetting, sets: dict[str, SyntheticSetResult], seed: int) -> dict:
+        """The synthetic sets seed ``seed``'s classifiers train on: its own draw of each (the first seed: the set
+        itself) with ``benchmark.synthetic_draws_per_seed``, else the same sets for every seed."""
+        if not self.b.synthetic_draws_per_seed or seed == self.seeds[0]:
+            return sets
+        return {name: self.synthetic_set(ev, setting, s.method, s.ratio, replicate=seed) for name, s in sets.items()}
 
     # classifier runs: each (arm, seed) once, split over the processes, kept as files
     def job(self, ev: Evaluator, setting: ShotsSetting, arm: Arm, seed: int, split: str, sets: dict[str, SyntheticSetResult],
@@ -469,7 +495,8 @@ class Benchmark:
 
     def run_arms(self, ev: Evaluator, setting: ShotsSetting, arms: list[tuple[Arm, dict, ImageSet | None]], split: str) -> dict:
         """Each arm with every seed on ``split``: mean, interval and per-class accuracy over seeds."""
-        jobs = [self.job(ev, setting, arm, seed, split, sets, real) for arm, sets, real in arms for seed in self.seeds]
+        jobs = [self.job(ev, setting, arm, seed, split, self.draws(ev, setting, sets, seed), real)
+                for arm, sets, real in arms for seed in self.seeds]
         results = self.run_jobs(ev, jobs, f"classifiers, {setting.label}, {'validation' if split == 'val' else 'test'}")
         out = {}
         for k, (arm, sets, _) in enumerate(arms):
@@ -576,7 +603,7 @@ class Benchmark:
         chosen_flag = c.get("chosen", True)
         return {"headline_arm": headline, "chosen": chosen_flag, "baseline_arm": base, "gain": gain,
                 "min_detectable_effect": mde, "gain_vs_classic_aug": versus_aug, "best_synthetic_arm_by_test": best_by_test,
-                "worth_real": worth_real(setting, headline), "noise_sources": NOISE_SOURCES,
+                "worth_real": worth_real(setting, headline), "noise_sources": noise_sources(self.b, self.config),
                 "verdict": verdict(headline, base, gain, mde, versus_aug, chosen_flag, c.get("validation_gain_over_classic_aug"))}
 
     def report(self, ev: Evaluator, settings: list[ShotsSetting], command: str, started: float) -> dict:
@@ -603,11 +630,12 @@ class Benchmark:
             "settings": [{"shots_per_class": s.shots, "train_images": len(s.train), "per_class": per_class_range(s.train, targets),
                           "generator": s.generator,
                           "choices": s.choices, "validation": s.validation, "arms": s.arms, "arm_sets": s.arm_sets,
-                          "synthetic_sets": {k: v.describe() for k, v in s.sets.items()}, "summary": self.summary(ev, s)}
+                          "synthetic_sets": {k: v.describe() for k, v in s.sets.items()},
+                          "replicate_draws": len(s.replicates), "summary": self.summary(ev, s)}
                          for s in settings],
             "provenance": {**(self.store.invocation or {}), "cpu_flags": cpu_flags(), "reused_stages": self.store.reused_summary(),
                            "reused_generators": [s.generator["run"] for s in settings if s.generator.get("reused")],
-                           "replicates": NOISE_SOURCES},
+                           "replicates": noise_sources(self.b, self.config)},
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "classifiers_trained_this_run": self.trained_classifiers,
             "total_s": round(time.time() - started, 1),
