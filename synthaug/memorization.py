@@ -124,10 +124,8 @@ def own_source(synthetic: np.ndarray, train, sources: np.ndarray, strengths: np.
     """How far the variations moved from their own source: the median distance, per strength, and the share
     within ``threshold`` (what a nearest-neighbour search over all training images would call close)."""
     varied = np.flatnonzero(sources >= 0)
-    rows = sources[varied]
-    order = np.argsort(rows, kind="stable")  # a row view reads sorted rows in one pass
-    source_values = np.empty((len(rows), *np.shape(train)[1:]), dtype=np.float64)
-    source_values[order] = np.asarray(train[rows[order]], dtype=np.float64)
+    unique, inverse = np.unique(sources[varied], return_inverse=True)  # each source read once, in order (a row view)
+    source_values = np.asarray(train[unique], dtype=np.float64)[inverse.ravel()]
     mine = np.asarray(synthetic, dtype=np.float64)[varied]
     d = np.sqrt(((mine - source_values).reshape(len(varied), -1) ** 2).sum(1))
     out = {"n": len(varied), "median": float(np.median(d)), "within_threshold": float((d < threshold).mean())}
