@@ -200,6 +200,12 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
                 assert q["conditioning"]["accuracy"] == pytest.approx(np.mean(list(per_level.values())))
             m = q["memorization"]
             assert m["n_train"] == s["train_images"] and m["n_synthetic"] == q["n"] and len(m["inception"]["closest"]) == q["n"]
+            judges = q["conditioning"]["judges"]
+            if syn["method"]["strengths"]:  # variations: judges that never saw the source, copying apart from the source
+                assert judges["full_judge"] == 0 and judges["cross_fitted"] > 0 and "copying" in m["inception"]
+                assert m["n_variations"] == q["n"] and "own_source" in m["pixels"]
+            else:
+                assert judges["cross_fitted"] == 0 and "copying" not in m["inception"]
     # no leakage: the 3-shot generator saw exactly the 3-shot subset (6 images), the full one every training image
     low, full = saved["settings"]
     assert low["generator"]["train_images"] == 6 == low["train_images"]
