@@ -556,8 +556,17 @@ def evaluate_command(
     if q.get("fid") is None:  # fewer than 2 images on a side: nothing to measure, said plainly (not a traceback)
         console.print(f"[yellow]note:[/] {escape(too_few_sentence(result))}", highlight=False, soft_wrap=True)
     judge = result["judge"]
-    console.print(f"Conditioning accuracy is judged by a {judge['model']} trained on {judge['trained_on']}; it scores "
-                  f"{pct(judge['test_score']['top1'])}% top-1 on the real test split.", highlight=False, soft_wrap=True)
+    judges = (q.get("conditioning") or {}).get("judges") or {"full_judge": 1}
+    if judges["full_judge"]:
+        console.print(f"Conditioning accuracy is judged by a {judge['model']} trained on {judge['trained_on']}; it scores "
+                      f"{pct(judge['test_score']['top1'])}% top-1 on the real test split.", highlight=False, soft_wrap=True)
+    if judges.get("cross_fitted"):
+        console.print(f"The {judges['cross_fitted']} real-guided variations are judged by two cross-fitted {judge['model']}s, "
+                      "each trained on half of the real training images and scoring only variations of the other half's, so "
+                      "none saw its source; they score " + " and ".join(f"{pct(v)}%" for v in judges["half_judges_test_top1"])
+                      + " top-1 on the real test split.", highlight=False, soft_wrap=True)
+    if (q.get("memorization") or {}).get("verdict"):
+        console.print(f"Memorization: {escape(q['memorization']['verdict'])}", highlight=False, soft_wrap=True)
     console.print(f"Written: {Path(synthetic) / 'evaluation.json'}", highlight=False, soft_wrap=True)
 
 

@@ -105,10 +105,29 @@ def fid_text(q: dict) -> str:
 
 
 def memorization_text(q: dict) -> str:
+    """Inception / pixels: the share of close images; for variations the share close to a training image other
+    than their own source (copying proper), then the share within the threshold of their own source."""
     m = q.get("memorization")
     if not m:
         return "—"
-    return f"{pct(m['inception']['share'])} / {pct(m['pixels']['share'])}"
+    if "copying" in m["inception"]:
+        text = (f"copying {pct(m['inception']['copying']['share'])} / {pct(m['pixels']['copying']['share'])}; near own source "
+                f"{pct(m['inception']['own_source']['within_threshold'])} / {pct(m['pixels']['own_source']['within_threshold'])}")
+    else:
+        text = f"{pct(m['inception']['share'])} / {pct(m['pixels']['share'])}"
+    off = m.get("off_distribution")
+    return text + (f" (off the data: {off['ratio']:.1f}x the test distance)" if off else "")
+
+
+def conditioning_text(q: dict) -> str:
+    """The conditioning accuracy, which judges scored it, and their top-1 on the real test split to compare with."""
+    c = q["conditioning"]
+    judges = c.get("judges")
+    if c["accuracy"] is None or not judges:
+        return pct(c["accuracy"])
+    who = ("half judges" if not judges["full_judge"] else "full judge" if not judges["cross_fitted"]
+           else f"half judges for {judges['cross_fitted']}, full judge for {judges['full_judge']}")
+    return f"{pct(c['accuracy'])} ({who}; real test {pct(judges['real_test_top1'])})"
 
 
 def has_faces(report: dict) -> bool:
@@ -132,7 +151,7 @@ def quality_rows(report: dict) -> list[list[str]]:
             if q.get("fid") is None:  # too few images to measure
                 rows.append([shots_text(s), label, q.get("note", "n/a"), "—", str(q["n"]), "—", "—", "—"] + ["—", "—"] * faces)
                 continue
-            row = [shots_text(s), label, fid_text(q), kid_text(q), str(q["n"]), pct(q["conditioning"]["accuracy"]),
+            row = [shots_text(s), label, fid_text(q), kid_text(q), str(q["n"]), conditioning_text(q),
                    interval(cas["top1"]) if cas is not None and cas.get("synthetic_set") == key else "—", memorization_text(q)]
             if faces:
                 row += [f"{pct(q['faces']['detection_rate'])} ({pct(q['faces_real']['detection_rate'])})",
@@ -195,7 +214,7 @@ ARM_HEADER = ["shots/class", "arm", "images (real + synthetic)", "top-1 % (mean 
               "paired p"]
 VALIDATION_HEADER = ["shots/class", "candidate (validation split)", "images (real + synthetic)", "top-1 % (mean ± 95% CI)"]
 QUALITY_HEADER = ["shots/class", "synthetic set", "FID [95% CI] (floor)", "KID x1000 [95% CI] (floor)", "n",
-                  "conditioning acc. %", "CAS top-1 %", "memorization % (Inception / pixels)"]
+                  "conditioning acc. % (judge; its real test top-1)", "CAS top-1 %", "memorization % (Inception / pixels)"]
 FACES_HEADER = ["faces detected % (real)", "MTCNN confidence (real)"]
 SWEEP_HEADER = ["shots/class", "guidance", "FID", "KID x1000", "conditioning acc. %", "validation top-1 %"]
 
@@ -308,11 +327,18 @@ def render_markdown(report: dict) -> str:
         "FID/KID compare n synthetic images with n real test images, with 95% jackknife intervals; the floor compares n "
         "real training images with the same test images. Inception weights sha256 "
         f"`{(report['fid_weights']['sha256'] or 'unknown')[:16]}…` ({report['fid_weights']['source']}), resize: "
-        f"{report['fid_resize']}. Conditioning accuracy: a judge trained on every real training image "
-        f"({pct(report['judge']['test_score']['top1'])}% on the real test split) labels the synthetic images. CAS: a classifier "
-        "trained on synthetic images only, tested on real ones. Memorization: the share of synthetic images closer to one of "
-        "the generator's training images than 95% of real test images are (about 5% for images that are not copies; "
-        "real-guided variations start from a training image, so they sit closer by construction).",
+        f"{report['fid_resize']}. Conditioning accuracy: plain samples are labelled by a judge trained on every real "
+        f"training image, the generator's own included ({pct(report['judge']['test_score']['top1'])}% on the real test split, "
+        "the \"full judge\"); real-guided variations by two cross-fitted \"half judges\", each trained on one half of the "
+        "real training images and scoring only the variations of the other half's, so that no image is scored by a judge "
+        "that saw its source. Each accuracy is shown beside the scoring judges' top-1 on the real test split, the like "
+        "for like comparison. CAS: a classifier trained on synthetic images only, tested on real ones. Memorization: the "
+        "share of synthetic images closer to one of the generator's training images than 95% of real test images are "
+        "(about 5% for images that are not copies). Real-guided variations start from a training image and sit close to "
+        "it by construction, so for them \"copying\" counts closeness to a training image other than their own source, and "
+        "\"near own source\" the share within that distance of it. \"Off the data\": the synthetic images' median distance "
+        "to the nearest training image is over 1.5x the real test images' (Inception space), so a low share means images "
+        "unlike the data, not original ones.",
         "",
         markdown_table(QUALITY_HEADER + (FACES_HEADER if faces else []), quality_rows(report)),
         "",

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import SAMPLING, TINY, cli, error_line, files_of, tiny_recipe
 from synthaug import SynthaugError, load_dataset
 from synthaug.benchmark import check_no_leakage, evaluate_synthetic, run_benchmark, take_ratio
+from synthaug.benchmark.evaluate import judge_halves, scoring_judges
 from synthaug.files import exclusive_lock
 from synthaug.report import arm_rows
 from synthaug.synthesis import GenerateRequest, generate_shards
@@ -216,6 +217,12 @@ def test_benchmark_end_to_end_on_a_tiny_configuration(tiny_benchmark):
                 assert q["conditioning"]["accuracy"] == pytest.approx(np.mean(list(per_level.values())))
             m = q["memorization"]
             assert m["n_train"] == s["train_images"] and m["n_synthetic"] == q["n"] and len(m["inception"]["closest"]) == q["n"]
+            judges = q["conditioning"]["judges"]
+            if syn["method"]["strengths"]:  # variations: judges that never saw the source, copying apart from the source
+                assert judges["full_judge"] == 0 and judges["cross_fitted"] > 0 and "copying" in m["inception"]
+                assert m["n_variations"] == q["n"] and "own_source" in m["pixels"]
+            else:
+                assert judges["cross_fitted"] == 0 and "copying" not in m["inception"]
     # no leakage: the 3-shot generator saw exactly the 3-shot subset (6 images), the full one every training image
     low, full = saved["settings"]
     assert low["generator"]["train_images"] == 6 == low["train_images"]
@@ -364,6 +371,56 @@ def test_evaluate_a_shard_set(digits_run, tmp_path, fid_weights):
     assert q["n"] == 6 and set(q["conditioning"]["per_level"][0]) == {"1", "7"}
     assert len(result["cas_top1"]["values"]) == 2
     assert json.loads((out / "evaluation.json").read_text())["quality"]["fid"] == pytest.approx(q["fid"])
+
+
+def test_judge_halves_are_disjoint_stratified_and_each_scores_the_other_halfs_variations():
+    targets = np.repeat([0, 1, 2], [5, 4, 1])[:, None]
+    halves = judge_halves(targets)
+    assert not set(halves[0]) & set(halves[1]) and sorted([*halves[0], *halves[1]]) == list(range(10))
+    for k in range(3):
+        assert abs(np.isin(np.flatnonzero(targets[:, 0] == k), halves[0]).sum() * 2 - (targets[:, 0] == k).sum()) <= 1
+    assert [h.tolist() for h in judge_halves(targets)] == [h.tolist() for h in halves]  # seeded
+    sources = np.array([halves[0][0], halves[1][0], -1, halves[1][1]])
+    assert scoring_judges(sources, halves).tolist() == [1, 0, -1, 0]
+
+
+EVALUATE_BENCH = BenchmarkConfig(classifier="test_resnet", classifier_resolution=8, steps=3, judge_steps=3, seeds=2,
+                                 fid_max_images=6, kid_subset_size=4)
+
+
+def test_evaluate_scores_each_variation_by_a_judge_that_never_saw_its_source(digits_run, generated, tmp_path, fid_weights):
+    import torch
+
+    from synthaug.benchmark.evaluate import Evaluator
+    from synthaug.conditions import sources_sha256
+    from synthaug.data import DataConfig
+    from synthaug.shards import load_shard_set
+
+    out = tmp_path / "v"
+    generate_shards(digits_run.path, GenerateRequest(classes=("1", "7"), num=8, from_real=True, strengths=(0.3, 0.6)), out,
+                    SamplingConfig(steps=2, network_batch=8, images_per_shard=4))
+    syn = load_shard_set(out)
+    config = dataclasses.replace(DataConfig(**syn.manifest["data"]), shots_per_class=0, resolution=syn.manifest["schema"]["resolution"])
+    ev = Evaluator(load_dataset(config), "class", EVALUATE_BENCH, torch.device("cpu"))
+    _, which, record = ev.judge_synthetic(ev.synthetic(syn)[0], syn.metas)
+    row = {source: i for i, source in enumerate(ev.train.sources)}
+    for meta, h in zip(syn.metas, which):  # checked by index: the scoring judge's training rows lack the source
+        assert h in (0, 1) and row[meta["source"]] not in ev.half_rows[h] and row[meta["source"]] in ev.half_rows[1 - h]
+    for h, (_, info) in enumerate(ev.half_judges()):  # and those rows are what each half judge was trained on
+        assert info["train_sources_sha256"] == sources_sha256([ev.train.sources[i] for i in ev.half_rows[h]])
+        assert info["train_images"] == len(ev.half_rows[h])
+    assert record["cross_fitted"] == 8 and record["full_judge"] == 0
+    assert record["real_test_top1"] == pytest.approx(np.mean(record["half_judges_test_top1"]))
+    plain = load_shard_set(generated)
+    _, which, record = ev.judge_synthetic(ev.synthetic(plain)[0], plain.metas)
+    assert (which == -1).all() and record["full_judge"] == 16 and record["real_test_top1"] == pytest.approx(ev.judge_info["test_score"]["top1"])
+
+    result = evaluate_synthetic(out, benchmark=EVALUATE_BENCH)
+    q = result["quality"]
+    assert q["conditioning"]["judges"]["cross_fitted"] == 8 and len(result["half_judges"]) == 2
+    m = q["memorization"]
+    assert m["n_variations"] == q["n"] and "copying" in m["inception"] and "own_source" in m["pixels"]
+    assert "own source" in m["verdict"]
 
 
 def test_evaluate_refuses_a_set_from_another_label_space(digits_run, tmp_path, cub_tree, fid_weights):

@@ -569,3 +569,23 @@ def test_evaluate_output_starts_with_its_table_and_labels_the_judge_on_its_own(t
     assert "87.5" in conditioning and "96.1" not in conditioning  # the judge's own score is not a floor
     assert ("Conditioning accuracy is judged by a test_resnet trained on every real training image; it scores 96.1% "
             "top-1 on the real test split.") in result.output
+
+
+def test_evaluate_of_variations_names_the_half_judges_and_the_memorization_verdict(tmp_path, monkeypatch):
+    import synthaug.benchmark
+
+    def evaluated(folder, data=None, benchmark=None):
+        judges = {"cross_fitted": 8, "full_judge": 0, "real_test_top1": 0.55, "half_judges_test_top1": [0.5, 0.6]}
+        return {"synthetic_images": 8, "dataset": "digits", "cas_top1": None,
+                "quality": {"n": 8, "fid": 50.0, "floor_fid": 30.0, "kid": 0.01, "kid_std": 0.002, "floor_kid": 0.001,
+                            "conditioning": {"accuracy": 0.875, "judges": judges},
+                            "memorization": {"verdict": "0.0% of the variations are closer [...]: no sign of copying."}},
+                "judge": {"model": "test_resnet", "trained_on": "every real training image", "test_score": {"top1": 0.9612}}}
+
+    monkeypatch.setattr(synthaug.benchmark, "evaluate_synthetic", evaluated)
+    result = cli("evaluate", "--synthetic", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "The 8 real-guided variations are judged by two cross-fitted test_resnets" in text and "50.0% and 60.0%" in text
+    assert "trained on every real training image" not in text  # no plain sample was scored by the full judge
+    assert "Memorization: 0.0% of the variations are closer [...]: no sign of copying." in text

@@ -103,6 +103,26 @@ def test_quality_rows_skip_unmeasured_sets_and_show_intervals():
     assert rows[1][7] == "4.0 / 6.0"
 
 
+def test_variations_show_copying_proper_their_own_source_and_the_judges_that_never_saw_it():
+    report = fake_report()
+    variations = {**quality(30.0), "conditioning": {"accuracy": 0.5, "judges": {"cross_fitted": 50, "full_judge": 0, "real_test_top1": 0.4}},
+                  "memorization": {"inception": {"share": 0.9, "copying": {"share": 0.02}, "own_source": {"within_threshold": 0.88}},
+                                   "pixels": {"share": 1.0, "copying": {"share": 0.04}, "own_source": {"within_threshold": 1.0}},
+                                   "verdict": "v"}}
+    plain = {**quality(90.0), "conditioning": {"accuracy": 0.1, "judges": {"cross_fitted": 0, "full_judge": 50, "real_test_top1": 0.9}},
+             "memorization": {"inception": {"share": 0.0}, "pixels": {"share": 0.0}, "off_distribution": {"ratio": 2.4}, "verdict": "p"}}
+    s = report["settings"][0]
+    s["synthetic_sets"]["k1"]["quality"], s["synthetic_sets"]["k2"]["quality"] = plain, variations
+    rows = {r[1]: r for r in quality_rows({**report, "settings": [s]})}
+    varied, drawn = rows["synthetic (guidance 2)"], rows["synthetic (guidance 1)"]
+    assert varied[5] == "50.0 (half judges; real test 40.0)" and drawn[5] == "10.0 (full judge; real test 90.0)"
+    assert varied[7] == "copying 2.0 / 4.0; near own source 88.0 / 100.0"
+    assert drawn[7] == "0.0 / 0.0 (off the data: 2.4x the test distance)"
+    md = render_markdown({**report, "settings": [s]})
+    assert "| " + " | ".join(varied) + " |" in md
+    assert "scoring only the variations of the other half's" in md and "other than their own source" in md
+
+
 def test_one_guidance_scale_is_not_called_chosen():
     s = setting(10)
     assert sweep_verdict(s).startswith("Guidance chosen on validation: **2**")

@@ -2,7 +2,7 @@
 
     stats.py      means with t-intervals over seeds, paired gains and their tests
     arms.py       Arm (what one classifier learns from) and run_arm, the one way to train and score
-    evaluate.py   targets, the judge, FID/KID with floors, conditioning accuracy; `synthaug evaluate`
+    evaluate.py   targets, the judge and its cross-fitted halves, FID/KID with floors, conditioning accuracy; `synthaug evaluate`
     run.py        run_benchmark: the stages of `synthaug benchmark`
 """
 

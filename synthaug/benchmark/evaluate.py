@@ -1,6 +1,7 @@
 """Judging synthetic images against their real dataset: what classifiers predict (:class:`Targets`), the
-judge trained on every real training image, FID/KID with floors and jackknife intervals, conditioning
-accuracy, MTCNN faces, and the memorization audit.
+judge trained on every real training image and two cross-fitted judges on its disjoint halves (a variation
+is scored by the half judge that never saw its source), FID/KID with floors and jackknife intervals,
+conditioning accuracy, MTCNN faces, and the memorization audit.
 
 ``evaluate_synthetic`` is `synthaug evaluate`: a finished shard set -> ``evaluation.json``.
 """
@@ -61,11 +62,46 @@ class Targets:
         return np.bincount(self.of(ds)[:, 0], minlength=self.levels[0]) if self.kind == "class" else np.array([len(ds)])
 
 
+def judge_halves(targets: np.ndarray, seed: object = "judge halves") -> list[np.ndarray]:
+    """Two disjoint halves of the judge's training images, stratified by target (each class or attribute
+    combination split as evenly as it can be), seeded: the sorted rows of half 0 and of half 1.
+
+    >>> judge_halves(np.array([[0], [0], [1], [1]]))[0].size
+    2
+    """
+    _, stratum = np.unique(np.asarray(targets).reshape(len(targets), -1), axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    rng = numpy_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(stratum == k)) for k in range(stratum.max() + 1)])
+    return [np.sort(order[0::2]), np.sort(order[1::2])]
+
+
+def rows_of_sources(metas: list[dict], sources: list[str]) -> np.ndarray:
+    """Per synthetic image (its metadata), the row of its real source among ``sources`` (dataset-relative files,
+    e.g. a judge's or a generator's training images), or -1: a plain sample, or a source not among them."""
+    row = {source: i for i, source in enumerate(sources)}
+    return np.array([row.get(m.get("source"), -1) if m.get("source_index", -1) >= 0 else -1 for m in metas], dtype=np.int64)
+
+
+def scoring_judges(source_rows: np.ndarray, halves: list[np.ndarray]) -> np.ndarray:
+    """Which judge scores each synthetic image: the half judge (0 or 1) that did not train on its source (a row of
+    the judge's training images), or -1, the judge of every training image, for an image without a source among
+    them (a plain sample)."""
+    source_rows = np.asarray(source_rows, dtype=np.int64)
+    which = np.full(len(source_rows), -1, dtype=np.int64)
+    for h, rows in enumerate(halves):
+        which[(source_rows >= 0) & np.isin(source_rows, rows)] = 1 - h
+    return which
+
+
 class Evaluator:
     """Judges synthetic images against one real dataset: its test split, and a judge classifier trained on
     every real training image (its own test accuracy is reported next to what it says of synthetic images).
+    Variations of real training images are scored by cross-fitted judges instead: one per disjoint half of
+    the training images (``half_rows``), each scoring the variations of the other half's images.
 
-    ``judge_folder``: where the judge is kept between runs (trained there once); None trains it in memory.
+    ``judge_folder``: where the judges are kept between runs (trained there once; the half judges in its
+    ``half-0`` and ``half-1``, when first needed); None trains them in memory.
     """
 
     def __init__(self, real: ImageSet, kind: str, b, device: torch.device, judge_folder: Path | None = None,
@@ -82,6 +118,9 @@ class Evaluator:
         self.test_images = self.images(self.test)
         self.val_images = self.images(self.val) if len(self.val) else None
         judge_config = dataclasses.replace(self.config, steps=b.judge_steps)
+        self.judge_config, self.judge_folder, self.train_judge = judge_config, judge_folder, train_judge
+        self.half_rows = judge_halves(self.targets.of(self.train))
+        self.halves: list[tuple[torch.nn.Module, dict]] | None = None  # trained or loaded when a variation is scored
         loaded = load_classifier(judge_folder, judge_config, self.targets.levels, real.channels, device) if judge_folder else None
         if loaded is None:
             if not train_judge:
@@ -99,6 +138,57 @@ class Evaluator:
             loaded = judge, info
         self.judge, self.judge_info = loaded
 
+    def half_judges(self) -> list[tuple[torch.nn.Module, dict]]:
+        """The two cross-fitted judges (model, info), each trained like the judge on one of ``half_rows``."""
+        if self.halves is not None:
+            return self.halves
+        from synthaug.conditions import sources_sha256
+
+        self.halves = []
+        for h, rows in enumerate(self.half_rows):
+            folder = self.judge_folder / f"half-{h}" if self.judge_folder else None
+            rows_sha256 = sources_sha256([self.train.sources[i] for i in rows])
+            loaded = load_classifier(folder, self.judge_config, self.targets.levels, self.real.channels, self.device) if folder else None
+            if loaded is not None and loaded[1].get("train_sources_sha256") != rows_sha256:
+                loaded = None  # another split: train this half again
+            if loaded is None:
+                if not self.train_judge:
+                    raise SynthaugError(f"The half judge in {folder} is missing; run the benchmark again.")
+                judge = train_classifier(self.images(self.train).take(rows), None, self.targets.levels, self.judge_config,
+                                         seed=derive_seed("judge", "half", h), description=f"judge (half {h + 1} of the real training images)")
+                pred = predict(judge, self.test_images, self.targets.levels).cpu().numpy()
+                info = {"model": self.judge_config.model, "protocol": self.judge_config.protocol, "steps": self.judge_config.steps,
+                        "trained_on": f"half {h + 1} of 2 of the real training images (class-stratified, disjoint)",
+                        "train_images": len(rows), "train_sources_sha256": rows_sha256,
+                        "test_score": score(pred, self.test_images.y.cpu().numpy(), self.targets.levels)}
+                if folder:
+                    save_classifier(judge, folder, info)
+                loaded = judge, info
+            self.halves.append(loaded)
+        return self.halves
+
+    def judge_synthetic(self, images: Images, metas: list[dict]) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The judges' predicted levels (N, A) of synthetic images (with their metadata): a variation by the half
+        judge that never saw its source, a plain sample by the judge of every real training image. Also which
+        judge scored each image (see :func:`scoring_judges`), and a record of it with the real test top-1 to
+        compare with (the scoring judges', weighted by how many images each scored)."""
+        which = scoring_judges(rows_of_sources(metas, self.train.sources), self.half_rows)
+        judges = [(-1, self.judge, self.judge_info)]
+        if (which >= 0).any():
+            judges += [(h, model, info) for h, (model, info) in enumerate(self.half_judges())]
+        pred = np.zeros((len(which), len(self.targets.levels)), dtype=np.int64)
+        top1 = 0.0
+        for h, model, info in judges:
+            rows = np.flatnonzero(which == h)
+            if len(rows):
+                pred[rows] = predict(model, images.take(rows), self.targets.levels).cpu().numpy()
+                top1 += len(rows) * info["test_score"]["top1"]
+        record = {"cross_fitted": int((which >= 0).sum()), "full_judge": int((which < 0).sum()),
+                  "real_test_top1": top1 / max(len(which), 1)}
+        if (which >= 0).any():
+            record["half_judges_test_top1"] = [info["test_score"]["top1"] for _, info in self.half_judges()]
+        return pred, which, record
+
     def images(self, ds: ImageSet) -> Images:
         """A real split as classifier inputs."""
         return Images.of(ds.images, self.targets.of(ds), self.config.resolution, self.device)
@@ -114,9 +204,11 @@ class Evaluator:
 
         - FID and KID vs n real test images, with 95% jackknife intervals, next to their floors (n real
           training images vs the same test images), n = min(synthetic, train, test, fid_max_images);
-        - conditioning accuracy as the judge sees it;
+        - conditioning accuracy as the judges see it (variations by the half judge that never saw their source),
+          with the scoring judges' real test top-1 to compare with;
         - MTCNN face detection for face datasets, for the synthetic images and for n real test images;
-        - the memorization audit (:mod:`synthaug.memorization`) in Inception space and in pixels.
+        - the memorization audit (:mod:`synthaug.memorization`) in Inception space and in pixels; variations against
+          their own source (found among ``train`` by file) and, for copying, every other training image.
         """
         from synthaug.memorization import audit, pairs_grid
 
@@ -136,16 +228,19 @@ class Evaluator:
         main, floor = fid_kid(f_test, f_syn, subset, seed), fid_kid(f_test, f_floor, subset, seed)
         q = {"n": n, **main, **{f"floor_{k}": v for k, v in floor.items()}, "kid_subset_size": subset}
         images, intended = self.synthetic(syn)
-        pred = predict(self.judge, images, self.targets.levels)
-        q["conditioning"] = conditioning_accuracy(pred.cpu().numpy(), intended, self.targets.levels, self.targets.names)
+        pred, _, judges = self.judge_synthetic(images, syn.metas)
+        q["conditioning"] = {**conditioning_accuracy(pred, intended, self.targets.levels, self.targets.names), "judges": judges}
         if self.real.config.spec.split(":")[0] in FACE_FORMATS:
             q["faces"] = face_detection(syn.images, self.device)
             q["faces_real"] = face_detection(test_px, self.device)
         keys = [m.get("key") or sample_key(m["condition"], m["index"]) for m in syn.metas]
         syn_ids = [keys[i] for i in pick["synthetic"]]
+        metas = [syn.metas[i] for i in pick["synthetic"]]
+        sources = rows_of_sources(metas, train.sources)
+        strengths = np.array([m.get("strength", 1.0) for m in metas], dtype=np.float64)
         q["memorization"] = audit({"synthetic": f_syn, "train": f_train_all, "test": f_test},
                                   {"synthetic": syn_px, "train": train.images, "test": test_px},  # read in pieces
-                                  list(train.sources), syn_ids)
+                                  list(train.sources), syn_ids, sources=sources, strengths=strengths)
         grid = pairs_grid(syn_px, train.images, q["memorization"]["inception"]["closest"], {k: i for i, k in enumerate(syn_ids)})
         return q, grid
 
@@ -211,7 +306,7 @@ def evaluate_synthetic(folder: str | Path, data: str | None = None, benchmark=No
     result = {
         "folder": str(folder), "dataset": config.spec, "synthetic_images": len(syn.images), "real_train_images": len(ev.train),
         "generator_train_images": len(generator_train), "real_test_images": len(ev.test), "quality": quality, "cas_top1": cas,
-        "judge": ev.judge_info, "fid_weights": describe_fid_weights(ev.fid_weights), "fid_resize": RESIZE_MODE,
+        "judge": ev.judge_info, "half_judges": [info for _, info in ev.halves or []], "fid_weights": describe_fid_weights(ev.fid_weights), "fid_resize": RESIZE_MODE,
         "classifier": dataclasses.asdict(ev.config), "synthaug": __version__,
     }
     write_text_atomic(Path(folder) / "evaluation.json", json.dumps(result, indent=1, default=float) + "\n")

@@ -408,8 +408,10 @@ class Benchmark:
         ratios = {*self.b.synthetic_ratios, self.b.sweep_ratio}
         pool = SyntheticPool(images, {r: take_ratio(intended, syn.metas, counts, r, ev.targets.kind) for r in ratios if r <= ratio})
         asked = {r: asked_for(counts, r, ev.targets.kind) for r in ratios if r <= ratio}
+        # "cross-fitted, source-aware": quality measured before variations had their own judges and audit is measured again
         q_key = stage_key("quality", key, sources_sha256(setting.train.sources), sources_sha256(ev.test.sources),
-                          self.b.fid_max_images, self.b.kid_subset_size, self.b.fid_weights, ev.judge_info)
+                          self.b.fid_max_images, self.b.kid_subset_size, self.b.fid_weights, ev.judge_info,
+                          "cross-fitted, source-aware")
         grid = self.store.root / "quality" / f"{q_key}.png"
         if measure:
             with self.timed(f"quality ({setting.label})"):
