@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synthaug"
 # module (or package prefix) -> floor; a package prefix covers its modules
 FLOORS = {
     "synthaug.errors": 0, "synthaug.words": 0, "synthaug.files": 0, "synthaug.cache": 0, "synthaug.progress": 0,
-    "synthaug.seeds": 0, "synthaug.device": 0, "synthaug.version": 0,
+    "synthaug.seeds": 0, "synthaug.device": 0, "synthaug.version": 0, "synthaug.provenance": 0,
     "synthaug.recipe": 1, "synthaug.data.config": 1,
     "synthaug.data": 2, "synthaug.conditions": 2, "synthaug.images": 2, "synthaug.augmentation": 2, "synthaug.grids": 2,
     "synthaug.runs": 3, "synthaug.fid": 3, "synthaug.probe_features": 3, "synthaug.weights": 3,
