@@ -250,3 +250,25 @@ def test_labels_say_what_the_classes_hold_what_the_dataset_is_and_how_the_classi
     assert scratch.describe() == "test_resnet, trained from scratch" and "none weights" not in classifier_text(report["classifier"])
     assert classifier_text(report["classifier"]) == "test_resnet, trained from scratch"
     assert classifier_text({"model": "m", "pretrained": "offline"}) == "m, fine-tuned from ImageNet weights (offline)"
+
+
+def test_the_readme_quotes_the_committed_digits_report():
+    """Issue 27: README numbers must be the committed report's (a stale digits section had numbers with no report)."""
+    import json
+    from pathlib import Path
+
+    from synthaug.report import interval
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks/results/digits_benchmark/report.json").read_text())
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### What the main job measured"):readme.index("## Real birds and faces on a CPU")]
+    assert report["provenance"]["commit"][:7] in section and not report["provenance"]["dirty"]
+    assert not report["provenance"]["reused_stages"] and not report["provenance"]["reused_generators"]
+    for name, arm in report["settings"][0]["arms"].items():
+        assert interval(arm["top1"]) in section, name
+    for syn in report["settings"][0]["synthetic_sets"].values():
+        q = syn["quality"]
+        if q is not None and syn["images"] >= 98:  # the README lists the sets drawn for x1 (the test arms)
+            assert f"{q['fid']:.1f} [{q['fid_ci95'][0]:.1f}, {q['fid_ci95'][1]:.1f}]" in section, syn["label"]
+    assert f"**{report['total_s'] // 60:.0f} min" in section or f"({report['total_s']:.0f} s inside" in section
