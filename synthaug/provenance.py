@@ -16,8 +16,9 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def git_state(path: Path = PACKAGE) -> dict:
-    """The commit of the git checkout synthaug runs from, and whether its tracked files differ from it ("dirty");
-    both None when synthaug was installed from a wheel, or git is missing."""
+    """The commit of the git checkout synthaug runs from (``path``: its package folder, directly under the checkout's
+    root), and whether its tracked files differ from it ("dirty"); both None when synthaug was installed from a
+    wheel (even into a virtual environment inside some other repository), or git is missing."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30, check=False)
@@ -25,6 +26,9 @@ def git_state(path: Path = PACKAGE) -> dict:
             return None
         return done.stdout if done.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top.strip()).resolve() != path.parent:  # not synthaug's own checkout (e.g. a venv in a user's repository)
+        return {"commit": None, "dirty": None}
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
