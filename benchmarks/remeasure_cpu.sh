@@ -6,7 +6,9 @@
 # Usage, from the repository root, with nothing else heavy running (each takes over an hour on 2 cores):
 #   bash benchmarks/remeasure_cpu.sh cub-cpu   "cub:../shared/data/cub100"
 #   bash benchmarks/remeasure_cpu.sh faces-cpu "celeba:../shared/data/celeba6k"
-# The run and its log stay in ${WORK:-/tmp/remeasure}/<name>/ (benchmark.log, time.txt); report.json's provenance
+# One part of a recipe: SETS (space-separated --set values) and DEST (the folder under benchmarks/results), e.g.
+#   SETS="benchmark.shots_per_class=[5,10]" DEST=cub-cpu/shots-5-10 bash benchmarks/remeasure_cpu.sh cub-cpu "cub:..."
+# The run and its log stay in ${WORK:-/tmp/remeasure}/<dest>/ (benchmark.log, time.txt); report.json's provenance
 # records the commit and whether the tree had uncommitted changes (commit first).
 set -euo pipefail
 name=${1:?usage: remeasure_cpu.sh RECIPE DATA_SPEC}
@@ -14,7 +16,10 @@ spec=${2:?usage: remeasure_cpu.sh RECIPE DATA_SPEC}
 root=$(pwd)
 format=${spec%%:*}; path=${spec#*:}
 case $path in /*) ;; *) spec="$format:$root/$path" ;; esac  # the run happens in its own folder
-work=${WORK:-/tmp/remeasure}/$name
+dest_name=${DEST:-$name}
+work=${WORK:-/tmp/remeasure}/$dest_name
+extra=()
+for item in ${SETS:-}; do extra+=(--set "$item"); done
 if [ -e "$work" ]; then
   echo "$work exists: a re-measurement starts from nothing; move it away first." >&2
   exit 1
@@ -22,10 +27,10 @@ fi
 mkdir -p "$work"
 cd "$work"
 /usr/bin/time -f "%e s wall, %M KB peak resident" -o time.txt \
-  synthaug benchmark "$root/recipes/$name.toml" --set "data.spec=$spec" --set "run_dir=$work/run" --out "$work/report" \
+  synthaug benchmark "$root/recipes/$name.toml" --set "data.spec=$spec" "${extra[@]}" --set "run_dir=$work/run" --out "$work/report" \
   > benchmark.log 2>&1
 cat time.txt
-dest="$root/benchmarks/results/$name"
+dest="$root/benchmarks/results/$dest_name"
 mkdir -p "$dest"
 cp report/report.json report/report.md report/*.png "$dest/"
 python "$root/benchmarks/report_tables.py" "$dest/report.json"
