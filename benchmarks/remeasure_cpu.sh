@@ -19,7 +19,8 @@ case $path in /*) ;; *) spec="$format:$root/$path" ;; esac  # the run happens in
 dest_name=${DEST:-$name}
 work=${WORK:-/tmp/remeasure}/$dest_name
 extra=()
-for item in ${SETS:-}; do extra+=(--set "$item"); done
+read -ra items <<< "${SETS:-}"  # no glob expansion of the [..] in a value
+for item in "${items[@]}"; do extra+=(--set "$item"); done
 if [ -e "$work" ]; then
   echo "$work exists: a re-measurement starts from nothing; move it away first." >&2
   exit 1
