@@ -64,7 +64,13 @@ from synthaug.synthesis import GenerateRequest, generate_shards
 
 log = logging.getLogger(__name__)
 CLASSIC = "real + classic aug"  # the arm every synthetic arm is built on: real images with classic augmentation
-CHOICE_BASE = CLASSIC
+# A synthetic set that supplies less than this share of the images its ratio asks for (a filter that kept almost
+# nothing) is no candidate: its arm is real + classic augmentation in all but name, and cannot be chosen or called best.
+MIN_KEPT_SHARE = 0.1
+CHOICE_RULE = ("a synthetic method is chosen only when its validation gain over real + classic aug is above zero across "
+               "the wider of two 95% intervals (over seeds, and a paired bootstrap over the validation images); otherwise "
+               "nothing is chosen and the best candidate is reported for information")
+KFOLD_NOTE = "choices made on the one validation split (no k-fold choices on the training split: not within the budget)"
 
 
 def noise_sources(b, config: ClassifierConfig) -> dict:
@@ -84,13 +90,6 @@ def noise_sources(b, config: ClassifierConfig) -> dict:
     return {"varied_by_seed": varied,
             "covered_by_bootstrap": ["which images the evaluation split holds (paired bootstrap over its images, per class)"],
             "held_fixed": fixed}
-# A synthetic set that supplies less than this share of the images its ratio asks for (a filter that kept almost
-# nothing) is no candidate: its arm is real + classic augmentation in all but name, and cannot be chosen or called best.
-MIN_KEPT_SHARE = 0.1
-CHOICE_RULE = ("a synthetic method is chosen only when its validation gain over real + classic aug is above zero across "
-               "the wider of two 95% intervals (over seeds, and a paired bootstrap over the validation images); otherwise "
-               "nothing is chosen and the best candidate is reported for information")
-KFOLD_NOTE = "choices made on the one validation split (no k-fold choices on the training split: not within the budget)"
 
 
 # -- what each setting trains on and draws -----------------------------------------------------
@@ -601,21 +600,21 @@ class Benchmark:
         best_by_test = max(contenders or synthetic, key=lambda n: arms[n]["top1"]["mean"])
         # every synthetic arm is on top of classic augmentation: against real + classic aug, the same training without
         # the synthetic images, is what the synthetic images themselves add (reported even when validation chose real)
-        versus_aug = self.gain(ev, setting, "test", headline, CHOICE_BASE) if base != CHOICE_BASE else gain
+        versus_aug = self.gain(ev, setting, "test", headline, CLASSIC) if base != CLASSIC else gain
         chosen_flag = c.get("chosen", True)
         return {"headline_arm": headline, "chosen": chosen_flag, "baseline_arm": base, "gain": gain,
                 "min_detectable_effect": mde, "gain_vs_classic_aug": versus_aug, "best_synthetic_arm_by_test": best_by_test,
-                "worth_real": worth_real(setting, headline), "noise_sources": noise_sources(self.b, self.config),
+                "worth_real": worth_real(setting, headline),
                 "verdict": verdict(headline, base, gain, mde, versus_aug, chosen_flag, c.get("validation_gain_over_classic_aug"))}
 
-    def report(self, ev: Evaluator, settings: list[ShotsSetting], command: str, started: float) -> dict:
+    def report(self, ev: Evaluator, settings: list[ShotsSetting], started: float) -> dict:
         from synthaug.report import write_report
         from synthaug.weights.fid_inception import RESIZE_MODE, describe_fid_weights
 
         full, targets = ev.real, ev.targets
         report = {
             "synthaug": __version__,
-            "command": command,
+            "command": self.command,
             "recipe": recipe_to_dict(self.recipe),
             "device": str(self.device),
             "machine": machine_description(self.device),
@@ -731,12 +730,12 @@ def verdict(headline: str, base: str, gain: dict, mde: float, versus_aug: dict |
     if not chosen:
         why = (f" (the best candidate gained {100 * validation['mean']:+.1f} points on validation, "
                f"{interval_text(validation)})") if validation else ""
-        return (f"Nothing chosen: no synthetic method's validation gain over {CHOICE_BASE} was larger than its uncertainty"
+        return (f"Nothing chosen: no synthetic method's validation gain over {CLASSIC} was larger than its uncertainty"
                 f"{why}. For information, {headline} vs {base} on test: {points:+.1f} points ({interval_text(gain)}).")
     if d["helps"]:
-        if base != CHOICE_BASE and versus_aug is not None and not versus_aug["decisive"]["helps"]:
+        if base != CLASSIC and versus_aug is not None and not versus_aug["decisive"]["helps"]:
             return (f"Not shown to help beyond classic augmentation: {headline} beats {base} by {points:+.1f} points "
-                    f"({interval_text(gain)}), but against {CHOICE_BASE} (the same training without the synthetic images) "
+                    f"({interval_text(gain)}), but against {CLASSIC} (the same training without the synthetic images) "
                     f"it is {100 * versus_aug['mean']:+.1f} points ({interval_text(versus_aug)}).")
         return f"Worth running: {headline} beats {base} by {points:+.1f} points ({interval_text(gain)})."
     if d["hurts"]:
@@ -782,7 +781,7 @@ def run_benchmark(recipe: Recipe, out: str | Path | None = None, device: str | N
         for setting in settings:
             bench.choose(ev, setting)                                                          # 3. choices on validation
             bench.score(ev, setting)                                                           # 4. arms on test
-        return bench.report(ev, settings, command, started)                                    # 5. report
+        return bench.report(ev, settings, started)                                             # 5. report
 
 
 def classifier_weights(config: ClassifierConfig) -> dict:

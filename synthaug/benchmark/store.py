@@ -69,10 +69,11 @@ class StageStore:
         self.invocation = list(invocations.values())[-1] if invocations else None
 
     def marker(self) -> dict:
+        """The store's marker (what wrote it, the invocations so far); a new one's content when it is unreadable."""
         try:
             value = json.loads((self.root / MARKER).read_text())
         except (OSError, ValueError):
-            return {"synthaug": __version__, "what": "benchmark stages"}
+            value = None
         return value if isinstance(value, dict) else {"synthaug": __version__, "what": "benchmark stages"}
 
     def note(self, kind: str, written_by: str | None) -> None:
@@ -84,8 +85,7 @@ class StageStore:
     def folder_stage(self, kind: str, key: str) -> Path:
         """A stage kept as a folder (the judge, a synthetic set): its folder. A sidecar ``<key>.json`` names the
         invocation that wrote it: call :meth:`mark_folder` once it is complete."""
-        folder = self.folder(kind, key)
-        sidecar = folder.with_name(f"{key}.json")
+        folder, sidecar = self.folder(kind, key), self.file(kind, key)
         if folder.is_dir() and sidecar.is_file():
             try:
                 self.note(kind, json.loads(sidecar.read_text()).get("written_by"))
@@ -94,7 +94,7 @@ class StageStore:
         return folder
 
     def mark_folder(self, kind: str, key: str) -> None:
-        sidecar = self.folder(kind, key).with_name(f"{key}.json")
+        sidecar = self.file(kind, key)
         if not sidecar.is_file() and self.invocation is not None:
             write_text_atomic(sidecar, json.dumps({"written_by": self.invocation["id"]}) + "\n")
 
@@ -154,7 +154,7 @@ class StageStore:
         """Make (or adopt) the store: called, holding the benchmark folder's lock, before any stage is written."""
         self.check_ours()
         if not (self.root / MARKER).is_file():
-            write_text_atomic(self.root / MARKER, json.dumps({"synthaug": __version__, "what": "benchmark stages"}) + "\n")
+            write_text_atomic(self.root / MARKER, json.dumps(self.marker()) + "\n")
 
     def clear(self) -> None:
         """Forget every stage (``synthaug benchmark --fresh``); a folder synthaug did not write is refused."""
