@@ -108,6 +108,14 @@ class GeneratorConfig:
     ema_power: float = bounded(0.75, 0, 10)  # EMA warm-up: decay = 1 - (1 + step) ** -ema_power until the ceiling
     ema_std: float = 0.0  # > 0: EDM2's power-function EMA of this relative width instead (ema_decay, ema_power unused)
     flip: bool = False  # random horizontal flips (the samples are flipped too)
+    # representation alignment (REPA), a pretrained prior: a timm ImageNet encoder's name (offline weights for
+    # tf_efficientnet_lite0, mobilenetv2_100) whose features of the clean training images the U-Net's bottleneck,
+    # through a small projector, is pulled toward; "" (the default): no alignment, a generator from scratch
+    align_encoder: str = ""
+    align_pretrained: Pretrained = "offline"  # where the encoder's ImageNet weights come from (offline or hub)
+    align_weight: float = bounded(0.5, 0, 100)  # the alignment loss's weight beside the diffusion loss (REPA: 0.5)
+    align_resolution: int = bounded(128, 32, 1024)  # the encoder's input size in pixels (training images upsampled)
+    align_grid: int = bounded(4, 1, 64)  # tokens per side that are aligned (at most the U-Net bottleneck's side)
     augment: float = 0.0  # unet: EDM's non-leaky augmentation, each transform with this probability (samples unaffected)
     mixed_precision: MixedPrecision = "auto"
     compile: bool = False  # torch.compile the U-Net
@@ -132,6 +140,23 @@ class GeneratorConfig:
         _check(self.augment == 0 or self.backend == "unet",
                f"generator.augment works with the unet backend only; set it to 0 for {self.backend}.")
         _check(self.lognormal_std > 0, "generator.lognormal_std must be positive.")
+        if self.align_encoder:
+            _check(self.backend == "unet", f"generator.align_encoder works with the unet backend only; remove it for "
+                   f"{self.backend}.")
+            _check(self.augment == 0, "generator.align_encoder aligns with features of the clean training images, which "
+                   "generator.augment transforms; set generator.augment to 0 or remove align_encoder.")
+            _check(self.align_weight > 0, "generator.align_weight must be positive when generator.align_encoder is set "
+                   "(remove align_encoder for no alignment).")
+            _check(self.align_pretrained != "none", "generator.align_pretrained must be offline or hub: an encoder "
+                   "without ImageNet weights brings no prior.")
+            import timm
+
+            close = difflib.get_close_matches(self.align_encoder, timm.list_models(), n=3, cutoff=0.6)
+            _check(timm.is_model(self.align_encoder), f"generator.align_encoder: timm has no model named "
+                   f"{self.align_encoder!r}; " + (f"did you mean {', '.join(close)}?" if close else
+                                                  "use tf_efficientnet_lite0 or mobilenetv2_100 (offline weights)."))
+            _check(self.align_resolution % 32 == 0, f"generator.align_resolution must be a multiple of 32 (the "
+                   f"encoder's stride), such as 128, not {self.align_resolution}.")
         for key in ("log_every_kimg", "snapshot_every_kimg", "grid_every_kimg", "warmup_kimg", "grad_clip", "weight_decay", "dropout"):
             _check(getattr(self, key) >= 0, f"generator.{key} must not be negative.")
         _check(all(m > 0 for m in self.channel_mult), "generator.channel_mult entries must be positive.")

@@ -59,8 +59,9 @@ class Backend(Protocol):
         """The text a condition is drawn from (recorded with each sample), or None for a non-text backend."""
 
 
-def build_model(g_cfg, schema: ConditionSchema, device: torch.device) -> tuple[Backend, object]:
-    """A freshly initialised denoiser for ``schema`` on ``device`` and the noise schedule it trains with."""
+def build_model(g_cfg, schema: ConditionSchema, device: torch.device, align_dim: int = 0) -> tuple[Backend, object]:
+    """A freshly initialised denoiser for ``schema`` on ``device`` and the noise schedule it trains with (``align_dim``:
+    the feature size of a representation-alignment encoder, whose projector the unet backend then carries)."""
     if g_cfg.backend == "sd-lora":
         from synthaug.generator.lora import base_scheduler, build_lora_denoiser
 
@@ -73,7 +74,8 @@ def build_model(g_cfg, schema: ConditionSchema, device: torch.device) -> tuple[B
         from synthaug.generator.augment import AUGMENT_DIM
         from synthaug.generator.model import build_denoiser
 
-        model = build_denoiser(schema, g_cfg.preset, augment_dim=AUGMENT_DIM if g_cfg.augment else 0, base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
+        model = build_denoiser(schema, g_cfg.preset, augment_dim=AUGMENT_DIM if g_cfg.augment else 0, align_dim=align_dim,
+                               base_channels=g_cfg.base_channels, channel_mult=g_cfg.channel_mult,
                                layers_per_block=g_cfg.layers_per_block, dropout=g_cfg.dropout).to(device)
     return model, training_scheduler(g_cfg.schedule, g_cfg.num_timesteps, g_cfg.prediction)
 

@@ -129,7 +129,8 @@ class Denoiser(PixelSpace, nn.Module):
     """``forward(x_t, t, condition) -> model output`` for a class (B,) or attribute (B, A) condition, in pixel
     space (a :class:`~synthaug.generator.backends.Backend`)."""
 
-    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None, augment_dim: int = 0):
+    def __init__(self, unet: UNet2DModel, attributes: AttributeEmbedding | None = None, augment_dim: int = 0,
+                 align_dim: int = 0):
         super().__init__()
         self.unet = unet
         self.attributes = attributes
@@ -139,18 +140,36 @@ class Denoiser(PixelSpace, nn.Module):
         self.augment = nn.Linear(augment_dim, unet.config.block_out_channels[0] * 4, bias=False) if augment_dim else None
         if self.augment is not None:
             nn.init.zeros_(self.augment.weight)
+        # representation alignment (training only): the bottleneck's features through a projector
+        # (synthaug.generator.align); like the augmentation layer, not part of the saved weights
+        self.align = None
+        if align_dim:
+            from synthaug.generator.align import Projector
+
+            self.align = Projector(unet.config.block_out_channels[-1], align_dim)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None, tokens: int = 0):
+        """The network's output; with ``tokens`` > 0 (training with alignment) also the projected bottleneck
+        features pooled to ``tokens`` x ``tokens``: ``(output, projected)``."""
         labels = condition if self.attributes is None else self.attributes(condition).to(sample.dtype)
-        if augment_labels is None or self.augment is None:
-            return self.unet(sample, timestep, class_labels=labels).sample
-        extra = self.augment(augment_labels.to(self.augment.weight.dtype))
-        hook = self.unet.time_embedding.register_forward_hook(lambda module, args, out: out + extra.to(out.dtype))
+        hooks, captured = [], []
+        if augment_labels is not None and self.augment is not None:
+            extra = self.augment(augment_labels.to(self.augment.weight.dtype))
+            hooks.append(self.unet.time_embedding.register_forward_hook(lambda module, args, out: out + extra.to(out.dtype)))
+        if tokens:
+            if self.align is None:
+                raise SynthaugError("This denoiser was built without an alignment projector (generator.align_encoder).")
+            hooks.append(self.unet.mid_block.register_forward_hook(lambda module, args, out: captured.append(out)))
         try:
-            return self.unet(sample, timestep, class_labels=labels).sample
+            out = self.unet(sample, timestep, class_labels=labels).sample
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
+        if not tokens:
+            return out
+        pooled = nn.functional.adaptive_avg_pool2d(captured[0], tokens)
+        return out, self.align(pooled.to(next(self.align.parameters()).dtype))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
@@ -172,7 +191,8 @@ class Denoiser(PixelSpace, nn.Module):
         return cls(unet, attributes)
 
 
-def build_denoiser(schema: ConditionSchema, preset: str = "tiny", augment_dim: int = 0, **overrides) -> Denoiser:
+def build_denoiser(schema: ConditionSchema, preset: str = "tiny", augment_dim: int = 0, align_dim: int = 0,
+                   **overrides) -> Denoiser:
     """A freshly initialised denoiser for ``schema`` (see :func:`unet_config` for ``overrides``).
 
     >>> from synthaug.conditions import ConditionSchema
@@ -186,4 +206,4 @@ def build_denoiser(schema: ConditionSchema, preset: str = "tiny", augment_dim: i
     attributes = None
     if schema.kind == "attributes":
         attributes = AttributeEmbedding(levels=tuple(schema.attribute_levels), dim=config["block_out_channels"][0] * 4)
-    return Denoiser(unet, attributes, augment_dim)
+    return Denoiser(unet, attributes, augment_dim, align_dim)

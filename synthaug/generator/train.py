@@ -35,6 +35,7 @@ from synthaug.files import (
     write_checksums,
     write_text_atomic,
 )
+from synthaug.generator.align import alignment_loss
 from synthaug.generator.augment import apply_augmentations, draw_augmentations, lognormal_timesteps, power_ema, power_ema_gamma
 from synthaug.generator.backends import Backend, build_model, describe_backend
 from synthaug.conditions import ConditionSchema, encode_dataset, schema_from_dataset
@@ -346,16 +347,23 @@ def build_training(recipe: Recipe, device: torch.device):
     anything wrong in the recipe or the data is found before a run folder is touched.
 
     Returns:
-        (dataset, schema, model, train_sched, loss_fn)
+        (dataset, schema, model, train_sched, loss_fn, align): ``align`` is the frozen encoder of representation
+        alignment (:class:`~synthaug.generator.align.AlignmentTarget`), or None without ``generator.align_encoder``.
     """
     g_cfg = recipe.generator
     dataset = load_dataset(recipe.data).split("train")  # the real training split (and low-data subset) only
     schema = schema_from_dataset(dataset, g_cfg.condition)
+    align = None
+    if g_cfg.align_encoder:  # its weights are loaded (or the missing package named) before anything is written
+        from synthaug.generator.align import AlignmentTarget
+        from synthaug.generator.model import PRESETS
+
+        align = AlignmentTarget(g_cfg, schema, len(g_cfg.channel_mult or PRESETS[g_cfg.preset].channel_mult))
     torch.manual_seed(g_cfg.seed)
-    model, train_sched = build_model(g_cfg, schema, device)  # sd-lora: the base model's own schedule
+    model, train_sched = build_model(g_cfg, schema, device, align.dim if align else 0)  # sd-lora: the base model's schedule
     # the loss trains what the saved schedule says the network predicts (epsilon or v), never another
     loss_fn = DiffusionLoss(loss_prediction(train_sched.config), g_cfg.loss, g_cfg.min_snr_gamma)
-    return dataset, schema, model, train_sched, loss_fn
+    return dataset, schema, model, train_sched, loss_fn, align
 
 
 def check_run_folder(recipe: Recipe) -> None:
@@ -398,7 +406,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
     run.check_trainable()  # a folder that is not a synthaug run is neither created into nor overwritten
     # 1. everything that can fail on the recipe, before the run folder is made or touched (--fresh included): the
     #    data, its conditions, the model (preset, resolution, base model) and its objective
-    dataset, schema, model, train_sched, loss_fn = build_training(recipe, device)
+    dataset, schema, model, train_sched, loss_fn, align = build_training(recipe, device)
     if accelerator.is_main_process:
         for note in dataset.notes:  # what the data layer decided (splits, skipped files, short classes)
             log.info("%s: %s", recipe.data.spec, note)
@@ -420,6 +428,9 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         null = schema.null(1, device)[0]
         if accelerator.is_main_process:
             record_training(run, recipe, schema, lambda: describe_backend(g_cfg, schema))
+            if align is not None and "prior" not in (info := run.info()):
+                info["prior"] = {"kind": "representation alignment", **align.describe()}
+                write_text_atomic(run.info_file, json.dumps(info, indent=1))
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         num_timesteps = train_sched.config.num_train_timesteps
@@ -473,6 +484,13 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
             data = TrainingImages(model, dataset.images, g_cfg.flip, device, g_cfg.seed, g_cfg.batch_size,
                                   slice(rank * per_device, (rank + 1) * per_device), step, total_steps,
                                   latent_cache_path(recipe, run, schema) if model.encode_once else None)
+        targets = None
+        if data is not None and align is not None:  # the encoder's features of every training image, computed once
+            if not accelerator.is_main_process:
+                accelerator.wait_for_everyone()  # the first process computes and caches them; the others read
+            targets = align.features(dataset.images, schema.train_pixels_sha256, g_cfg.flip).to(device)
+            if accelerator.is_main_process:
+                accelerator.wait_for_everyone()
         net = torch.compile(model) if g_cfg.compile else model
         net, optimizer = accelerator.prepare(net, optimizer)
         autocast = torch.bfloat16 if mixed == "bf16" else torch.float16 if mixed == "fp16" else None
@@ -486,6 +504,7 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
         # the latest sample grid, recorded in run.json at each snapshot; none when this run draws none
         grid = run.info().get("grid") if g_cfg.grid_every_kimg else None
         loss_sum, loss_count, last_good = torch.tensor(float(carried[0]), device=device), int(carried[1]), (step, nimg)
+        align_sum, align_count = torch.zeros((), device=device), 0  # the alignment loss since the last log line
         loop_start = tick_time = clock()
         tick_nimg = nimg
         smaller = max((d for d in range(1, micro) if per_device % d == 0), default=0)
@@ -526,9 +545,18 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                     if device.type == "cuda":
                         x_t = x_t.contiguous(memory_format=torch.channels_last)
                     with accelerator.no_sync(net) if m < accum - 1 else torch.enable_grad():
-                        out = net(x_t, t, cond_all[sl], *extra)
-                        loss = loss_fn(out, x0, noise, alphas_cumprod[t])
-                        accelerator.backward(loss / accum)
+                        if targets is None:
+                            out = net(x_t, t, cond_all[sl], *extra)
+                            loss = loss_fn(out, x0, noise, alphas_cumprod[t])
+                            objective = loss
+                        else:  # representation alignment: toward the encoder's features of the (mirrored) clean images
+                            out, projected = net(x_t, t, cond_all[sl], *extra, tokens=align.grid)
+                            loss = loss_fn(out, x0, noise, alphas_cumprod[t])
+                            aligned = alignment_loss(projected, targets[flip_all[sl].long(), rows[sl]])
+                            objective = loss + g_cfg.align_weight * aligned
+                            align_sum += aligned.detach()
+                            align_count += 1
+                        accelerator.backward(objective / accum)
                     loss_sum += loss.detach()
                     loss_count += 1
                 if g_cfg.grad_clip:
@@ -572,11 +600,15 @@ def train_generator(recipe: Recipe, fresh: bool = False) -> Run:
                         entry = {"kimg": round(nimg / 1000, 3), "step": step, "loss": round(mean_loss, 6),
                                  "images_per_s": round(ips, 1), "lr": lr_sched.get_last_lr()[0], "time": time.time(),
                                  "train_s": round(seconds, 2)}
+                        if align_count:
+                            entry["align_loss"] = round(align_sum.item() / align_count, 6)
                         with open(run.log_file, "a") as f:
                             f.write(json.dumps(entry) + "\n")
                     bar.advance(0, info=(f"{nimg / 1000:,.1f} kimg  " if budget_s else "") + f"{ips:,.0f} img/s  loss {mean_loss:.4f}")
                     loss_sum.zero_()
                     loss_count = 0
+                    align_sum.zero_()
+                    align_count = 0
                     tick_time, tick_nimg = now, nimg
                     next_log = next_point(nimg, first_log, g_cfg.log_every_kimg * 1000, batch)
                 if g_cfg.grid_every_kimg and (nimg >= next_grid or done):  # 0: no grids
